@@ -1,0 +1,55 @@
+# make demo: set up .venv, assemble the bundled models, show speculative generation.
+# make test: set up .venv with the dev extras, run the whole suite (CI runs this).
+# Both are idempotent: each step leaves a stamp in .venv and is skipped once done.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+# llama-cpp-python is built from source. Its default (GGML_NATIVE) build enables the AMX kernels,
+# which crash in ggml_backend_amx_mul_mat on these Sapphire-Rapids-class CPUs (upstream llama.cpp
+# issue 20824), so we build AVX-512 explicitly without AMX. pip may hold a wheel of the same
+# version built with other flags, so the build never reads or writes pip's cache.
+LLAMA_VERSION    := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+LLAMA_STAMP      := $(VENV)/.llama-cpp-python-$(LLAMA_VERSION)-no-amx
+
+DEMO_PROMPT ?= Write a Python function that merges two sorted lists.
+
+.PHONY: demo test test-fast install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(LLAMA_STAMP): | $(BIN)/python
+	@echo "Building llama-cpp-python $(LLAMA_VERSION) from source without AMX (about 10 minutes on 2 cores)..."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir --no-binary llama-cpp-python \
+		--force-reinstall llama-cpp-python==$(LLAMA_VERSION)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(LLAMA_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,server]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/quickdraft models --fetch
+	$(BIN)/quickdraft generate --method ar --max-tokens 128 "$(DEMO_PROMPT)"
+	$(BIN)/quickdraft generate --method draft --max-tokens 128 --check "$(DEMO_PROMPT)"
+	$(BIN)/quickdraft generate --method ngram --max-tokens 128 --check "$(DEMO_PROMPT)"
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not real"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

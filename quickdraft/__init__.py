@@ -1,0 +1,41 @@
+"""quickdraft: lossless speculative decoding for local LLMs.
+
+    from quickdraft import load
+    engine = load()                                   # the bundled Qwen2.5-Coder 1.5B + 0.5B pair
+    result = engine.generate("def fib(n):", max_tokens=64)
+    for piece in engine.stream("Write a haiku", max_tokens=32): print(piece.text, end="")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import proposers  # noqa: F401  (registers the methods)
+from .engine import Engine, Stream
+from .errors import QuickdraftError
+from .models import DEFAULT_DRAFT, DEFAULT_TARGET
+from .sampling import SamplingParams
+from .types import Acceptance, Draft, GenerationResult, Piece
+
+__version__ = "0.1.0"
+
+
+def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT_DRAFT, *,
+         method: str | None = None, num_draft: int = 4, min_confidence: float = 0.0, n_ctx: int = 4096,
+         n_threads: int | None = None, n_gpu_layers: int = 0, chat: bool = True, verbose: bool = False) -> Engine:
+    """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
+
+    ``method`` defaults to ``draft`` when a draft model is given, else ``ngram``. Other methods
+    stay available per request: ``engine.generate(prompt, method="ar")``.
+    """
+    from .backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                              verbose=verbose)
+    method = method or ("draft" if draft else "ngram")
+    return Engine(backend, method=method, num_draft=num_draft, chat=chat,
+                  draft=str(draft) if draft else None, min_confidence=min_confidence)
+
+
+__all__ = ["Acceptance", "Draft", "Engine", "GenerationResult", "Piece", "QuickdraftError",
+           "SamplingParams", "Stream", "load", "__version__"]

@@ -1,0 +1,178 @@
+"""GGUF models through llama-cpp-python's low-level API: one KV sequence, batched forward with
+logits for every new position, rollback by removing cache cells.
+
+We drive ``llama_decode`` directly instead of the high-level ``Llama`` class because speculation
+needs logits for exactly the draft positions (``logits_all=True`` would allocate n_ctx x V floats)
+and cheap truncation of the cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import jinja2.sandbox
+import llama_cpp as ll
+import numpy as np
+
+from ..errors import ModelNotFoundError, QuickdraftError
+from ..models import resolve_model
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class LlamaCppBackend:
+    """One llama.cpp model and context holding a single token sequence (seq id 0).
+
+    ``tokens`` mirrors the KV cache. ``n_batch`` bounds how many tokens one ``llama_decode``
+    takes; longer inputs are split. ``n_gpu_layers`` offloads layers when llama.cpp was built
+    with a GPU backend (ignored on CPU builds).
+    """
+
+    def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512, n_gpu_layers: int = 0, verbose: bool = False) -> None:
+        self.path = resolve_model(str(model))
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        ll.llama_backend_init()
+        self.n_threads = n_threads or default_threads()
+        self.n_gpu_layers = n_gpu_layers
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelNotFoundError(f"llama.cpp could not load {self.path}: is it a valid GGUF model file?")
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = self.n_batch = n_batch
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            ll.llama_model_free(self._model)
+            raise QuickdraftError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
+        self.n_ctx = ll.llama_n_ctx(self._ctx)
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.vocab_size = ll.llama_vocab_n_tokens(self._vocab)
+        self.eos_token = ll.llama_vocab_eos(self._vocab)
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        template = ll.llama_model_chat_template(self._model, None)
+        self.chat_template = template.decode("utf-8") if template else None
+        self.tokens: list[int] = []
+
+    def sibling(self, model: str | Path) -> "LlamaCppBackend":
+        """Another model with this one's settings (used for a draft model)."""
+        return LlamaCppBackend(model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
+                               n_gpu_layers=self.n_gpu_layers)
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            ll.llama_batch_free(self._batch)
+            ll.llama_free(self._ctx)
+            ll.llama_model_free(self._model)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # --- the KV cache -------------------------------------------------------------------------
+    def forward(self, tokens: Sequence[int], *, logits: bool = True) -> np.ndarray:
+        """Append ``tokens`` (n >= 1); return logits [n, V] for every new position (or an empty
+        array when ``logits`` is False, as for prefill)."""
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise QuickdraftError(f"context full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+        rows = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            self._decode(chunk, logits)
+            if logits:
+                out = ll.llama_get_logits(self._ctx)
+                rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.vocab_size)).copy())
+        return np.concatenate(rows) if rows else np.empty((0, self.vocab_size), np.float32)
+
+    def _decode(self, chunk: Sequence[int], logits: bool) -> None:
+        b, first = self._batch, len(self.tokens)
+        b.n_tokens = len(chunk)
+        for i, token in enumerate(chunk):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, first + i, 1, logits
+            b.seq_id[i][0] = 0
+        status = ll.llama_decode(self._ctx, b)
+        if status != 0:
+            raise QuickdraftError(f"llama_decode failed with status {status} at position {first}")
+        self.tokens.extend(int(t) for t in chunk)
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix."""
+        common = 0
+        for a, b in zip(self.tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        self.rollback(common)
+        if common < len(tokens):
+            self.forward(list(tokens[common:]), logits=False)
+
+    def rollback(self, length: int) -> None:
+        """Keep the first ``length`` cached tokens."""
+        if length < len(self.tokens):
+            if not ll.llama_memory_seq_rm(self._mem, 0, length, -1):
+                raise QuickdraftError(f"{self.path.name}: llama.cpp cannot roll back this model's cache "
+                                      "(recurrent models are not supported for speculation)")
+            del self.tokens[length:]
+
+    # --- the vocabulary -----------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of ``text``. ``special``: parse control tokens written in the text (for chat
+        templates, which also render any BOS themselves); otherwise the model's BOS is added."""
+        data = text.encode("utf-8")
+        buf = (ll.llama_token * (len(data) + 8))()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, len(buf), not special, special)
+        if n < 0:
+            raise QuickdraftError(f"tokenization failed ({n})")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        return self._piece_buf.raw[:max(n, 0)]
+
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary entry itself (for comparing vocabularies)."""
+        return ll.llama_vocab_get_text(self._vocab, token) or b""
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    def chat_prompt(self, messages: list[dict]) -> str | None:
+        if not self.chat_template:
+            return None
+        return render_chat(self.chat_template, messages,
+                           bos=self._special_text(ll.llama_vocab_bos(self._vocab)),
+                           eos=self._special_text(self.eos_token))
+
+    def _special_text(self, token: int) -> str:
+        """How a control token is written in a template ("" for none)."""
+        return self.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+def render_chat(template: str, messages: list[dict], *, bos: str, eos: str) -> str:
+    """Apply a Hugging Face style Jinja chat template, opening the assistant's turn."""
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise QuickdraftError(f"a chat message needs 'role' and 'content', got {m!r}")
+
+    def raise_exception(message: str):
+        raise QuickdraftError(f"chat template: {message}")
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos,
+                                            eos_token=eos, raise_exception=raise_exception)
+

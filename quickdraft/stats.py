@@ -1,0 +1,87 @@
+"""Per-request speculative statistics (the keys of ``--json``'s ``stats`` object)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .types import Acceptance
+
+
+@dataclass
+class Stats:
+    """Accumulates one generation's steps.
+
+    Definitions (DESIGN.md): a step is one target forward; mean accepted length (tau) is emitted
+    tokens per target forward, bonus included; acceptance rate is accepted / drafted draft tokens;
+    acceptance_by_position[i] is the fraction of drafts with more than i tokens whose token i
+    was accepted.
+    """
+
+    generated_tokens: int = 0
+    target_forwards: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    prefill_time_s: float = 0.0
+    total_time_s: float = 0.0
+    prompt_tokens: int = 0
+    accepted_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
+    _reached: list[int] = field(default_factory=list)  # drafts with > i tokens
+    _kept: list[int] = field(default_factory=list)  # of those, token i accepted
+
+    def observe(self, acceptance: Acceptance, emitted: int, draft_time: float, verify_time: float) -> None:
+        """Record one step; ``emitted`` may be below len(acceptance.tokens) when a stop cut it short."""
+        self.target_forwards += 1
+        self.generated_tokens += emitted
+        self.drafted_tokens += acceptance.drafted
+        self.accepted_tokens += acceptance.accepted
+        self.draft_time_s += draft_time
+        self.verify_time_s += verify_time
+        self.accepted_lengths.append(emitted)
+        while len(self._reached) < acceptance.drafted:
+            self._reached.append(0)
+            self._kept.append(0)
+        for i in range(acceptance.drafted):
+            self._reached[i] += 1
+            self._kept[i] += i < acceptance.accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        return self.generated_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens over decode time (prefill excluded, as peers report decode speed)."""
+        decode = self.total_time_s - self.prefill_time_s
+        return self.generated_tokens / decode if decode > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "generated_tokens": self.generated_tokens,
+            "target_forwards": self.target_forwards,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "acceptance_by_position": [round(k / r, 4) for k, r in zip(self._kept, self._reached)],
+            "draft_time_s": round(self.draft_time_s, 4),
+            "verify_time_s": round(self.verify_time_s, 4),
+            "prefill_time_s": round(self.prefill_time_s, 4),
+            "total_time_s": round(self.total_time_s, 4),
+            "prompt_tokens": self.prompt_tokens,
+            "tokens_per_second": round(self.tokens_per_second, 3),
+            "accepted_lengths": list(self.accepted_lengths),
+        }
+
+    def summary(self) -> str:
+        """One human line for the CLI."""
+        return (f"{self.generated_tokens} tokens in {self.total_time_s:.2f}s "
+                f"({self.tokens_per_second:.1f} tok/s) | target forwards {self.target_forwards}, "
+                f"mean accepted length {self.mean_accepted_length:.2f}, "
+                f"acceptance {self.accepted_tokens}/{self.drafted_tokens} ({100 * self.acceptance_rate:.0f}%) | "
+                f"draft {self.draft_time_s:.2f}s, verify {self.verify_time_s:.2f}s")

@@ -1,0 +1,83 @@
+"""The data that flows through one speculative step (see DESIGN.md, "Data flow").
+
+Shapes: ``n`` is the number of draft tokens, ``V`` the vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Proposed continuation of the context, a chain of ``n`` tokens.
+
+    tokens: [n] token ids, in order.
+    q: [n, V] the proposer's warped distribution each token was sampled from, or None when
+       the draft is deterministic (greedy drafting, n-gram copying). For verification a
+       deterministic draft is a point mass: q(x) = 1 for the drafted token x.
+    """
+
+    tokens: tuple[int, ...] = ()
+    q: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.q is not None and self.q.shape[0] != len(self.tokens):
+            raise ValueError(f"q has {self.q.shape[0]} rows for {len(self.tokens)} draft tokens")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What the verifier kept of a draft.
+
+    tokens: the emitted tokens: the ``accepted`` draft tokens followed by exactly one token of
+        the target's own (the recovered token at the first rejection, or the bonus token after a
+        fully accepted draft). Contract: ``len(tokens) == accepted + 1``.
+    accepted: number of draft tokens kept, 0 <= accepted <= drafted.
+    drafted: number of draft tokens proposed.
+    """
+
+    tokens: tuple[int, ...]
+    accepted: int
+    drafted: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)
+        assert len(self.tokens) == self.accepted + 1, (self.tokens, self.accepted)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk of a streamed generation: the text of ``token_ids`` and where they came from.
+
+    from_draft[i] is True when token_ids[i] was proposed by the proposer and accepted by the
+    target, False for tokens the target produced itself (recovered, bonus, plain steps).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    from_draft: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation: ``text``, its ``token_ids``, why it stopped and its stats."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens)
+    stats: dict = field(default_factory=dict)
+    prompt_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason,
+            "stats": self.stats,
+        }

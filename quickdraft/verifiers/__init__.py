@@ -1,0 +1,26 @@
+"""Acceptance rules: pure functions ``verify(draft, target_logits, sampling, rng) -> Acceptance``.
+
+``target_logits`` is [n + 1, V]: row i is the target's prediction after the context plus the
+first i draft tokens, so row i judges draft token i and row n gives the bonus token.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..sampling import SamplingParams
+from ..types import Acceptance, Draft
+from .greedy import verify_greedy
+from .rejection import verify_rejection
+
+Verifier = Callable[[Draft, np.ndarray, SamplingParams, np.random.Generator], Acceptance]
+
+
+def select(sampling: SamplingParams) -> Verifier:
+    """The lossless rule for these sampling params: exact match when greedy, else rejection sampling."""
+    return verify_greedy if sampling.greedy else verify_rejection
+
+
+__all__ = ["Verifier", "select", "verify_greedy", "verify_rejection"]

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random-weight GGUF models the tests write themselves (no downloads)."""
+
+from pathlib import Path
+
+import pytest
+
+from quickdraft.testing import make_tiny_pair
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """(target, draft) GGUF paths sharing a vocabulary; the draft often agrees with the target."""
+    return make_tiny_pair(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_target_backend(tiny_pair):
+    from quickdraft.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(tiny_pair[0], n_ctx=512, n_batch=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_pair, tiny_target_backend):
+    """One engine with every method available (the draft model is loaded once)."""
+    from quickdraft import Engine
+
+    return Engine(tiny_target_backend, method="draft", num_draft=4, draft=str(tiny_pair[1]), chat=False)

@@ -1,0 +1,93 @@
+"""The command line on tiny models: output, --json schema, --check, and clear errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from quickdraft.cli import app
+from quickdraft.testing import TinyVocab, write_tiny_gguf
+
+runner = CliRunner()
+STATS_KEYS = {"generated_tokens", "target_forwards", "drafted_tokens", "accepted_tokens", "acceptance_rate",
+              "mean_accepted_length", "acceptance_by_position", "draft_time_s", "verify_time_s",
+              "tokens_per_second"}
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_generate_json_has_the_documented_schema(tiny_pair):
+    target, draft = tiny_pair
+    result = run("generate", "the quick brown fox", "--target", target, "--draft", draft, "--raw",
+                 "--max-tokens", 20, "--num-draft", 3, "--json", "--check")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(out) >= {"text", "token_ids", "finish_reason", "stats", "check"}
+    assert STATS_KEYS <= set(out["stats"])
+    assert out["check"]["result"] == "exact"
+    assert len(out["token_ids"]) == out["stats"]["generated_tokens"] == 20
+
+
+@pytest.mark.parametrize("method", ["ar", "ngram", "draft"])
+def test_generate_streams_text_then_stats(tiny_pair, method):
+    target, draft = tiny_pair
+    result = run("generate", "hello world", "--target", target, "--draft", draft, "--method", method,
+                 "--max-tokens", 12, "--temperature", 0.7, "--top-p", 0.9, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "tok/s" in result.output and "mean accepted length" in result.output
+
+
+def test_chat_template_is_applied_unless_raw(tiny_engine):
+    chat = tiny_engine.prompt_tokens("hello", chat=True)
+    raw = tiny_engine.prompt_tokens("hello", chat=False)
+    assert len(chat) > len(raw)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", -1], "temperature"),
+    (["--top-p", 0], "top_p"),
+    (["--top-p", 1.5], "top_p"),
+    (["--num-draft", -1], "num_draft"),
+    (["--max-tokens", 0], "max_tokens"),
+    (["--max-tokens", 100000], "context"),
+    (["--method", "nope"], "unknown method"),
+])
+def test_bad_values_give_a_clear_error_and_nonzero_exit(tiny_pair, args, message):
+    target, draft = tiny_pair
+    result = run("generate", "hi", "--target", target, "--draft", draft, "--n-ctx", 256, *args)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_prompt_longer_than_the_context(tiny_pair):
+    target, draft = tiny_pair
+    result = run("generate", "word " * 400, "--target", target, "--draft", draft, "--n-ctx", 128, "--raw")
+    assert result.exit_code == 2
+    assert "exceeds the context" in result.output
+
+
+def test_missing_model_file(tmp_path, tiny_pair):
+    result = run("generate", "hi", "--target", tmp_path / "nope.gguf", "--method", "ar")
+    assert result.exit_code == 2
+    assert "nope.gguf" in result.output and "qwen2.5-coder-1.5b-instruct" in result.output
+
+
+def test_not_a_gguf_file(tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a model")
+    result = run("generate", "hi", "--target", bogus, "--method", "ar")
+    assert result.exit_code == 2 and "valid GGUF" in result.output
+
+
+def test_vocabulary_size_mismatch_is_refused(tmp_path, tiny_pair):
+    other = write_tiny_gguf(tmp_path / "other.gguf", vocab=TinyVocab(extra_words=("zebra", "quokka")))
+    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", other, "--method", "draft")
+    assert result.exit_code == 2 and "vocabulary mismatch" in result.output and "tokens" in result.output
+
+
+def test_vocabulary_text_mismatch_is_refused(tmp_path, tiny_pair):
+    shuffled = write_tiny_gguf(tmp_path / "shuffled.gguf", vocab=TinyVocab(shuffle_seed=3))
+    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", shuffled, "--method", "draft")
+    assert result.exit_code == 2 and "vocabulary mismatch: token" in result.output

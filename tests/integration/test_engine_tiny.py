@@ -1,0 +1,122 @@
+"""The engine on tiny real llama.cpp models: losslessness, streaming, stopping, rollback."""
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from quickdraft.proposers import PROPOSERS
+from quickdraft.sampling import SamplingParams, warp
+
+PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
+SPECULATIVE = sorted(set(PROPOSERS) - {"ar"})
+
+
+@pytest.mark.parametrize("method", SPECULATIVE)
+@pytest.mark.parametrize("num_draft", [1, 3, 6])
+def test_greedy_speculative_equals_ar_token_for_token(tiny_engine, method, num_draft):
+    drafted = 0
+    for prompt in PROMPTS:
+        ar = tiny_engine.generate(prompt, max_tokens=48, method="ar")
+        spec = tiny_engine.generate(prompt, max_tokens=48, method=method, num_draft=num_draft)
+        assert spec.token_ids == ar.token_ids, (method, prompt)
+        assert spec.text == ar.text
+        drafted += spec.stats["drafted_tokens"]
+        assert spec.stats["target_forwards"] <= ar.stats["target_forwards"]
+    assert drafted > 0, f"{method} never drafted: the test would not exercise verification"
+
+
+def test_draft_model_drafts_get_accepted(tiny_engine):
+    """The fixture pair is correlated, so the draft path is really exercised (accept and reject)."""
+    stats = tiny_engine.generate(PROMPTS[0], max_tokens=48, method="draft", num_draft=4).stats
+    assert 0 < stats["accepted_tokens"] < stats["drafted_tokens"]
+    assert stats["mean_accepted_length"] > 1.0
+
+
+def test_confidence_stop_drafts_less_and_stays_exact(tiny_engine):
+    ar = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="ar")
+    full = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="draft", num_draft=6)
+    tiny_engine.proposer("draft").min_confidence = 0.9
+    try:
+        cautious = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="draft", num_draft=6)
+    finally:
+        tiny_engine.proposer("draft").min_confidence = 0.0
+    assert cautious.token_ids == ar.token_ids
+    assert cautious.stats["drafted_tokens"] < full.stats["drafted_tokens"]
+
+
+def test_stream_pieces_add_up_and_mark_draft_tokens(tiny_engine):
+    stream = tiny_engine.stream(PROMPTS[2], max_tokens=40, method="draft", num_draft=4)
+    pieces = list(stream)
+    result = stream.result
+    assert "".join(p.text for p in pieces) == result.text
+    assert [t for p in pieces for t in p.token_ids] == result.token_ids
+    assert sum(sum(p.from_draft) for p in pieces) == result.stats["accepted_tokens"]
+    assert result.stats["generated_tokens"] == len(result.token_ids) == 40
+    assert result.finish_reason == "length"
+
+
+def test_stop_string_truncates_text_and_stream(tiny_engine):
+    full = tiny_engine.generate(PROMPTS[0], max_tokens=40, method="ar").text
+    stop = full[10:13]
+    assert stop and full.find(stop) >= 10 - len(stop) + 1
+    stream = tiny_engine.stream(PROMPTS[0], max_tokens=40, method="draft", stop=[stop])
+    streamed = "".join(p.text for p in stream)
+    assert stream.result.finish_reason == "stop"
+    assert stream.result.text == streamed == full[:full.find(stop)]
+
+
+def test_rollback_round_trip_gives_the_same_logits(tiny_target_backend):
+    b = tiny_target_backend
+    tokens = b.tokenize("one two three four five six", special=False)
+    b.prefill(tokens[:2])
+    first = b.forward(tokens[2:])
+    b.rollback(3)
+    again = b.forward(tokens[3:])
+    assert np.allclose(first[1:], again, atol=1e-4)
+    assert b.tokens == tokens
+
+
+def test_prefill_reuses_the_cached_prefix(tiny_target_backend):
+    b = tiny_target_backend
+    tokens = b.tokenize("alpha beta gamma delta epsilon", special=False)
+    b.prefill([])
+    b.prefill(tokens[:-1])
+    fresh = b.forward(tokens[-1:])
+    b.prefill(tokens[:2] + [tokens[3]])  # diverges at index 2: rolls back to 2, recomputes
+    b.prefill(tokens[:-1])
+    assert np.allclose(b.forward(tokens[-1:]), fresh, atol=1e-4)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_engine):
+    a = tiny_engine.generate(PROMPTS[3], max_tokens=30, temperature=0.8, seed=5, method="draft")
+    b = tiny_engine.generate(PROMPTS[3], max_tokens=30, temperature=0.8, seed=5, method="draft")
+    assert a.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("method", ["draft", "ngram"])
+def test_sampled_output_follows_the_target_distribution(tiny_engine, method):
+    """Joint distribution of the first two tokens, speculative sampling vs the exact target p.
+
+    top-k 3 keeps the support at 9 pairs, which we enumerate exactly from the target's logits.
+    A chi-square test over 1500 seeded generations (p-value floor 1e-3, fixed seeds).
+    """
+    params = SamplingParams(temperature=1.0, top_k=3)
+    target = tiny_engine.target
+    prompt = target.tokenize("hello world hello world hello", special=False)
+    target.prefill(prompt[:-1])
+    p0 = warp(target.forward(prompt[-1:])[0], params)
+    exact = {}
+    for a in np.flatnonzero(p0):
+        target.prefill(prompt)
+        p1 = warp(target.forward([int(a)])[0], params)
+        for b in np.flatnonzero(p1):
+            exact[(int(a), int(b))] = p0[a] * p1[b]
+    draws = 1500
+    counts = dict.fromkeys(exact, 0)
+    for seed in range(draws):
+        out = tiny_engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
+                                   num_draft=3)
+        counts[tuple(out.token_ids[:2])] += 1
+    keys = sorted(exact)
+    result = chisquare([counts[k] for k in keys], [exact[k] * draws for k in keys])
+    assert result.pvalue > 1e-3, (counts, exact)
