@@ -35,7 +35,8 @@ class CheckResult:
             return "exact"
         if self.kind == "near-tie":
             return f"near-tie at token {self.index} (margin {self.margin:.3f}, tolerance {self.tolerance})"
-        return f"real divergence at token {self.index} (margin {self.margin:.3f}, tolerance {self.tolerance})"
+        margin = "unknown" if self.margin is None else f"{self.margin:.3f}"
+        return f"real divergence at token {self.index} (margin {margin}, tolerance {self.tolerance})"
 
     def to_dict(self) -> dict:
         return {"result": self.kind, "index": self.index, "margin": self.margin,
@@ -67,8 +68,8 @@ def classify(spec: Sequence[int], ar: Sequence[int], logits_at: Callable[[int], 
         return CheckResult("exact", tolerance=tolerance)
     x = spec[i] if i < len(spec) else end_token
     y = ar[i] if i < len(ar) else end_token
-    if x is None or y is None:
-        return CheckResult("real divergence", i, float("inf"), tolerance)
+    if x is None or y is None:  # one output ended and nothing says how: no margin to measure
+        return CheckResult("real divergence", i, None, tolerance)
     logits = logits_at(i)
     margin = float(logits[y] - logits[x])
     return CheckResult("near-tie" if margin <= tolerance else "real divergence", i, margin, tolerance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -119,6 +120,104 @@ def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and 
         table.add_row(model.name, f"{model.size / 1e6:,.0f} MB", models.model_status(model),
                       str(models.cache_dir() / model.filename))
     Console().print(table)
+
+
+@app.command()
+@friendly
+def bench(
+    tasks: str = typer.Option("humaneval,mt-bench", "--tasks", help="Comma-separated built-in tasks ('' for none)."),
+    data: List[str] = typer.Option([], "--data", help="A JSONL file of prompts (repeatable): {\"prompt\": ...} or {\"turns\": [...]} per line."),
+    methods: str = typer.Option("ar,draft,ngram", "--methods", help="Comma-separated methods; ar is always included."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
+    limit: Optional[int] = typer.Option(4, "--limit", help="Prompts per task, spread evenly over it."),
+    repeat: int = typer.Option(1, "--repeat", help="Runs per prompt and method (median, min, max)."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (outputs are checked against AR)."),
+    target: str = Target, draft: str = DraftModel, num_draft: int = NumDraft, n_ctx: int = NCtx,
+    out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in --out."),
+    peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
+    peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
+):
+    """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
+    from .bench.runner import BenchConfig, run_bench
+
+    config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
+                         data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
+                         limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
+                         peer_limit=peer_limit)
+    results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
+    divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
+    if divergent:
+        err.print(f"[bold red]{len(divergent)} sample(s) diverged from AR beyond a numeric near-tie: "
+                  f"speculative output was not the target's own. See report.md.[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def calibrate(
+    target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
+    repeats: int = typer.Option(5, "--repeats"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
+):
+    """Measure the target's forward time for k = 1..16 new tokens and the draft's per-token time."""
+    from .backends.llamacpp import LlamaCppBackend
+    from .bench.calibrate import calibrate as measure, calibration_path, save_calibration
+
+    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
+    draft_backend = backend.sibling(draft) if draft else None
+    context = backend.tokenize("def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24, special=False)
+    result = measure(backend, context, draft_backend, repeats=repeats)
+    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {backend.n_threads} threads)")
+    for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
+        table.add_column(column, justify="right")
+    t = result["target"]
+    for i, k in enumerate(t["k"]):
+        table.add_row(str(k), f"{1e3 * t['median_s'][i]:.1f}", f"{1e3 * t['min_s'][i]:.1f}",
+                      f"{1e3 * t['max_s'][i]:.1f}", f"{t['relative'][i]:.2f}x")
+    Console().print(table)
+    if result["draft"]:
+        Console().print(f"draft {draft}: {1e3 * result['draft']['token_s']:.1f} ms per token "
+                        f"({result['draft']['relative_to_target_step']:.2f} of a target step)")
+    path = calibration_path(backend.path, backend.n_threads)
+    save_calibration(result, path)
+    if out:
+        save_calibration(result, Path(out) / "calibration.json")
+    Console().print(f"saved {path}")
+
+
+@app.command()
+@friendly
+def serve(
+    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method,
+    num_draft: int = NumDraft, min_confidence: float = MinConfidence,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes the server to the network)."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QUICKDRAFT_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every endpoint but /health."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name clients pass as 'model' "
+                                             "(default: the target's bundled name or file stem)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; more get HTTP 503."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
+    default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
+    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+):
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
+    from pathlib import Path
+
+    try:
+        from .server import create_app, run
+    except ImportError as e:
+        raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
+    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers)
+    name = model_name or (target if target in models.BUNDLED else Path(target).stem)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
+                  "this address can use the model", highlight=False)
+    err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
+    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout,
+                   default_max_tokens=default_max_tokens), host=host, port=port)
 
 
 def main() -> None:

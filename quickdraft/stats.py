@@ -69,6 +69,8 @@ class Stats:
             "acceptance_rate": round(self.acceptance_rate, 4),
             "mean_accepted_length": round(self.mean_accepted_length, 4),
             "acceptance_by_position": [round(k / r, 4) for k, r in zip(self._kept, self._reached)],
+            "drafted_by_position": list(self._reached),
+            "accepted_by_position": list(self._kept),
             "draft_time_s": round(self.draft_time_s, 4),
             "verify_time_s": round(self.verify_time_s, 4),
             "prefill_time_s": round(self.prefill_time_s, 4),

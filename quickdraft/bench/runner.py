@@ -1,0 +1,239 @@
+"""Run a benchmark: every prompt-turn with every method, AR interleaved in the same run.
+
+For each prompt-turn and repeat the methods run back to back in an order that rotates per
+repeat, so slow drift of the machine hits all methods alike. Multi-turn questions carry AR's own
+earlier answer in the history (greedy speculative answers are the same text). Every finished
+sample is checkpointed to results.json, so ``--resume`` continues an interrupted run and Ctrl-C
+leaves a valid partial report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..check import check_against_ar
+from ..errors import QuickdraftError
+from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from .metrics import geometric_mean, sample_key, summarize, with_speedups
+from .tasks import BenchPrompt, load_tasks
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. ``limit``: prompts per task (evenly spread); ``repeat``: runs per method."""
+
+    target: str = DEFAULT_TARGET
+    draft: str = DEFAULT_DRAFT
+    tasks: tuple[str, ...] = ("humaneval", "mt-bench")
+    data: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ("ar", "draft", "ngram")
+    max_tokens: int = 128
+    limit: int | None = 4
+    repeat: int = 1
+    num_draft: int = 4
+    temperature: float = 0.0
+    seed: int = 0
+    n_ctx: int = 4096
+    peer_limit: int = 2
+
+    def __post_init__(self) -> None:
+        if "ar" not in self.methods:  # the baseline every speedup is measured against
+            object.__setattr__(self, "methods", ("ar", *self.methods))
+        if self.repeat < 1 or self.max_tokens < 1 or (self.limit is not None and self.limit < 1):
+            raise QuickdraftError("--repeat, --max-tokens and --limit must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Results:
+    """The results.json document, written atomically after every change."""
+
+    path: Path
+    doc: dict = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, out: Path, config: BenchConfig, *, resume: bool, overwrite: bool) -> "Results":
+        path = out / "results.json"
+        if path.exists() and resume:
+            doc = json.loads(path.read_text())
+            wanted = config.to_dict()
+            if {k: doc.get("config", {}).get(k) for k in wanted} != wanted:
+                raise QuickdraftError(f"{path} was made with other settings; --resume needs the same "
+                                      f"options (they are under config in that file)")
+            return cls(path, doc)
+        if path.exists() and not overwrite:
+            raise QuickdraftError(f"{path} exists: pass --resume to continue that run, --overwrite to "
+                                  f"replace it, or --out DIR to write elsewhere")
+        out.mkdir(parents=True, exist_ok=True)
+        return cls(path, {"config": {**config.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "machine": _machine()},
+                          "samples": [], "summary": [], "calibration": None, "peers": [], "peer_status": {}})
+
+    def save(self) -> None:
+        samples = self.doc["samples"]
+        for sample, paired in zip(samples, with_speedups(samples)):
+            sample["speedup"] = paired["speedup"]
+        self.doc["summary"] = summarize(self.doc["samples"])
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _machine() -> str:
+    import platform
+
+    from ..backends.llamacpp import default_threads
+    return f"{platform.processor() or platform.machine()}, {default_threads()} cores, Python {platform.python_version()}"
+
+
+def rotate(methods: Sequence[str], by: int) -> list[str]:
+    """Run order for repeat ``by``: rotate(["ar", "draft", "ngram"], 1) == ["draft", "ngram", "ar"]."""
+    by %= len(methods)
+    return [*methods[by:], *methods[:by]]
+
+
+def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, key: tuple) -> dict:
+    """Generate once and return the sample record (see the schema in quickdraft.bench)."""
+    task, prompt_id, turn, repeat = key
+    start = time.perf_counter()
+    result = engine.generate(messages, method=method, max_tokens=config.max_tokens,
+                             temperature=config.temperature, seed=config.seed + repeat)
+    elapsed = time.perf_counter() - start
+    s = result.stats
+    keep = ("target_forwards", "drafted_tokens", "accepted_tokens", "accepted_lengths", "acceptance_by_position",
+            "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
+            "tokens_per_second")
+    return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": method,
+            "config": {"num_draft": config.num_draft if method != "ar" else 0, "temperature": config.temperature},
+            "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
+            "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
+            "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text}
+
+
+def check_samples(engine, samples: list[dict], prompt_tokens: list[int]) -> None:
+    """Set ``check`` on each greedy non-AR sample of one prompt-turn and repeat, against its AR."""
+    ar = next(s for s in samples if s["method"] == "ar")
+    for s in samples:
+        if s["method"] != "ar" and s["check"] is None and s["config"]["temperature"] == 0:
+            s["check"] = check_against_ar(engine, prompt_tokens, s["token_ids"], ar["token_ids"]).to_dict()
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
+
+
+def running_status(samples: list[dict]) -> str:
+    """'draft 1.12x, ngram 0.81x': geometric mean speedup so far per method."""
+    per_method: dict[str, list[float]] = {}
+    for s in with_speedups(samples):
+        if s["method"] != "ar" and s["speedup"]:
+            per_method.setdefault(s["method"], []).append(s["speedup"])
+    return ", ".join(f"{m} {geometric_mean(v):.2f}x" for m, v in per_method.items())
+
+
+def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+              peers: bool = False, console: Console | None = None) -> dict:
+    """Run (or resume) the benchmark, write results.json and the report into ``out``; returns the
+    results document. Ctrl-C stops early and still writes a valid partial report."""
+    from .. import load
+    from .report import summary_table, write_report
+
+    console = console or Console()
+    prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
+    results = Results.start(out, config, resume=resume, overwrite=overwrite)
+    engine = load(config.target, config.draft if "draft" in config.methods else None, method="ar",
+                  num_draft=config.num_draft, n_ctx=config.n_ctx)
+    for method in config.methods:
+        engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
+    units: list[tuple[BenchPrompt, int, list[dict]]] = []
+    context = engine.prompt_tokens([{"role": "user", "content": prompts[0].turns[0]}])
+    try:
+        with progress_bar(console) as progress:
+            if results.doc["calibration"] is None:
+                draft = engine.proposer("draft").model if "draft" in config.methods else None
+                results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress)
+                results.save()
+            _run_prompts(engine, prompts, config, results, progress, units)
+            if peers:
+                _run_peers(engine, config, results, progress, units)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: writing a partial report; --resume continues the run[/]")
+    results.save()
+    write_report(results.doc, out)
+    console.print(summary_table(results.doc))
+    console.print(f"results: {results.path}  report: {out / 'report.md'}")
+    return results.doc
+
+
+def calibrate_engine(target, draft, context: list[int], progress: Progress, repeats: int = 3) -> dict:
+    """The verify cost curve after a realistic context (a benchmark prompt)."""
+    from .calibrate import calibrate
+
+    bar = progress.add_task("calibrating", total=16 * repeats, status="verify cost curve k=1..16")
+    result = calibrate(target, context, draft, repeats=repeats, on_step=lambda: progress.advance(bar))
+    progress.update(bar, visible=False)
+    return result
+
+
+def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progress: Progress, units: list) -> None:
+    samples = results.doc["samples"]
+    done = {sample_key(s): s for s in samples}
+    total = sum(len(p.turns) for p in prompts) * config.repeat * len(config.methods)
+    bar = progress.add_task("bench", total=total, completed=len(done), status=running_status(samples))
+    for prompt in prompts:
+        messages: list[dict] = []
+        for turn, question in enumerate(prompt.turns):
+            messages = [*messages, {"role": "user", "content": question}]
+            units.append((prompt, turn, messages))
+            prompt_tokens = engine.prompt_tokens(messages)
+            for repeat in range(config.repeat):
+                group = []
+                for method in rotate(config.methods, repeat):
+                    key = (prompt.task, prompt.prompt_id, turn, repeat, method)
+                    if (*key,) not in done:
+                        progress.update(bar, description=f"{prompt.task} {prompt.prompt_id} [{method}]")
+                        done[key] = run_sample(engine, messages, method, config, key[:4])
+                        samples.append(done[key])
+                        progress.update(bar, advance=1, status=running_status(samples))
+                    group.append(done[key])
+                check_samples(engine, group, prompt_tokens)
+                results.save()
+            ar_answer = done[(prompt.task, prompt.prompt_id, turn, 0, "ar")]["text"]
+            messages = [*messages, {"role": "assistant", "content": ar_answer}]
+
+
+def _run_peers(engine, config: BenchConfig, results: Results, progress: Progress, units: list) -> None:
+    from .peers import PeerPrompt, run_peers
+    from .tasks import spread
+
+    chosen = [u for task in dict.fromkeys(p.task for p, _, _ in units)
+              for u in spread([u for u in units if u[0].task == task], config.peer_limit)]
+    peer_prompts = []
+    for prompt, turn, messages in chosen:
+        ar = next(s for s in results.doc["samples"] if s["method"] == "ar" and s["repeat"] == 0
+                  and (s["task"], s["prompt_id"], s["turn"]) == (prompt.task, prompt.prompt_id, turn))
+        peer_prompts.append(PeerPrompt(prompt.task, prompt.prompt_id, turn, engine.prompt_tokens(messages),
+                                       ar["token_ids"]))
+    done = {tuple(r[k] for k in ("peer", "method", "task", "prompt_id", "turn", "repeat"))
+            for r in results.doc["peers"]}
+
+    def on_row(row: dict) -> None:
+        results.doc["peers"].append(row)
+        results.save()
+
+    status = run_peers(peer_prompts, target_path=engine.target.path, draft_path=resolve_model(config.draft),
+                       max_tokens=config.max_tokens, repeat=config.repeat, num_draft=config.num_draft,
+                       on_row=on_row, progress=progress, done=done)
+    results.doc["peer_status"].update(status)
+    results.save()
