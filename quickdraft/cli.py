@@ -204,8 +204,6 @@ def serve(
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
-    from pathlib import Path
-
     try:
         from .server import create_app, run
     except ImportError as e:

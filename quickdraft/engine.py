@@ -16,7 +16,7 @@ from .errors import ContextOverflowError, InvalidParameterError
 from .proposers.base import Proposer, create
 from .sampling import SamplingParams
 from .stats import Stats
-from .types import Acceptance, Draft, GenerationResult, Piece
+from .types import Draft, GenerationResult, Piece
 
 Prompt = str | Sequence[dict] | Sequence[int]
 
@@ -42,13 +42,14 @@ class _TextOut:
     text: str = ""
     shown: int = 0  # characters of ``text`` already streamed
     finish_reason: str | None = None
+    eos: bool = False  # ended on an end-of-generation token
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
     def add(self, token: int) -> bool:
         """Take one token; returns False if it ends the generation and must not be emitted."""
         if self.backend.is_end_of_generation(token):
-            self.finish_reason = "stop"
+            self.finish_reason, self.eos = "stop", True
             return False
         self.text += self._decoder.decode(self.backend.token_bytes(token))
         for s in self.stop:
@@ -95,6 +96,9 @@ class Engine:
         """Token ids for a prompt: ids as given; a message list or (unless ``chat`` is False) a
         string through the model's chat template when it has one; otherwise the raw text."""
         if not isinstance(prompt, str) and all(isinstance(t, (int, np.integer)) for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.target.vocab_size]
+            if bad:
+                raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{self.target.vocab_size - 1})")
             return [int(t) for t in prompt]
         chat = self.chat if chat is None else chat
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -112,6 +116,8 @@ class Engine:
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         if max_tokens < 1:
             raise InvalidParameterError(f"max_tokens must be >= 1, got {max_tokens}")
+        if any(not s for s in stop):
+            raise InvalidParameterError("stop strings must not be empty")
         tokens = self.prompt_tokens(prompt, chat=chat)
         if not tokens:
             raise InvalidParameterError("the prompt is empty")
@@ -168,7 +174,7 @@ class Engine:
             text = out.flush(final=done)
             if kept or text:
                 yield Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
-        stats.total_time_s = time.perf_counter() - start
+        stats.total_time_s, stats.ended_on_eos = time.perf_counter() - start, out.eos
         stream.result = GenerationResult(text=out.text, token_ids=generated,
                                          finish_reason=out.finish_reason or "length",
                                          stats=stats.to_dict(), prompt_tokens=len(prompt))

@@ -34,6 +34,8 @@ class SamplingParams:
             raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidParameterError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.seed is not None and self.seed < 0:
+            raise InvalidParameterError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -12,7 +12,8 @@ class Stats:
     """Accumulates one generation's steps.
 
     Definitions (DESIGN.md): a step is one target forward; mean accepted length (tau) is emitted
-    tokens per target forward, bonus included; acceptance rate is accepted / drafted draft tokens;
+    tokens per target forward, bonus included (an end-of-generation token counts as emitted,
+    though it is not part of the output); acceptance rate is accepted / drafted draft tokens;
     acceptance_by_position[i] is the fraction of drafts with more than i tokens whose token i
     was accepted.
     """
@@ -26,6 +27,7 @@ class Stats:
     prefill_time_s: float = 0.0
     total_time_s: float = 0.0
     prompt_tokens: int = 0
+    ended_on_eos: bool = False
     accepted_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     _reached: list[int] = field(default_factory=list)  # drafts with > i tokens
     _kept: list[int] = field(default_factory=list)  # of those, token i accepted
@@ -52,7 +54,8 @@ class Stats:
 
     @property
     def mean_accepted_length(self) -> float:
-        return self.generated_tokens / self.target_forwards if self.target_forwards else 0.0
+        emitted = self.generated_tokens + self.ended_on_eos
+        return emitted / self.target_forwards if self.target_forwards else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,6 +79,7 @@ class Stats:
             "prefill_time_s": round(self.prefill_time_s, 4),
             "total_time_s": round(self.total_time_s, 4),
             "prompt_tokens": self.prompt_tokens,
+            "ended_on_eos": self.ended_on_eos,
             "tokens_per_second": round(self.tokens_per_second, 3),
             "accepted_lengths": list(self.accepted_lengths),
         }

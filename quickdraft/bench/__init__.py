@@ -15,7 +15,7 @@ results.json schema
     prompt_tokens, new_tokens, time_s (whole call), prefill_time_s, decode_time_s,
     draft_time_s, verify_time_s, target_forwards, drafted_tokens, accepted_tokens,
     accepted_lengths [tokens emitted per step], acceptance_by_position [float],
-    tokens_per_second (new_tokens / decode_time_s),
+    tokens_per_second (new_tokens / decode_time_s), ended_on_eos,
     speedup (AR decode seconds per token / this sample's, AR of the same unit and repeat; 1 for ar),
     check ({result: exact | near-tie | real divergence, index, margin, tolerance, summary} or null),
     text
@@ -25,7 +25,7 @@ results.json schema
     task, method, prompts (prompt-turn units), samples,
     speedup (geometric mean over units of each unit's median over repeats),
     speedup_median, speedup_min, speedup_max (over units' medians),
-    mean_accepted_length (tokens per target forward, bonus included), acceptance_rate,
+    mean_accepted_length (tokens per target forward, bonus and a final EOS included), acceptance_rate,
     acceptance_by_position, tokens_per_second (median over samples), tokens_per_second_min/_max,
     draft_time_s, verify_time_s (totals), checks {exact, near-tie, real divergence: counts}
 
@@ -33,6 +33,7 @@ results.json schema
 "relative": [median_s / median_s at k=1]}, "draft": {"token_s": float} | null, "context_tokens": int}``
 
 ``peers``: rows ``{peer, method, task, prompt_id, turn, repeat, new_tokens, time_s,
-tokens_per_second, speedup (against the peer's own plain generation), equal_to_reference}``;
+first_token_s, first_chunk, tokens_per_second (after the first chunk, like our decode speed),
+speedup (against the peer's own plain generation), equal_to_reference, config}``;
 ``peer_status``: ``{peer: "ok" | "skipped: <why>" | "failed: <why>"}``.
 """

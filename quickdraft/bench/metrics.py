@@ -39,9 +39,13 @@ def with_speedups(samples: Sequence[dict]) -> list[dict]:
     return out
 
 
-def geometric_mean(values: Iterable[float]) -> float:
-    values = [v for v in values if v > 0]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+def geometric_mean(values: Iterable[float | None]) -> float | None:
+    """Geometric mean of the positive values (None and NaN skipped); None if there are none.
+
+    Example: geometric_mean([1, 4, None]) == 2.0.
+    """
+    logs = [math.log(v) for v in values if v is not None and v > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else None
 
 
 def summarize(samples: Sequence[dict]) -> list[dict]:
@@ -66,11 +70,12 @@ def _row(task: str, method: str, group: list[dict]) -> dict:
     return {
         "task": task, "method": method,
         "prompts": len({unit_key(s) for s in group}), "samples": len(group),
-        "speedup": geometric_mean(unit_speedups) if unit_speedups else None,
+        "speedup": geometric_mean(unit_speedups),
         "speedup_median": median(unit_speedups) if unit_speedups else None,
         "speedup_min": min(unit_speedups) if unit_speedups else None,
         "speedup_max": max(unit_speedups) if unit_speedups else None,
-        "mean_accepted_length": total("new_tokens") / max(total("target_forwards"), 1),
+        "mean_accepted_length": (total("new_tokens") + sum(s.get("ended_on_eos", False) for s in group))
+        / max(total("target_forwards"), 1),
         "acceptance_rate": total("accepted_tokens") / total("drafted_tokens") if total("drafted_tokens") else 0.0,
         "acceptance_by_position": [a / d if d else 0.0 for a, d in zip(accepted, drafted)],
         "tokens_per_second": median(tps), "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),

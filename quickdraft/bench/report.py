@@ -27,8 +27,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from .metrics import CHECK_KINDS, geometric_mean
+
 AR_METHOD = "ar"
-CHECK_KINDS = ("exact", "near-tie", "real divergence")
 DIVERGENCE = "real divergence"
 DPI = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -71,15 +72,6 @@ def _floats(values: Any) -> list[float | None]:
     if not isinstance(values, (list, tuple)):
         return []
     return [_num(v) for v in values]
-
-
-def _geo_mean(values: Iterable[Any]) -> float | None:
-    """Geometric mean of the positive finite values, None if there are none.
-
-    Example: _geo_mean([1, 4, None]) == 2.0.
-    """
-    logs = [math.log(v) for v in map(_num, values) if v is not None and v > 0]
-    return math.exp(sum(logs) / len(logs)) if logs else None
 
 
 def _median(values: Iterable[Any]) -> float | None:
@@ -279,7 +271,7 @@ def peer_groups(results: dict) -> list[dict]:
             out.append({
                 "peer": peer, "method": method, "status": peer_status, "runs": len(group),
                 "tps": _median(tps), "tps_min": min(tps, default=None), "tps_max": max(tps, default=None),
-                "speedup": _geo_mean(speedups),
+                "speedup": geometric_mean(map(_num, speedups)),
                 "speedup_min": min(speedups, default=None), "speedup_max": max(speedups, default=None),
                 "equal": sum(bool(e) for e in equal), "compared": len(equal),
             })

@@ -112,7 +112,7 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
     s = result.stats
     keep = ("target_forwards", "drafted_tokens", "accepted_tokens", "accepted_lengths", "acceptance_by_position",
             "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
-            "tokens_per_second")
+            "tokens_per_second", "ended_on_eos")
     return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": method,
             "config": {"num_draft": config.num_draft if method != "ar" else 0, "temperature": config.temperature},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,

@@ -120,3 +120,16 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method):
     keys = sorted(exact)
     result = chisquare([counts[k] for k in keys], [exact[k] * draws for k in keys])
     assert result.pvalue > 1e-3, (counts, exact)
+
+
+@pytest.mark.parametrize("prompt, kwargs, message", [
+    ([1, 2, 10**6], {}, "outside the vocabulary"),
+    ("hello", {"stop": [""]}, "stop strings"),
+    ("hello", {"max_tokens": 0}, "max_tokens"),
+    ("hello", {"seed": -3, "temperature": 1.0}, "seed"),
+])
+def test_engine_refuses_bad_requests_clearly(tiny_engine, prompt, kwargs, message):
+    from quickdraft.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=message):
+        tiny_engine.generate(prompt, **kwargs)

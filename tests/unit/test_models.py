@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quickdraft import models, packages
+from quickdraft import packages
 from quickdraft.errors import ModelNotFoundError, QuickdraftError
 from quickdraft.models import (
     BUNDLED,

@@ -42,3 +42,8 @@ def test_sample_skips_zero_probability_tokens_and_is_seeded():
 
 def test_choose_greedy_is_argmax():
     assert choose(np.array([0.0, 2.0, 1.0]), SamplingParams(), np.random.default_rng(0)) == 1
+
+
+def test_negative_seed_is_refused():
+    with pytest.raises(InvalidParameterError, match="seed"):
+        SamplingParams(seed=-1)

@@ -9,7 +9,6 @@ depends on the context, and the draft agrees with the target often but not alway
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import time
 from pathlib import Path

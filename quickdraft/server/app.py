@@ -1,0 +1,147 @@
+"""The FastAPI application: routes, error handling, streaming. Build it with :func:`create_app`.
+
+    engine = quickdraft.load()
+    app = create_app(engine, "qwen2.5-coder-1.5b-instruct", api_key="KEY")
+    run(app, host="127.0.0.1", port=8000)
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``),
+``GET /v1/models``, ``GET /v1/models/{model}``, ``GET /health``, ``GET /metrics``. Every error is
+OpenAI's ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import Engine
+from .completions import Completions
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .middleware import ApiKeyAuth, BodySizeLimit, RequestCounter
+from .protocol import APIError, internal_error, validation_error
+from .scheduler import DEFAULT_MAX_TOKENS, Scheduler
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+OPEN_PATHS = ("/health",)  # reachable without the API key
+
+
+def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, api_key: str | None = None, *,
+               max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               default_max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:
+    """An OpenAI-compatible app serving ``model_name``.
+
+    engine_or_engines: one Engine, or several replicas of the same model pair (each has its own
+        llama.cpp context and worker thread; requests go to whichever is free).
+    api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
+    max_queue: requests that may wait for an engine; beyond that the server answers 503.
+    timeout_s: per request, from arrival (queueing included) to the last token; then 504 (or an
+        error event in a stream that already started).
+    max_body_bytes: larger request bodies get 413.
+    default_max_tokens: cap for requests that do not set ``max_tokens``.
+    """
+    engines = list(engine_or_engines) if isinstance(engine_or_engines, (list, tuple)) else [engine_or_engines]
+    metrics = Metrics()
+    scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics, default_max_tokens=default_max_tokens)
+    n_ctx = min(e.target.n_ctx for e in engines)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="quickdraft", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.metrics = scheduler, metrics
+
+    def count_error(error: APIError) -> None:
+        metrics.errors.labels(str(error.status), error.code or error.type).inc()
+
+    def error_response(error: APIError) -> JSONResponse:
+        count_error(error)
+        headers = {"Retry-After": "1"} if error.status == 503 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    # Middlewares: the last added runs first (count -> auth -> body size -> routes).
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, on_error=count_error)
+    if api_key:
+        app.add_middleware(ApiKeyAuth, api_key=api_key, open_paths=OPEN_PATHS, on_error=count_error)
+    app.add_middleware(RequestCounter, count=lambda e, s: metrics.http_requests.labels(e, str(s)).inc(),
+                       endpoints=ENDPOINTS)
+
+    # --- errors --------------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError):
+        return error_response(validation_error(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: f"no endpoint {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error_response(APIError(exc.status_code, message, code="not_found" if exc.status_code == 404
+                                       else None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        return error_response(internal_error())
+
+    complete = Completions(scheduler, model_name=model_name, n_ctx=n_ctx, timeout_s=timeout_s, on_error=count_error)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await complete(body, request, "chat")
+
+    @app.post("/v1/completions")
+    async def text_completions(body: CompletionRequest, request: Request):
+        return await complete(body, request, "text")
+
+    # --- information ---------------------------------------------------------------------------
+    created = int(time.time())
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "quickdraft"}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str):
+        if model != model_name:
+            raise APIError(404, f"the model '{model}' does not exist: this server serves '{model_name}'",
+                           param="model", code="model_not_found")
+        return model_card
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "engines": len(engines),
+                "queue_length": scheduler.waiting, "running": scheduler.running}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -1,0 +1,191 @@
+"""OpenAI's wire format, as pure functions: request -> engine options, results -> response
+objects and stream chunks, errors -> ``{"error": {...}}``.
+
+Nothing here touches the engine, the network or the clock (ids and timestamps are passed in), so
+every shape is checked by plain unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+# OpenAI's default sampling is temperature 1, top_p 1 (pass temperature=0 for greedy).
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+
+# Per-step bookkeeping that would make every response long; everything else in stats is reported.
+_OMITTED_STATS = ("accepted_lengths",)
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: HTTP ``status`` and ``{"error": {message, type, param, code}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def engine_error(exc: QuickdraftError, *, prompt_param: str = "messages") -> APIError:
+    """A user-caused engine error as a 400 (context overflow gets OpenAI's own code)."""
+    if isinstance(exc, ContextOverflowError):
+        return APIError(400, str(exc), param=prompt_param, code="context_length_exceeded")
+    if isinstance(exc, InvalidParameterError):
+        return APIError(400, str(exc), code="invalid_value")
+    return APIError(400, str(exc), code="invalid_request")
+
+
+def method_error(exc: QuickdraftError) -> APIError:
+    """The requested decoding method cannot be used (unknown name, no draft model loaded)."""
+    return APIError(400, str(exc), param="speculative.method", code="invalid_method")
+
+
+def busy_error(max_queue: int) -> APIError:
+    return APIError(503, f"the server is busy: {max_queue} requests are already waiting; retry later",
+                    type="server_error", code="server_busy")
+
+
+def timeout_error(timeout_s: float) -> APIError:
+    return APIError(504, f"the request did not finish within the server's timeout of {timeout_s:g} s; "
+                         "ask for fewer tokens or retry later", type="server_error", code="timeout")
+
+
+def internal_error() -> APIError:
+    return APIError(500, "internal server error (see the server log)", type="server_error", code="internal_error")
+
+
+def validation_error(errors: Sequence[dict]) -> APIError:
+    """A 400 for pydantic's ``errors`` naming the first offending field (``messages[0].role``)."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return APIError(400, f"the request body is not valid JSON ({detail})".replace(" ()", ""),
+                        code="invalid_json")
+    param = error_param(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = f"missing required field '{param}'"
+    elif param:
+        message = f"invalid '{param}': {message}"
+    return APIError(400, message, param=param, code="invalid_value" if param else "invalid_request")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance"}
+
+
+def error_param(loc: Sequence) -> str | None:
+    """``("body", "messages", 0, "role")`` -> ``messages[0].role``; stops at pydantic's union tags."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or not str(part).isidentifier():
+            break
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+# --- requests -> engine ------------------------------------------------------------------------
+
+def engine_prompt(request: ChatCompletionRequest | CompletionRequest) -> tuple[Any, bool]:
+    """``(prompt, chat)`` for ``Engine.prompt_tokens``: chat messages are always templated; a
+    completion prompt is raw text (``chat=False``) or token ids."""
+    if isinstance(request, ChatCompletionRequest):
+        return [m.as_dict() for m in request.messages], True
+    return request.prompt, False
+
+
+def sampling_options(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """Keyword arguments for ``Engine.stream`` (all but the prompt and ``max_tokens``, which
+    depends on the prompt's length when the request leaves it out)."""
+    spec = request.speculative
+    return {
+        "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        "top_p": DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        "top_k": request.top_k or 0,
+        "seed": request.seed,
+        "stop": request.stop_strings(),
+        "method": spec.method if spec else None,
+        "num_draft": spec.num_draft if spec else None,
+    }
+
+
+def default_max_tokens(prompt_tokens: int, n_ctx: int, cap: int) -> int:
+    """``max_tokens`` for a request that did not set one: what fits in the context, at most ``cap``
+    (at least 1, so a prompt that fills the context gets the engine's overflow message)."""
+    return max(1, min(cap, n_ctx - prompt_tokens))
+
+
+# --- engine -> responses -----------------------------------------------------------------------
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def speculative_summary(method: str, num_draft: int, stats: dict) -> dict:
+    """The extra ``speculative`` response field: the method used and the engine's stats."""
+    return {"method": method, "num_draft": num_draft,
+            **{k: v for k, v in stats.items() if k not in _OMITTED_STATS}}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Builds the response object or the stream chunks of one request.
+
+    kind: ``chat`` (``chat.completion`` / ``chat.completion.chunk``) or ``text``
+    (``text_completion``, for both). ``id`` and ``created`` are fixed for all chunks of a stream.
+    """
+
+    kind: Literal["chat", "text"]
+    id: str
+    created: int
+    model: str
+
+    def _envelope(self, object_: str, choices: list[dict], **extra) -> dict:
+        return {"id": self.id, "object": object_, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": choices, **extra}
+
+    def response(self, text: str, finish_reason: str, usage: dict, speculative: dict) -> dict:
+        """The whole answer of a non-streaming request."""
+        if self.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": finish_reason}
+            return self._envelope("chat.completion", [choice], usage=usage, speculative=speculative)
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return self._envelope("text_completion", [choice], usage=usage, speculative=speculative)
+
+    def chunk(self, text: str | None = None, *, first: bool = False, finish_reason: str | None = None,
+              **extra) -> dict:
+        """One stream chunk: the first one of a chat stream carries the role; the last one the
+        finish reason (and here the ``speculative`` stats, as an extra field)."""
+        if self.kind == "chat":
+            delta: dict = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return self._envelope("chat.completion.chunk", [choice], **extra)
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._envelope("text_completion", [choice], **extra)
+
+    def usage_chunk(self, usage: dict) -> dict:
+        """The final chunk a client asked for with ``stream_options.include_usage``: no choices."""
+        object_ = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return self._envelope(object_, [], usage=usage)
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event (``data: ...`` and a blank line)."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+SSE_DONE = sse("[DONE]")

@@ -1,0 +1,137 @@
+"""The scheduler on its own, with a stand-in engine whose steps the test releases: arrival
+order, the bounded queue, cancelling a waiting request, and replicas running side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from quickdraft.engine import Stream
+from quickdraft.server.metrics import Metrics
+from quickdraft.server.protocol import APIError
+from quickdraft.server.scheduler import Finished, Job, Scheduler, Started
+from quickdraft.types import GenerationResult, Piece
+
+
+class GatedEngine:
+    """Engine stand-in: each generation emits one piece, then waits for ``gate`` before finishing."""
+
+    method, num_draft = "fake", 0
+    target = SimpleNamespace(vocab_size=100, n_ctx=64)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: list = []
+
+    def proposer(self, method):
+        return None
+
+    def prompt_tokens(self, prompt, chat=None):
+        return [1, 2]
+
+    def stream(self, tokens, **options) -> Stream:
+        stream = Stream(iter(()))
+
+        def pieces():
+            self.started.append(options["seed"])
+            yield Piece("x", (3,), (False,))
+            assert self.gate.wait(10)
+            stream.result = GenerationResult("x", [3], "length", {}, prompt_tokens=2)
+
+        stream.pieces = pieces()
+        return stream
+
+
+@pytest.fixture()
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def job(loop, seed: int) -> Job:
+    return Job("p", chat=False, options={"seed": seed, "method": None, "num_draft": None}, max_tokens=1,
+               timeout_s=30, loop=loop)
+
+
+def until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def events(loop, j: Job) -> list:
+    async def drain():
+        out = []
+        while not out or not isinstance(out[-1], Finished):
+            out.append(await asyncio.wait_for(j.events.get(), 5))
+        return out
+
+    return loop.run_until_complete(drain())
+
+
+def test_requests_run_in_arrival_order_and_the_queue_is_bounded(loop):
+    engine = GatedEngine()
+    scheduler = Scheduler([engine], max_queue=2, metrics=Metrics())
+    scheduler.start()
+    try:
+        jobs = [job(loop, seed) for seed in range(3)]
+        for j in jobs:
+            scheduler.submit(j)
+        until(lambda: scheduler.running == 1 and scheduler.waiting == 2)
+        with pytest.raises(APIError) as refused:
+            scheduler.submit(job(loop, 99))
+        assert refused.value.status == 503
+        engine.gate.set()
+        for j in jobs:
+            kinds = [type(e).__name__ for e in events(loop, j)]
+            assert kinds == ["Started", "Piece", "Finished"]
+        assert engine.started == [0, 1, 2]
+    finally:
+        engine.gate.set()
+        scheduler.stop()
+
+
+def test_a_cancelled_waiting_request_leaves_the_queue_at_once_and_never_runs(loop):
+    engine = GatedEngine()
+    scheduler = Scheduler([engine], max_queue=1, metrics=Metrics())
+    scheduler.start()
+    try:
+        first, second = job(loop, 1), job(loop, 2)
+        scheduler.submit(first)
+        until(lambda: scheduler.running == 1)
+        scheduler.submit(second)
+        scheduler.cancel(second)
+        assert scheduler.waiting == 0
+        scheduler.submit(job(loop, 3))  # the slot is free again
+        engine.gate.set()
+        until(lambda: scheduler.running == 0 and scheduler.waiting == 0)
+        assert engine.started == [1, 3]
+    finally:
+        engine.gate.set()
+        scheduler.stop()
+
+
+def test_replicas_serve_requests_side_by_side(loop):
+    engines = [GatedEngine(), GatedEngine()]
+    scheduler = Scheduler(engines, max_queue=0, metrics=Metrics())
+    scheduler.start()
+    try:
+        a, b = job(loop, 1), job(loop, 2)
+        scheduler.submit(a)
+        until(lambda: scheduler.running == 1)
+        scheduler.submit(b)  # accepted: a replica is idle, although nothing may wait
+        until(lambda: scheduler.running == 2)
+        assert sorted(engines[0].started + engines[1].started) == [1, 2]
+        for engine in engines:
+            engine.gate.set()
+        assert isinstance(events(loop, a)[0], Started) and isinstance(events(loop, b)[-1], Finished)
+    finally:
+        for engine in engines:
+            engine.gate.set()
+        scheduler.stop()
