@@ -21,8 +21,9 @@ class Backend(Protocol):
     eos_token: int
     tokens: list[int]  # what the KV cache holds, in order
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix."""
+    def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
+        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix;
+        with ``last_logits``, return the logits after the last token [V]."""
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         """Append ``tokens`` (n >= 1) after the cache; return logits for every new position [n, V]:

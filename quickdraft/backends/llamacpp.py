@@ -92,41 +92,50 @@ class LlamaCppBackend:
         self.close()
 
     # --- the KV cache -------------------------------------------------------------------------
-    def forward(self, tokens: Sequence[int], *, logits: bool = True) -> np.ndarray:
-        """Append ``tokens`` (n >= 1); return logits [n, V] for every new position (or an empty
-        array when ``logits`` is False, as for prefill)."""
+    def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
+        """Append ``tokens`` (n >= 1); return logits for the new positions: [n, V] for
+        ``outputs="all"``, [1, V] for the last position only (``"last"``), [0, V] for ``"none"``."""
         if len(self.tokens) + len(tokens) > self.n_ctx:
             raise QuickdraftError(f"context full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
         rows = []
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
-            self._decode(chunk, logits)
-            if logits:
+            final = start + len(chunk) == len(tokens)
+            wanted = [outputs == "all" or (outputs == "last" and final and i == len(chunk) - 1)
+                      for i in range(len(chunk))]
+            self._decode(chunk, wanted)
+            if any(wanted):
                 out = ll.llama_get_logits(self._ctx)
-                rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.vocab_size)).copy())
+                rows.append(np.ctypeslib.as_array(out, shape=(sum(wanted), self.vocab_size)).copy())
         return np.concatenate(rows) if rows else np.empty((0, self.vocab_size), np.float32)
 
-    def _decode(self, chunk: Sequence[int], logits: bool) -> None:
+    def _decode(self, chunk: Sequence[int], wanted: Sequence[bool]) -> None:
         b, first = self._batch, len(self.tokens)
         b.n_tokens = len(chunk)
         for i, token in enumerate(chunk):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, first + i, 1, logits
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, first + i, 1, wanted[i]
             b.seq_id[i][0] = 0
         status = ll.llama_decode(self._ctx, b)
         if status != 0:
             raise QuickdraftError(f"llama_decode failed with status {status} at position {first}")
         self.tokens.extend(int(t) for t in chunk)
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix."""
+    def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
+        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
+        With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
+        if it was cached), so a caller can sync and predict in one forward."""
         common = 0
         for a, b in zip(self.tokens, tokens):
             if a != b:
                 break
             common += 1
+        if last_logits:
+            common = min(common, len(tokens) - 1)
         self.rollback(common)
         if common < len(tokens):
-            self.forward(list(tokens[common:]), logits=False)
+            rows = self.forward(list(tokens[common:]), outputs="last" if last_logits else "none")
+            return rows[-1] if last_logits else None
+        return None
 
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached tokens."""

@@ -41,12 +41,12 @@ class DraftModelProposer:
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
-        self.model.prefill(context[:-1])
+        if budget <= 0:
+            return Draft()
+        logits = self.model.prefill(context, last_logits=True)  # catch up and predict in one forward
         tokens: list[int] = []
         qs: list[np.ndarray] = []
-        last = context[-1]
-        while len(tokens) < budget:
-            logits = self.model.forward([last])[0]
+        while True:
             if sampling.greedy:
                 token = int(np.argmax(logits))
                 confidence = 1.0 / np.exp(logits - logits[token]).sum() if self.min_confidence else 1.0
@@ -59,7 +59,9 @@ class DraftModelProposer:
             tokens.append(token)
             if not sampling.greedy:
                 qs.append(q)
-            last = token
+            if len(tokens) == budget:
+                break
+            logits = self.model.forward([token])[0]
         return Draft(tuple(tokens), np.stack(qs) if qs else None)
 
     def observe(self, acceptance: Acceptance) -> None:

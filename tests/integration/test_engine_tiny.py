@@ -133,3 +133,14 @@ def test_engine_refuses_bad_requests_clearly(tiny_engine, prompt, kwargs, messag
 
     with pytest.raises(InvalidParameterError, match=message):
         tiny_engine.generate(prompt, **kwargs)
+
+
+def test_prefill_with_last_logits_equals_a_separate_forward(tiny_target_backend):
+    b = tiny_target_backend
+    tokens = b.tokenize("one two three four", special=False)
+    b.prefill(tokens[:-1])
+    expected = b.forward(tokens[-1:])[0]
+    for cached in (tokens, tokens[:2], []):  # fully cached, partly cached, empty cache
+        b.prefill(cached)
+        assert np.allclose(b.prefill(tokens, last_logits=True), expected, atol=1e-4)
+        assert b.tokens == tokens
