@@ -83,7 +83,7 @@ def generate(
     output = result.to_dict()
     if not as_json:
         sys.stdout.write("\n")
-        err.print(f"[dim]{engine.method}: {_stats_line(result.stats)}[/]", highlight=False)
+        err.print(f"[dim]{engine.method}: {_stats_line(result.stats)}[/]", highlight=False, soft_wrap=True)
     if check:
         from .check import check_against_ar
 
@@ -93,7 +93,7 @@ def generate(
         verdict = check_against_ar(engine, engine.prompt_tokens(prompt), result.token_ids, ar.token_ids)
         output["check"] = verdict.to_dict()
         if not as_json:
-            err.print(f"check against AR: {verdict} (AR {ar.stats['tokens_per_second']:.1f} tok/s)")
+            err.print(f"check against AR: {verdict} (AR {ar.stats['tokens_per_second']:.1f} tok/s)", soft_wrap=True)
     if as_json:
         print(json.dumps(output))
     if check and output["check"]["result"] == "real divergence":

@@ -44,7 +44,9 @@ class LlamaCppBackend:
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
                  verbose: bool = False) -> None:
         self.path = resolve_model(str(model))
-        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        # llama-cpp-python maps ggml's WARN level to logging.ERROR, so only CRITICAL keeps load-time
+        # warnings quiet; failures still reach the user as our own error messages.
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
         ll.llama_backend_init()
         self.n_threads = n_threads or default_threads()
         self.n_gpu_layers = n_gpu_layers
