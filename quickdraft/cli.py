@@ -40,18 +40,21 @@ DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for
 Method = typer.Option(None, "--method", help="ar | draft | ngram (default: draft).")
 NumDraft = typer.Option(4, "--num-draft", "-k", help="Draft budget: at most this many tokens per step.")
 MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
+ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
+                             "adaptive (the length that maximises expected tokens/s, 0 included).")
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
 
 
-def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False):
+def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
+                controller="fixed"):
     from . import load
 
     method = method or "draft"
     return load(target, draft if method == "draft" else None, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw)
+                chat=not raw, controller=controller)
 
 
 @app.command()
@@ -59,7 +62,7 @@ def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads
 def generate(
     prompt: str = typer.Argument(..., help="The prompt (sent through the chat template unless --raw)."),
     target: str = Target, draft: str = DraftModel, method: Optional[str] = Method,
-    num_draft: int = NumDraft, min_confidence: float = MinConfidence,
+    num_draft: int = NumDraft, min_confidence: float = MinConfidence, controller: str = ControllerOpt,
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Maximum new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"), top_k: int = typer.Option(0, "--top-k", help="0 = off."),
@@ -71,7 +74,8 @@ def generate(
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
 ):
     """Generate text, streaming it, then print a stats line."""
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw)
+    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
+                         controller)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -133,6 +137,7 @@ def bench(
     repeat: int = typer.Option(1, "--repeat", help="Runs per prompt and method (median, min, max)."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (outputs are checked against AR)."),
     target: str = Target, draft: str = DraftModel, num_draft: int = NumDraft, n_ctx: int = NCtx,
+    controller: str = ControllerOpt,
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in --out."),
@@ -145,7 +150,7 @@ def bench(
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
-                         peer_limit=peer_limit)
+                         peer_limit=peer_limit, controller=controller)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import verifiers
 from .backends.base import Backend
-from .control import Controller, FixedBudget
+from .control import Controller, create_controller
 from .errors import ContextOverflowError, InvalidParameterError
 from .proposers.base import Proposer, create
 from .sampling import SamplingParams
@@ -74,17 +74,22 @@ class Engine:
 
     ``method`` names a registered proposer (``ar``, ``draft``, ``ngram``, ...); ``proposer_options``
     are passed to its factory (e.g. ``draft=<path>``). Proposers are created on first use and kept.
+    ``controller`` names the draft budget policy (``fixed`` or ``adaptive``, see control.py);
+    ``relative_cost`` is the target's calibrated forward cost curve the adaptive one starts from.
     """
 
-    def __init__(self, target: Backend, *, method: str = "ar", num_draft: int = 4,
-                 chat: bool = True, **proposer_options) -> None:
+    def __init__(self, target: Backend, *, method: str = "ar", num_draft: int = 4, chat: bool = True,
+                 controller: str = "fixed", relative_cost: Sequence[float] | None = None,
+                 **proposer_options) -> None:
         self.target = target
         self.method = method
         self.num_draft = num_draft
         self.chat = chat
+        self.controller = controller
+        self.relative_cost = relative_cost
         self.proposer_options = proposer_options
         self._proposers: dict[str, Proposer] = {}
-        FixedBudget(num_draft)  # validates
+        create_controller(controller, num_draft)  # validates
         self.proposer(method)  # fail fast (missing draft, vocabulary mismatch)
 
     def proposer(self, method: str) -> Proposer:
@@ -111,7 +116,7 @@ class Engine:
     def stream(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
                method: str | None = None, num_draft: int | None = None, chat: bool | None = None,
-               controller: Controller | None = None) -> Stream:
+               controller: str | Controller | None = None) -> Stream:
         """Generate, yielding :class:`Piece` s; see :meth:`generate` for the arguments."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         if max_tokens < 1:
@@ -125,7 +130,9 @@ class Engine:
             raise ContextOverflowError(
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                 f"size ({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx")
-        controller = controller or FixedBudget(self.num_draft if num_draft is None else num_draft)
+        if not hasattr(controller, "budget"):
+            controller = create_controller(controller or self.controller,
+                                           self.num_draft if num_draft is None else num_draft, self.relative_cost)
         proposer = self.proposer(method or self.method)
         stream = Stream(iter(()))
         stream.pieces = self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller, stream)
@@ -135,8 +142,9 @@ class Engine:
         """Generate a completion of ``prompt`` (text, chat messages, or token ids).
 
         Keywords: max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop (strings),
-        method (a registered proposer name), num_draft (draft budget per step), chat
-        (apply the chat template to a text prompt; default: the engine's setting).
+        method (a registered proposer name), num_draft (draft budget per step), controller
+        (``fixed`` or ``adaptive``), chat (apply the chat template to a text prompt; default: the
+        engine's setting).
         """
         stream = self.stream(prompt, **kwargs)
         for _ in stream:
@@ -175,6 +183,9 @@ class Engine:
             if kept or text:
                 yield Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
         stats.total_time_s, stats.ended_on_eos = time.perf_counter() - start, out.eos
+        report = stats.to_dict()
+        if getattr(controller, "decisions", None) is not None:
+            report["budget_decisions"] = {str(k): n for k, n in sorted(controller.decisions.items())}
         stream.result = GenerationResult(text=out.text, token_ids=generated,
                                          finish_reason=out.finish_reason or "length",
-                                         stats=stats.to_dict(), prompt_tokens=len(prompt))
+                                         stats=report, prompt_tokens=len(prompt))

@@ -62,3 +62,12 @@ def calibration_path(model_path: Path, n_threads: int) -> Path:
 def save_calibration(calibration: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration, indent=1))
+
+
+def cached_relative_cost(model_path: Path, n_threads: int) -> list[float] | None:
+    """The cached curve's relative costs (index k: k + 1 new tokens), or None if not calibrated."""
+    path = calibration_path(model_path, n_threads)
+    try:
+        return json.loads(path.read_text())["target"]["relative"]
+    except (OSError, ValueError, KeyError):
+        return None

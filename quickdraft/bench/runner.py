@@ -43,6 +43,7 @@ class BenchConfig:
     seed: int = 0
     n_ctx: int = 4096
     peer_limit: int = 2
+    controller: str = "fixed"
 
     def __post_init__(self) -> None:
         if "ar" not in self.methods:  # the baseline every speedup is measured against
@@ -114,7 +115,8 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
             "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
             "tokens_per_second", "ended_on_eos")
     return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": method,
-            "config": {"num_draft": config.num_draft if method != "ar" else 0, "temperature": config.temperature},
+            "config": {"num_draft": config.num_draft if method != "ar" else 0, "temperature": config.temperature,
+                       "controller": config.controller, "budget_decisions": s.get("budget_decisions")},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
             "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
             "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text}
@@ -153,7 +155,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
     results = Results.start(out, config, resume=resume, overwrite=overwrite)
     engine = load(config.target, config.draft if "draft" in config.methods else None, method="ar",
-                  num_draft=config.num_draft, n_ctx=config.n_ctx)
+                  num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller)
     for method in config.methods:
         engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
     units: list[tuple[BenchPrompt, int, list[dict]]] = []

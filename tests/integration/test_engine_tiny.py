@@ -144,3 +144,14 @@ def test_prefill_with_last_logits_equals_a_separate_forward(tiny_target_backend)
         b.prefill(cached)
         assert np.allclose(b.prefill(tokens, last_logits=True), expected, atol=1e-4)
         assert b.tokens == tokens
+
+
+@pytest.mark.parametrize("method", SPECULATIVE)
+def test_adaptive_controller_stays_exact_and_reports_its_decisions(tiny_engine, method):
+    for prompt in PROMPTS:
+        ar = tiny_engine.generate(prompt, max_tokens=40, method="ar")
+        spec = tiny_engine.generate(prompt, max_tokens=40, method=method, controller="adaptive", num_draft=5)
+        assert spec.token_ids == ar.token_ids
+        decisions = spec.stats["budget_decisions"]
+        assert sum(decisions.values()) == spec.stats["target_forwards"]
+        assert set(decisions) <= {str(k) for k in range(6)}
