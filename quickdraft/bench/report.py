@@ -431,46 +431,41 @@ def _value_labels(ax, xs: Sequence[float], tops: Sequence[float | None], labels:
 
 def plot_speedup(results: dict):
     """Grouped bars of summary speedup (geometric mean) per task and method, min-max error bars."""
-    rows = _rows(results, "summary")
-    if not any(_num(r.get("speedup")) is not None for r in rows):
-        return None
-    index = _summary_index(results)
-    tasks, methods = _tasks(results, rows), _methods(results, rows)
-    colors = _colors(methods)
-    fig = _figure(max(7.5, 2.5 + 0.6 * len(tasks) * max(len(methods), 1)), 4.5)
-    ax = fig.subplots()
-    _grouped_bars(ax, tasks, methods, colors,
-                  lambda t, m: _num(index.get((t, m), {}).get("speedup")),
-                  lambda t, m: (_num(index.get((t, m), {}).get("speedup_min")),
-                                _num(index.get((t, m), {}).get("speedup_max"))),
-                  label_fmt="{:.2f}x")
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="plain decoding")
-    ax.set_ylim(0, max(ax.get_ylim()[1], 1.15))
-    ax.set_xlabel("task")
-    ax.set_ylabel("speedup over plain decoding (x)")
-    ax.set_title("Speedup over plain decoding per task\n(geometric mean over prompts; error bars: min-max)")
-    ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return fig
+    return _summary_bars(
+        results, "speedup", with_ar=True, error_keys=("speedup_min", "speedup_max"), label_fmt="{:.2f}x",
+        line_label="plain decoding", ylabel="speedup over plain decoding (x)",
+        title="Speedup over plain decoding per task\n(geometric mean over prompts; error bars: min-max)")
 
 
 def plot_accepted_length(results: dict):
     """Grouped bars of mean accepted length (tokens per target forward) per task and method."""
-    rows = [r for r in _rows(results, "summary") if r.get("method") != AR_METHOD]
-    if not any(_num(r.get("mean_accepted_length")) is not None for r in rows):
+    return _summary_bars(
+        results, "mean_accepted_length", with_ar=False, line_label="plain decoding (1 token)",
+        ylabel="tokens per target forward (bonus included)", title="Mean accepted length per task")
+
+
+def _summary_bars(results: dict, key: str, *, with_ar: bool, line_label: str, ylabel: str, title: str,
+                  error_keys: tuple[str, str] | None = None, label_fmt: str = "{:.2f}"):
+    """Grouped bars of summary ``key`` per task and method with a reference line at 1.0 (None
+    when no row has the value). ``with_ar``: include the ``ar`` rows."""
+    rows = [r for r in _rows(results, "summary") if with_ar or r.get("method") != AR_METHOD]
+    if not any(_num(r.get(key)) is not None for r in rows):
         return None
     index = _summary_index(results)
-    tasks, methods = _tasks(results, rows), [m for m in _methods(results, rows) if m != AR_METHOD]
+    tasks = _tasks(results, rows)
+    methods = [m for m in _methods(results, rows) if with_ar or m != AR_METHOD]
     colors = _colors(_methods(results, _rows(results, "summary")))
     fig = _figure(max(7.5, 2.5 + 0.6 * len(tasks) * max(len(methods), 1)), 4.5)
     ax = fig.subplots()
-    _grouped_bars(ax, tasks, methods, colors,
-                  lambda t, m: _num(index.get((t, m), {}).get("mean_accepted_length")))
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="plain decoding (1 token)")
+    value = lambda t, m: _num(index.get((t, m), {}).get(key))  # noqa: E731
+    errors = None if error_keys is None else (
+        lambda t, m: tuple(_num(index.get((t, m), {}).get(k)) for k in error_keys))
+    _grouped_bars(ax, tasks, methods, colors, value, errors, label_fmt=label_fmt)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label=line_label)
     ax.set_ylim(0, max(ax.get_ylim()[1], 1.15))
     ax.set_xlabel("task")
-    ax.set_ylabel("tokens per target forward (bonus included)")
-    ax.set_title("Mean accepted length per task")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return fig
