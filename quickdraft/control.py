@@ -14,6 +14,9 @@ from .types import Acceptance
 
 
 class Controller(Protocol):
+    def begin(self) -> None:
+        """A new request starts (what was learned about costs and acceptance is kept)."""
+
     def budget(self) -> int:
         """Upper bound on draft tokens for the next step (0 = a plain step)."""
 
@@ -30,6 +33,9 @@ class FixedBudget:
     def __post_init__(self) -> None:
         if self.num_draft < 0:
             raise InvalidParameterError(f"num_draft must be >= 0, got {self.num_draft}")
+
+    def begin(self) -> None:
+        pass
 
     def budget(self) -> int:
         return self.num_draft
@@ -76,7 +82,8 @@ class AdaptiveBudget:
     still drafts ``probe`` tokens after ``probe_every`` plain steps, so it notices when drafts
     become good again; each probe that does not turn drafting back on doubles the wait (up to 32
     times), because a probe costs the proposer a catch-up over the skipped tokens. ``decisions``
-    counts the budgets chosen (reported in stats).
+    counts the budgets chosen in the current request (reported in stats). The engine keeps one
+    controller per method across requests, so later requests start from what earlier ones learned.
     """
 
     max_k: int = 8
@@ -100,6 +107,9 @@ class AdaptiveBudget:
             raise InvalidParameterError(f"relative_cost needs {self.max_k + 1} entries, got {len(prior)}")
         self.relative_cost = list(prior[:self.max_k + 1])
         self._accept = [[0.5, 1.0] for _ in range(self.max_k)]  # prior: one half-accepted draft
+
+    def begin(self) -> None:
+        self.decisions = {}
 
     def acceptance(self) -> list[float]:
         return [a / r for a, r in self._accept]

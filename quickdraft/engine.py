@@ -89,6 +89,7 @@ class Engine:
         self.relative_cost = relative_cost
         self.proposer_options = proposer_options
         self._proposers: dict[str, Proposer] = {}
+        self._controllers: dict[tuple, Controller] = {}
         create_controller(controller, num_draft)  # validates
         self.proposer(method)  # fail fast (missing draft, vocabulary mismatch)
 
@@ -96,6 +97,14 @@ class Engine:
         if method not in self._proposers:
             self._proposers[method] = create(method, target=self.target, **self.proposer_options)
         return self._proposers[method]
+
+    def _controller(self, name: str, method: str, num_draft: int) -> Controller:
+        """The controller for this method and budget, kept across requests so what it learned
+        about this proposer's acceptance and costs carries over."""
+        key = (name, method, num_draft)
+        if key not in self._controllers:
+            self._controllers[key] = create_controller(name, num_draft, self.relative_cost)
+        return self._controllers[key]
 
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
         """Token ids for a prompt: ids as given; a message list or (unless ``chat`` is False) a
@@ -130,10 +139,11 @@ class Engine:
             raise ContextOverflowError(
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                 f"size ({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx")
+        method = method or self.method
         if not hasattr(controller, "budget"):
-            controller = create_controller(controller or self.controller,
-                                           self.num_draft if num_draft is None else num_draft, self.relative_cost)
-        proposer = self.proposer(method or self.method)
+            controller = self._controller(controller or self.controller, method,
+                                          self.num_draft if num_draft is None else num_draft)
+        proposer = self.proposer(method)
         stream = Stream(iter(()))
         stream.pieces = self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller, stream)
         return stream
@@ -159,6 +169,7 @@ class Engine:
         start = time.perf_counter()
         self.target.prefill(prompt[:-1])  # the last prompt token is fed with the first draft
         proposer.begin(prompt)
+        controller.begin()
         stats.prefill_time_s = time.perf_counter() - start
         context, generated = list(prompt), []
         while out.finish_reason is None and len(generated) < max_tokens:

@@ -155,3 +155,10 @@ def test_adaptive_controller_stays_exact_and_reports_its_decisions(tiny_engine, 
         decisions = spec.stats["budget_decisions"]
         assert sum(decisions.values()) == spec.stats["target_forwards"]
         assert set(decisions) <= {str(k) for k in range(6)}
+
+
+def test_the_engine_keeps_one_adaptive_controller_per_method(tiny_engine):
+    tiny_engine.generate(PROMPTS[0], max_tokens=8, method="ngram", controller="adaptive", num_draft=3)
+    first = tiny_engine._controllers[("adaptive", "ngram", 3)]
+    tiny_engine.generate(PROMPTS[1], max_tokens=8, method="ngram", controller="adaptive", num_draft=3)
+    assert tiny_engine._controllers[("adaptive", "ngram", 3)] is first

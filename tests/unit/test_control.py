@@ -68,3 +68,12 @@ def test_failed_probes_back_off():
     probes = [i for i, k in enumerate(ks) if k > 0][1:]  # after the optimistic first step
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert gaps == sorted(gaps) and gaps[-1] >= 3 * gaps[0]  # e.g. 9, 17, 33: the wait doubles
+
+
+def test_begin_keeps_what_was_learned_and_resets_the_decision_counts():
+    c = AdaptiveBudget(max_k=4)
+    for _ in range(30):
+        step(c, 0.0, 0.025, lambda k: 0.04 * (1 + 0.6 * k))
+    c.begin()
+    assert c.decisions == {}
+    assert step(c, 0.0, 0.025, lambda k: 0.04 * (1 + 0.6 * k)) == 0  # no optimistic restart
