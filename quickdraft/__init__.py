@@ -21,24 +21,26 @@ __version__ = "0.1.0"
 
 
 def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT_DRAFT, *,
-         method: str | None = None, num_draft: int = 4, min_confidence: float = 0.0, controller: str = "fixed",
+         method: str | None = None, num_draft: int | None = None, min_confidence: float = 0.0, controller: str = "fixed",
          n_ctx: int = 4096,
          n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
          verbose: bool = False) -> Engine:
     """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
 
-    ``method`` defaults to ``draft`` when a draft model is given, else ``ngram``. Other methods
-    stay available per request: ``engine.generate(prompt, method="ar")``. ``precise``: F32 KV
+    ``method`` defaults to ``auto``: per step the best of a suffix draft, a draft-model draft (when
+    ``draft`` is given) and a plain step. Other methods stay available per request:
+    ``engine.generate(prompt, method="ar")``. ``num_draft``: cap on draft tokens per step
+    (default 16 for ``auto``, 4 for the others). ``precise``: F32 KV
     cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
     ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
     expected tokens per second, starting from the cost curve ``quickdraft calibrate`` cached.
     """
     from .backends.llamacpp import LlamaCppBackend
-    from .bench.calibrate import cached_relative_cost
+    from .calibrate import cached_relative_cost
 
     backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                               precise=precise, verbose=verbose)
-    method = method or ("draft" if draft else "ngram")
+    method = method or "auto"
     return Engine(backend, method=method, num_draft=num_draft, chat=chat, controller=controller,
                   relative_cost=cached_relative_cost(backend.path, backend.n_threads),
                   draft=str(draft) if draft else None, min_confidence=min_confidence)

@@ -36,9 +36,12 @@ def friendly(command):
 
 # Options shared by every command that loads models.
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
-DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft: bundled name or .gguf path.")
-Method = typer.Option(None, "--method", help="ar | draft | ngram (default: draft).")
-NumDraft = typer.Option(4, "--num-draft", "-k", help="Draft budget: at most this many tokens per step.")
+DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: bundled "
+                          "name or .gguf path ('none': auto drafts without one).")
+Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix (default: auto, the best source "
+                      "per step: suffix match, draft model or none).")
+NumDraft = typer.Option(None, "--num-draft", "-k", help="Draft budget: at most this many tokens per step "
+                        "(default: 16 for auto, 4 for the others).")
 MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
 ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
                              "adaptive (the length that maximises expected tokens/s, 0 included).")
@@ -51,8 +54,7 @@ def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads
                 controller="fixed"):
     from . import load
 
-    method = method or "draft"
-    return load(target, draft if method == "draft" else None, method=method, num_draft=num_draft,
+    return load(target, None if draft.lower() == "none" else draft, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                 chat=not raw, controller=controller)
 
@@ -129,9 +131,10 @@ def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and 
 @app.command()
 @friendly
 def bench(
-    tasks: str = typer.Option("humaneval,mt-bench", "--tasks", help="Comma-separated built-in tasks ('' for none)."),
+    tasks: str = typer.Option("humaneval,mt-bench,code-edit", "--tasks",
+                              help="Comma-separated built-in tasks: humaneval, mt-bench, code-edit ('' for none)."),
     data: List[str] = typer.Option([], "--data", help="A JSONL file of prompts (repeatable): {\"prompt\": ...} or {\"turns\": [...]} per line."),
-    methods: str = typer.Option("ar,draft,ngram", "--methods", help="Comma-separated methods; ar is always included."),
+    methods: str = typer.Option("ar,auto,draft,ngram,suffix", "--methods", help="Comma-separated methods; ar is always included."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
     limit: Optional[int] = typer.Option(4, "--limit", help="Prompts per task, spread evenly over it."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per prompt and method (median, min, max)."),
@@ -168,7 +171,7 @@ def calibrate(
 ):
     """Measure the target's forward time for k = 1..16 new tokens and the draft's per-token time."""
     from .backends.llamacpp import LlamaCppBackend
-    from .bench.calibrate import calibrate as measure, calibration_path, save_calibration
+    from .calibrate import calibrate as measure, calibration_path, save_calibration
 
     backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
     draft_backend = backend.sibling(draft) if draft else None

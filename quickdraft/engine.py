@@ -76,9 +76,11 @@ class Engine:
     are passed to its factory (e.g. ``draft=<path>``). Proposers are created on first use and kept.
     ``controller`` names the draft budget policy (``fixed`` or ``adaptive``, see control.py);
     ``relative_cost`` is the target's calibrated forward cost curve the adaptive one starts from.
+    ``num_draft`` caps draft tokens per step (default: the proposer's ``default_budget``, else 4).
+    A proposer that ``decides_budget`` (``auto``) chooses its own lengths under that cap.
     """
 
-    def __init__(self, target: Backend, *, method: str = "ar", num_draft: int = 4, chat: bool = True,
+    def __init__(self, target: Backend, *, method: str = "ar", num_draft: int | None = None, chat: bool = True,
                  controller: str = "fixed", relative_cost: Sequence[float] | None = None,
                  **proposer_options) -> None:
         self.target = target
@@ -90,13 +92,20 @@ class Engine:
         self.proposer_options = proposer_options
         self._proposers: dict[str, Proposer] = {}
         self._controllers: dict[tuple, Controller] = {}
-        create_controller(controller, num_draft)  # validates
+        create_controller(controller, num_draft or 0)  # validates
         self.proposer(method)  # fail fast (missing draft, vocabulary mismatch)
 
     def proposer(self, method: str) -> Proposer:
         if method not in self._proposers:
-            self._proposers[method] = create(method, target=self.target, **self.proposer_options)
+            self._proposers[method] = create(method, target=self.target, relative_cost=self.relative_cost,
+                                             **self.proposer_options)
         return self._proposers[method]
+
+    def draft_budget(self, method: str, num_draft: int | None = None) -> int:
+        """The cap on draft tokens per step: ``num_draft`` if given, else the engine's, else the
+        proposer's ``default_budget`` (4 when it has none)."""
+        defaults = (num_draft, self.num_draft, getattr(self.proposer(method), "default_budget", 4))
+        return next(n for n in defaults if n is not None)
 
     def _controller(self, name: str, method: str, num_draft: int) -> Controller:
         """The controller for this method and budget, kept across requests so what it learned
@@ -140,10 +149,12 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                 f"size ({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx")
         method = method or self.method
-        if not hasattr(controller, "budget"):
-            controller = self._controller(controller or self.controller, method,
-                                          self.num_draft if num_draft is None else num_draft)
         proposer = self.proposer(method)
+        num_draft = self.draft_budget(method, num_draft)
+        if getattr(proposer, "decides_budget", False):
+            controller = "fixed"  # the engine's budget is only its cap
+        if not hasattr(controller, "budget"):
+            controller = self._controller(controller or self.controller, method, num_draft)
         stream = Stream(iter(()))
         stream.pieces = self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller, stream)
         return stream
@@ -197,6 +208,8 @@ class Engine:
         report = stats.to_dict()
         if getattr(controller, "decisions", None) is not None:
             report["budget_decisions"] = {str(k): n for k, n in sorted(controller.decisions.items())}
+        if getattr(proposer, "decisions", None) is not None:
+            report["draft_sources"] = dict(proposer.decisions)
         stream.result = GenerationResult(text=out.text, token_ids=generated,
                                          finish_reason=out.finish_reason or "length",
                                          stats=report, prompt_tokens=len(prompt))

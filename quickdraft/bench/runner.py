@@ -32,13 +32,13 @@ class BenchConfig:
 
     target: str = DEFAULT_TARGET
     draft: str = DEFAULT_DRAFT
-    tasks: tuple[str, ...] = ("humaneval", "mt-bench")
+    tasks: tuple[str, ...] = ("humaneval", "mt-bench", "code-edit")
     data: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ("ar", "draft", "ngram")
+    methods: tuple[str, ...] = ("ar", "auto", "draft", "ngram", "suffix")
     max_tokens: int = 128
     limit: int | None = 4
     repeat: int = 1
-    num_draft: int = 4
+    num_draft: int | None = None  # None: each method's default (16 for auto, else 4)
     temperature: float = 0.0
     seed: int = 0
     n_ctx: int = 4096
@@ -115,8 +115,9 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
             "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
             "tokens_per_second", "ended_on_eos")
     return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": method,
-            "config": {"num_draft": config.num_draft if method != "ar" else 0, "temperature": config.temperature,
-                       "controller": config.controller, "budget_decisions": s.get("budget_decisions")},
+            "config": {"num_draft": engine.draft_budget(method, config.num_draft) if method != "ar" else 0,
+                       "temperature": config.temperature, "controller": config.controller,
+                       "budget_decisions": s.get("budget_decisions"), "draft_sources": s.get("draft_sources")},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
             "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
             "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text}
@@ -154,7 +155,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     console = console or Console()
     prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
     results = Results.start(out, config, resume=resume, overwrite=overwrite)
-    engine = load(config.target, config.draft if "draft" in config.methods else None, method="ar",
+    engine = load(config.target, config.draft if {"draft", "auto"} & set(config.methods) else None, method="ar",
                   num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller)
     for method in config.methods:
         engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
@@ -180,7 +181,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
 
 def calibrate_engine(target, draft, context: list[int], progress: Progress, repeats: int = 3) -> dict:
     """The verify cost curve after a realistic context (a benchmark prompt)."""
-    from .calibrate import calibrate
+    from ..calibrate import calibrate
 
     bar = progress.add_task("calibrating", total=16 * repeats, status="verify cost curve k=1..16")
     result = calibrate(target, context, draft, repeats=repeats, on_step=lambda: progress.advance(bar))

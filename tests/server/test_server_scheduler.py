@@ -30,6 +30,9 @@ class GatedEngine:
     def proposer(self, method):
         return None
 
+    def draft_budget(self, method, num_draft=None):
+        return self.num_draft if num_draft is None else num_draft
+
     def prompt_tokens(self, prompt, chat=None):
         return [1, 2]
 

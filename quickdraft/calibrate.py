@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..models import cache_dir
+from .models import cache_dir
 
 
 def time_forward(backend, context: Sequence[int], k: int) -> float:
