@@ -110,7 +110,9 @@ def _stats_line(s: dict) -> str:
     return (f"{s['generated_tokens']} tokens, {s['tokens_per_second']:.1f} tok/s | "
             f"{s['target_forwards']} target forwards, mean accepted length {s['mean_accepted_length']:.2f}, "
             f"acceptance {s['accepted_tokens']}/{s['drafted_tokens']} ({100 * s['acceptance_rate']:.0f}%) | "
-            f"draft {s['draft_time_s']:.2f}s, verify {s['verify_time_s']:.2f}s")
+            f"draft {s['draft_time_s']:.2f}s, verify {s['verify_time_s']:.2f}s"
+            + (" | steps by source: " + ", ".join(f"{k} {n}" for k, n in s["draft_sources"].items())
+               if s.get("draft_sources") else ""))
 
 
 @app.command("models")

@@ -19,7 +19,7 @@ def engine():
     return load(num_draft=4)  # the bundled pair; loading also checks the vocabularies match
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram"])
+@pytest.mark.parametrize("method", ["draft", "ngram", "suffix", "auto"])
 def test_greedy_output_is_the_targets_own(engine, method):
     """Every difference from AR must be a certified numeric near-tie, never a real divergence."""
     for prompt in PROMPTS:
