@@ -14,13 +14,14 @@ A backend evaluates the N nodes after a cache of length ``L``: node i sits at po
 the result predicts the token after node i. After verification the backend keeps one *path*
 (node indices from the root down, ``path[0] == 0``): node ``path[k]`` becomes cache entry
 ``L + k``. A backend that stores the N nodes in batch order (slot ``L + i`` for node i) gathers
-slots ``L + path[k]`` into ``L + k``; llama.cpp tracks cells by sequence id instead
-(``seqs``: a node belongs to the sequence of every root-to-leaf path through it).
+slots ``L + path[k]`` into ``L + k``; llama.cpp tracks cells by sequence id instead (node i is
+sequence i; node j's cell belongs to the sequences of j and of its descendants, ``mask[:, j]``).
 
 Example, the tree ``a -> (b -> d, c)`` (root a with children b and c, d under b)::
 
     parents = (-1, 0, 0, 1)     depth = (0, 1, 1, 2)     leaves = (2, 3)
     paths   = ((0, 2), (0, 1, 3))  (one per leaf, in leaf order)
+    children = ((1, 2), (3,), (), ())
     mask    = [[1 0 0 0],       row i: the nodes i attends to (ancestors and itself)
                [1 1 0 0],
                [1 0 1 0],
@@ -47,7 +48,6 @@ class Layout:
     children: [N] the children of each node, in index order.
     leaves: [P] the nodes without children, in index order.
     paths: [P] for each leaf, the node indices from the root down to it.
-    seqs: [N] for each node, the indices (into ``leaves``/``paths``) of the paths through it.
     """
 
     depth: tuple[int, ...]
@@ -55,7 +55,6 @@ class Layout:
     children: tuple[tuple[int, ...], ...]
     leaves: tuple[int, ...]
     paths: tuple[tuple[int, ...], ...]
-    seqs: tuple[tuple[int, ...], ...]
 
     def __len__(self) -> int:
         return len(self.depth)
@@ -74,7 +73,7 @@ def check_parents(parents: Sequence[int]) -> None:
 
 
 def layout(parents: Sequence[int]) -> Layout:
-    """Derive depths, the attention mask, children, leaves, root-to-leaf paths and path membership.
+    """Derive depths, the attention mask, children, leaves and root-to-leaf paths.
 
     parents: [N] as described in the module docstring (checked). Costs O(N^2) for the mask.
     """
@@ -90,8 +89,7 @@ def layout(parents: Sequence[int]) -> Layout:
         children[p].append(i)
     leaves = tuple(i for i in range(n) if not children[i])
     paths = tuple(tuple(int(j) for j in np.flatnonzero(mask[leaf])) for leaf in leaves)
-    seqs = tuple(tuple(s for s, leaf in enumerate(leaves) if mask[leaf, i]) for i in range(n))
-    return Layout(tuple(depth), mask, tuple(tuple(c) for c in children), leaves, paths, seqs)
+    return Layout(tuple(depth), mask, tuple(tuple(c) for c in children), leaves, paths)
 
 
 def chain_parents(n: int) -> tuple[int, ...]:

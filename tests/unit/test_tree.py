@@ -16,7 +16,6 @@ def test_docstring_example():
     assert t.children == ((1, 2), (3,), (), ())
     assert t.leaves == (2, 3)
     assert t.paths == ((0, 2), (0, 1, 3))
-    assert t.seqs == ((0, 1), (1,), (0,), (1,))
     assert len(t) == 4
 
 
@@ -30,13 +29,13 @@ def test_wider_tree():
     assert t.depth == (0, 1, 1, 1, 2, 2, 3, 2)
     assert t.leaves == (2, 5, 6, 7)
     assert t.paths == ((0, 2), (0, 1, 5), (0, 1, 4, 6), (0, 3, 7))
-    assert t.seqs[0] == (0, 1, 2, 3) and t.seqs[1] == (1, 2) and t.seqs[4] == (2,)
     # node 6 attends to exactly 0, 1, 4 and itself; node 7 to 0, 3 and itself
     assert np.flatnonzero(t.mask[6]).tolist() == [0, 1, 4, 6]
     assert np.flatnonzero(t.mask[7]).tolist() == [0, 3, 7]
-    # every node lies on the paths its seqs name, and on no other
-    for i in range(len(parents)):
-        assert {s for s, p in enumerate(t.paths) if i in p} == set(t.seqs[i])
+    # the mask's column j lists j's subtree; every path is an ancestor chain
+    assert np.flatnonzero(t.mask[:, 1]).tolist() == [1, 4, 5, 6]
+    for path in t.paths:
+        assert all(parents[b] == a for a, b in zip(path, path[1:]))
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
@@ -47,7 +46,6 @@ def test_chain_is_causal(n):
     assert (t.mask == np.tril(np.ones((n, n), dtype=bool))).all()
     assert t.depth == tuple(range(n))
     assert t.leaves == (n - 1,) and t.paths == (tuple(range(n)),)
-    assert t.seqs == ((0,),) * n
 
 
 def test_root_only():
