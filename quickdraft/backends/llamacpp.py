@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..models import resolve_model
 from ..tree import check_path, layout
+from .base import common_prefix
 
 
 def default_threads() -> int:
@@ -214,11 +215,7 @@ class LlamaCppBackend:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
         With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
         if it was cached), so a caller can sync and predict in one forward."""
-        common = 0
-        for a, b in zip(self.tokens, tokens):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.tokens, tokens)
         if last_logits:
             common = min(common, len(tokens) - 1)
         self.rollback(common)
