@@ -38,8 +38,9 @@ def friendly(command):
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: bundled "
                           "name or .gguf path ('none': auto drafts without one).")
-Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix (default: auto, the best source "
-                      "per step: suffix match, draft model or none).")
+Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree (default: "
+                      "auto, the best source per step: suffix match, draft model or none).")
+Tree = typer.Option(False, "--tree", help="Draft token trees: --method draft -> draft-tree, ngram -> ngram-tree.")
 NumDraft = typer.Option(None, "--num-draft", "-k", help="Draft budget: at most this many tokens per step "
                         "(default: 16 for auto, 4 for the others).")
 MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
@@ -51,9 +52,11 @@ GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed"):
+                controller="fixed", tree=False):
     from . import load
+    from .proposers import tree_variant
 
+    method = tree_variant(method or "draft") if tree else method
     return load(target, None if draft.lower() == "none" else draft, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                 chat=not raw, controller=controller)
@@ -63,7 +66,7 @@ def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads
 @friendly
 def generate(
     prompt: str = typer.Argument(..., help="The prompt (sent through the chat template unless --raw)."),
-    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method,
+    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method, tree: bool = Tree,
     num_draft: int = NumDraft, min_confidence: float = MinConfidence, controller: str = ControllerOpt,
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Maximum new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
@@ -77,7 +80,7 @@ def generate(
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller)
+                         controller, tree)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -137,6 +140,7 @@ def bench(
                               help="Comma-separated built-in tasks: humaneval, mt-bench, code-edit ('' for none)."),
     data: List[str] = typer.Option([], "--data", help="A JSONL file of prompts (repeatable): {\"prompt\": ...} or {\"turns\": [...]} per line."),
     methods: str = typer.Option("ar,auto,draft,ngram,suffix", "--methods", help="Comma-separated methods; ar is always included."),
+    tree: bool = typer.Option(False, "--tree", help="Also run each method's tree variant (draft -> draft-tree, ...)."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
     limit: Optional[int] = typer.Option(4, "--limit", help="Prompts per task, spread evenly over it."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per prompt and method (median, min, max)."),
@@ -151,9 +155,13 @@ def bench(
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
+    from .proposers import PROPOSERS
 
+    chosen = [m for m in methods.split(",") if m]
+    if tree:  # each tree variant right after its chain method, so the report shows them side by side
+        chosen = list(dict.fromkeys(v for m in chosen for v in (m, f"{m}-tree") if v in PROPOSERS or v == m))
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
-                         data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
+                         data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
                          peer_limit=peer_limit, controller=controller)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)

@@ -44,6 +44,7 @@ class AutoProposer:
     """
 
     decides_budget = True
+    needs_draft_model = True  # uses one when given; drafts from suffixes alone without
     default_budget = 16
 
     def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0,

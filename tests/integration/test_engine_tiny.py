@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
+from quickdraft.control import AdaptiveBudget
 from quickdraft.proposers import PROPOSERS
 from quickdraft.sampling import SamplingParams, warp
 
@@ -94,7 +95,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_engine):
 
 
 @pytest.mark.parametrize("method, controller", [("draft", "fixed"), ("ngram", "fixed"), ("draft", "adaptive"),
-                                                ("auto", "fixed")])
+                                                ("auto", "fixed"), ("draft-tree", "fixed"), ("ngram-tree", "fixed")])
 def test_sampled_output_follows_the_target_distribution(tiny_engine, method, controller):
     """Joint distribution of the first two tokens, speculative sampling vs the exact target p.
 
@@ -114,6 +115,8 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
             exact[(int(a), int(b))] = p0[a] * p1[b]
     draws = 1500
     counts, drafted = dict.fromkeys(exact, 0), 0
+    if controller == "adaptive":  # probing after every plain step keeps it drafting whatever the timings
+        controller = AdaptiveBudget(max_k=3, probe_every=1)
     for seed in range(draws):
         out = tiny_engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
                                    num_draft=3, controller=controller)
