@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -12,7 +13,7 @@ import numpy as np
 from . import verifiers
 from .backends.base import Backend
 from .control import Controller, create_controller
-from .errors import ContextOverflowError, InvalidParameterError
+from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError
 from .proposers.base import Proposer, create
 from .sampling import SamplingParams
 from .stats import Stats
@@ -92,6 +93,7 @@ class Engine:
         self.proposer_options = proposer_options
         self._proposers: dict[str, Proposer] = {}
         self._controllers: dict[tuple, Controller] = {}
+        self._busy = threading.Lock()
         create_controller(controller, num_draft or 0)  # validates
         self.proposer(method)  # fail fast (missing draft, vocabulary mismatch)
 
@@ -156,8 +158,20 @@ class Engine:
         if not hasattr(controller, "budget"):
             controller = self._controller(controller or self.controller, method, num_draft)
         stream = Stream(iter(()))
-        stream.pieces = self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller, stream)
+        stream.pieces = self._exclusive(self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller,
+                                                  stream))
         return stream
+
+    def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """Run one stream at a time: a second one started while another is unfinished (from
+        another thread, or interleaved in one) would corrupt the shared KV caches."""
+        if not self._busy.acquire(blocking=False):
+            raise EngineBusyError("this engine is already generating; finish or close the other stream first "
+                                  "(use one engine per thread; the server queues requests for you)")
+        try:
+            yield from pieces
+        finally:
+            self._busy.release()
 
     def generate(self, prompt: Prompt, **kwargs) -> GenerationResult:
         """Generate a completion of ``prompt`` (text, chat messages, or token ids).

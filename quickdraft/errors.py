@@ -17,5 +17,9 @@ class ContextOverflowError(QuickdraftError):
     """The prompt (plus what must be generated) does not fit in the model's context."""
 
 
+class EngineBusyError(QuickdraftError):
+    """An engine runs one generation at a time (its models hold one KV cache each)."""
+
+
 class InvalidParameterError(QuickdraftError, ValueError):
     """A sampling or generation parameter outside its valid range."""

@@ -172,3 +172,14 @@ def test_the_engine_keeps_one_adaptive_controller_per_method(tiny_engine):
     first = tiny_engine._controllers[("adaptive", "ngram", 3)]
     tiny_engine.generate(PROMPTS[1], max_tokens=8, method="ngram", controller="adaptive", num_draft=3)
     assert tiny_engine._controllers[("adaptive", "ngram", 3)] is first
+
+
+def test_one_stream_at_a_time_per_engine(tiny_engine):
+    from quickdraft.errors import EngineBusyError
+
+    first = iter(tiny_engine.stream(PROMPTS[0], max_tokens=8, method="ar"))
+    next(first)
+    with pytest.raises(EngineBusyError, match="already generating"):
+        tiny_engine.generate(PROMPTS[1], max_tokens=4)
+    first.close()  # an abandoned stream frees the engine
+    assert tiny_engine.generate(PROMPTS[1], max_tokens=4).token_ids
