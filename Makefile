@@ -42,8 +42,8 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/quickdraft models --fetch
 	$(BIN)/quickdraft generate --method ar --max-tokens 128 "$(DEMO_PROMPT)"
+	$(BIN)/quickdraft generate --max-tokens 128 --check "$(DEMO_PROMPT)"
 	$(BIN)/quickdraft generate --method draft --max-tokens 128 --check "$(DEMO_PROMPT)"
-	$(BIN)/quickdraft generate --method ngram --max-tokens 128 --check "$(DEMO_PROMPT)"
 
 test: install-dev
 	$(BIN)/python -m pytest -q
