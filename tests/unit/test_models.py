@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quickdraft import packages
+from quickdraft import models, packages
 from quickdraft.errors import ModelNotFoundError, QuickdraftError
 from quickdraft.models import (
     BUNDLED,
@@ -264,3 +264,22 @@ def test_real_draft_model_downloads_and_verifies() -> None:
     assert path.stat().st_size == model.size
     with path.open("rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_derived_model_is_made_once_stamped_and_loads(tmp_path: Path) -> None:
+    from quickdraft.backends.llamacpp import LlamaCppBackend
+    from quickdraft.testing import write_tiny_gguf
+
+    base = write_tiny_gguf(tmp_path / "base.gguf")
+    derived = models.DerivedModel("tiny-q8_0", str(base), "Q8_0", "test")
+    assert models.derived_status(derived, cache=tmp_path) == "missing"
+    path = models.ensure_derived(derived, progress=False, cache=tmp_path)
+    assert models.derived_status(derived, cache=tmp_path) == "ready"
+    made = path.stat().st_mtime_ns
+    assert models.ensure_derived(derived, progress=False, cache=tmp_path) == path
+    assert path.stat().st_mtime_ns == made  # not made again
+    backend = LlamaCppBackend(path, n_ctx=64)
+    assert backend.forward([1, 5, 9]).shape == (3, backend.vocab_size)
+    with pytest.raises(QuickdraftError, match="no quantization type"):
+        models.ensure_derived(models.DerivedModel("bad", str(base), "Q9_9", "test"), progress=False, cache=tmp_path)
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "bad.gguf").exists()
