@@ -140,6 +140,7 @@ class AdaptiveBudget:
     decay: float = 0.9
     probe_every: int = 16
     probe: int = 2
+    first: int = 4  # the first step's draft length, before anything is measured
     draft_token_s: float = 0.0  # optimistic until measured: the first steps draft
     cost: ForwardCost | None = None
     positional: bool = True
@@ -170,8 +171,8 @@ class AdaptiveBudget:
         """The next budget and its expected tokens per second (seconds as measured; inf for the
         optimistic first steps and for probes, which are due when plain steps have won for
         ``_interval`` steps in a row)."""
-        if not self.cost.measured:
-            return self.max_k, float("inf")
+        if not self.cost.measured:  # optimistic start: drafting is how it learns
+            return min(self.max_k, self.first), float("inf")
         k, rate = best_rate(self.acceptance(), self.draft_token_s, self.forward_s())
         if k == 0 and self.probe_due():
             return min(self.probe, self.max_k), float("inf")
