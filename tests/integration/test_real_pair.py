@@ -39,3 +39,16 @@ def test_sampling_runs_and_is_reproducible(engine):
     kwargs = dict(max_tokens=24, temperature=0.7, top_p=0.9, seed=1, method="draft")
     a, b = engine.generate(PROMPTS[1], **kwargs), engine.generate(PROMPTS[1], **kwargs)
     assert a.token_ids == b.token_ids and a.text
+
+
+def test_q4_0_variants_are_made_and_speculation_on_them_is_lossless():
+    """The derived Q4_0 pair (made on first use by llama.cpp's quantizer) as target and draft."""
+    from quickdraft import load
+
+    engine = load("qwen2.5-coder-1.5b-instruct-q4_0", "qwen2.5-coder-0.5b-instruct-q4_0")
+    prompt = PROMPTS[0]
+    ar = engine.generate(prompt, max_tokens=32, method="ar")
+    for method in ("auto", "draft"):
+        spec = engine.generate(prompt, max_tokens=32, method=method)
+        verdict = check_against_ar(engine, engine.prompt_tokens(prompt), spec.token_ids, ar.token_ids)
+        assert verdict.ok, (method, str(verdict))
