@@ -33,16 +33,18 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     (default 16 for ``auto``, 4 for the others). ``precise``: F32 KV
     cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
     ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
-    expected tokens per second, starting from the cost curve ``quickdraft calibrate`` cached.
+    expected tokens per second. It and ``auto`` start from the target's forward cost curve,
+    measured in about 20 one-token steps the first time a model is loaded with a thread count,
+    then cached (``quickdraft calibrate`` measures a careful one).
     """
     from .backends.llamacpp import LlamaCppBackend
-    from .calibrate import cached_relative_cost
+    from .calibrate import relative_cost
 
     backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                               precise=precise, verbose=verbose)
     method = method or "auto"
     return Engine(backend, method=method, num_draft=num_draft, chat=chat, controller=controller,
-                  relative_cost=cached_relative_cost(backend.path, backend.n_threads),
+                  relative_cost=relative_cost(backend),
                   draft=str(draft) if draft else None, min_confidence=min_confidence)
 
 

@@ -54,6 +54,23 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
     }
 
 
+# What the curve is measured after: a few hundred tokens of code.
+CONTEXT_TEXT = "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24
+
+
+def relative_cost(backend, max_k: int = 16, repeats: int = 1) -> list[float]:
+    """The backend's relative forward cost curve (index k: k + 1 new tokens), measured now and
+    cached for its model and thread count, unless a cached one exists. A one-repeat curve takes
+    about 20 one-token steps; ``quickdraft calibrate`` measures a careful one."""
+    cached = cached_relative_cost(backend.path, backend.n_threads)
+    if cached is not None and len(cached) > max_k:
+        return cached
+    context = backend.tokenize(CONTEXT_TEXT, special=False)
+    result = calibrate(backend, context, ks=range(1, max_k + 2), repeats=repeats)
+    save_calibration(result, calibration_path(backend.path, backend.n_threads))
+    return result["target"]["relative"]
+
+
 def calibration_path(model_path: Path, n_threads: int) -> Path:
     """Where a model's curve is cached for this machine and thread count."""
     return cache_dir() / "calibration" / f"{Path(model_path).stem}-threads{n_threads}.json"

@@ -185,14 +185,14 @@ def calibrate(
     repeats: int = typer.Option(5, "--repeats"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
 ):
-    """Measure the target's forward time for k = 1..16 new tokens and the draft's per-token time."""
+    """Measure the target's forward time for k = 1..17 new tokens and the draft's per-token time."""
     from .backends.llamacpp import LlamaCppBackend
-    from .calibrate import calibrate as measure, calibration_path, save_calibration
+    from .calibrate import CONTEXT_TEXT, calibrate as measure, calibration_path, save_calibration
 
     backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
     draft_backend = backend.sibling(draft) if draft else None
-    context = backend.tokenize("def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24, special=False)
-    result = measure(backend, context, draft_backend, repeats=repeats)
+    context = backend.tokenize(CONTEXT_TEXT, special=False)
+    result = measure(backend, context, draft_backend, ks=range(1, 18), repeats=repeats)
     table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {backend.n_threads} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
         table.add_column(column, justify="right")
