@@ -163,14 +163,32 @@ class TorchBackend:
         if not layers or layers[0] != 0:
             raise QuickdraftError("forward_layers needs layer 0 among the layers it runs")
         start = len(self.tokens) + self._partial
-        full = self.decoder.layers
-        self.decoder.layers = torch.nn.ModuleList([full[i] for i in layers])
-        try:
+        with self._only(layers):
             hidden = self._run(list(tokens), positions=np.arange(start, start + len(tokens)), record=False)
-        finally:
-            self.decoder.layers = full
         self._partial += len(tokens)
         return self._logits(hidden)
+
+    def replay(self, count: int, layers: Sequence[int] | None = None, *,
+               layer_states: bool = False) -> np.ndarray | tuple[np.ndarray, "torch.Tensor"]:
+        """Evaluate the last ``count`` cached tokens again, as if the cache ended before them,
+        through ``layers`` (all by default; with layer 0 among them); the cache is left as it was.
+        Returns logits [count, V] (row i predicts the token after cached token L - count + i), and
+        with ``layer_states`` also the hidden states [n_layers + 1, count, H] (the embeddings, then
+        each layer's output; the last after the final norm). Used to choose layers to skip."""
+        start = len(self.tokens) - count
+        if not 0 < count <= len(self.tokens):
+            raise QuickdraftError(f"cannot replay {count} of {len(self.tokens)} cached tokens")
+        causal = np.tril(np.ones((count, count), bool))
+        visible = np.concatenate([np.zeros((count, count), bool), causal], axis=1)  # not the old copies
+        mask = self._additive_mask(visible, start)
+        try:
+            with self._only(layers):
+                hidden, states = self._run(self.tokens[start:], positions=np.arange(start, start + count),
+                                           mask=mask, record=False, all_hidden=True)
+        finally:
+            self._truncate(len(self.tokens))
+        logits = self._logits(hidden)
+        return (logits, torch.stack(states)[:, 0]) if layer_states else logits
 
     def drop_partial(self) -> None:
         """Cut every layer's cache back to ``tokens`` (after ``forward_layers``)."""
@@ -180,11 +198,22 @@ class TorchBackend:
     _tree: list[int] = []
 
     # --- internals ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _only(self, layers: Sequence[int] | None):
+        """Run the decoder with only ``layers`` (all when None); each layer keeps its own cache slot."""
+        full = self.decoder.layers
+        if layers is not None:
+            self.decoder.layers = torch.nn.ModuleList([full[i] for i in layers])
+        try:
+            yield
+        finally:
+            self.decoder.layers = full
+
     def _run(self, tokens: list[int], *, positions: np.ndarray | None = None, mask: torch.Tensor | None = None,
-             record: bool = True) -> torch.Tensor:
+             record: bool = True, all_hidden: bool = False):
         """Feed ``tokens`` after the cache; return the final hidden states [n, H] (also stored in
-        ``last_hidden``). ``record``: the tokens join ``tokens`` (False: the caller manages the
-        cache rows they leave behind)."""
+        ``last_hidden``), and with ``all_hidden`` also every layer's (a tuple). ``record``: the
+        tokens join ``tokens`` (False: the caller manages the cache rows they leave behind)."""
         if record and self._partial:
             self._truncate(len(self.tokens))
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -197,11 +226,11 @@ class TorchBackend:
         pos = torch.as_tensor(np.asarray(positions)[None], device=self.device)
         with torch.no_grad():
             out = self.decoder(input_ids=ids, position_ids=pos, attention_mask=mask,
-                               past_key_values=self.cache, use_cache=True)
+                               past_key_values=self.cache, use_cache=True, output_hidden_states=all_hidden)
         self.last_hidden = out.last_hidden_state[0]
         if record:
             self.tokens.extend(int(t) for t in tokens)
-        return self.last_hidden
+        return (self.last_hidden, out.hidden_states) if all_hidden else self.last_hidden
 
     def _logits(self, hidden: torch.Tensor) -> np.ndarray:
         """LM head on hidden states [n, H] -> float32 numpy logits [n, V]."""
