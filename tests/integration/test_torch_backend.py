@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from quickdraft import Engine  # noqa: E402
-from quickdraft.backends.torch_hf import TorchBackend, tree_attention  # noqa: E402
+from quickdraft.backends.torch_hf import TorchBackend  # noqa: E402
 from quickdraft.errors import QuickdraftError  # noqa: E402
 from quickdraft.testing_torch import make_tiny_hf_pair, write_tiny_hf  # noqa: E402
 
@@ -81,16 +81,6 @@ def test_text_round_trips_through_tokens(backend):
     assert backend.is_end_of_generation(backend.eos_token)
 
 
-def test_tree_attention_pattern():
-    visible, depth = tree_attention([-1, 0, 0, 1])
-    assert depth.tolist() == [0, 1, 1, 2]
-    assert visible.astype(int).tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
-    chain, _ = tree_attention([-1, 0, 1])
-    assert (chain == np.tril(np.ones((3, 3), bool))).all()
-    with pytest.raises(QuickdraftError):
-        tree_attention([-1, 2, 0])
-
-
 def test_tree_forward_equals_per_path_forward(backend):
     """Every node's logits equal those of its root-to-node path evaluated as a plain chain."""
     context = ids(backend)
@@ -115,6 +105,8 @@ def test_keep_leaves_the_path_in_the_cache(backend):
     tokens, parents, path = [40, 50, 60, 70, 80], [-1, 0, 0, 2, 2], [0, 2, 4]
     backend.prefill(context)
     backend.forward_tree(tokens, parents)
+    with pytest.raises(QuickdraftError):
+        backend.keep([0, 1, 4])  # 4 is not a child of 1
     backend.keep(path)
     assert backend.tokens == context + [40, 60, 80]
     after_keep = backend.forward([33, 34])
