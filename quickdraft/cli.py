@@ -47,12 +47,12 @@ Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores)
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
 BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fast CPU path) or torch (transformers: "
                           "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
-DtypeOpt = typer.Option("float32", "--dtype", help="torch backend: float32 | bfloat16 | float16.")
+DtypeOpt = typer.Option("bfloat16", "--dtype", help="torch backend: bfloat16 (fast on AVX-512 BF16 and GPUs) | float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", backend="llamacpp", dtype="float32", device=None):
+                controller="fixed", backend="llamacpp", dtype="bfloat16", device=None):
     from . import load
 
     method = method or "draft"

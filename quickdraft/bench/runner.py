@@ -45,7 +45,7 @@ class BenchConfig:
     peer_limit: int = 2
     controller: str = "fixed"
     backend: str = "llamacpp"  # or "torch" (transformers), with its dtype
-    dtype: str = "float32"
+    dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
         if "ar" not in self.methods:  # the baseline every speedup is measured against

@@ -26,7 +26,7 @@ def hf_pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(hf_pair):
     # one thread: tiny matrices gain nothing from two, and on a busy machine two spin and wait
-    return TorchBackend(hf_pair[0], n_ctx=512, n_threads=1)
+    return TorchBackend(hf_pair[0], n_ctx=512, n_threads=1, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,34 @@ def test_bad_options_give_clear_errors(hf_pair):
         TorchBackend(hf_pair[0], dtype="int8")
     with pytest.raises(QuickdraftError):
         TorchBackend(hf_pair[0].parent / "missing")
+
+
+def test_cli_generate_with_the_torch_backend(hf_pair):
+    import json
+
+    from typer.testing import CliRunner
+
+    from quickdraft.cli import app
+
+    target, draft = hf_pair
+    for method in ("draft", "layerskip"):
+        result = CliRunner().invoke(app, ["generate", "def add(a, b):", "--backend", "torch", "--dtype", "float32",
+                                          "--threads", "1", "--target", str(target), "--draft", str(draft),
+                                          "--method", method, "-n", "16", "--json", "--check"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        assert out["check"]["result"] == "exact" and out["stats"]["generated_tokens"] == 16
+
+
+def test_bench_runs_torch_methods(tmp_path, hf_pair):
+    from quickdraft.bench.runner import BenchConfig, run_bench
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hello world hello world"}\n')
+    config = BenchConfig(target=str(hf_pair[0]), draft=str(hf_pair[1]), tasks=(), data=(str(prompts),),
+                         methods=("ar", "draft", "layerskip"), max_tokens=12, backend="torch", dtype="float32")
+    results = run_bench(config, tmp_path / "out")
+    samples = results["samples"]
+    assert {s["method"] for s in samples} == {"ar", "draft", "layerskip"}
+    assert all(s["check"]["result"] == "exact" for s in samples if s["method"] != "ar")
+    assert results["config"]["backend"] == "torch"
