@@ -42,7 +42,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 DTYPES = ("bfloat16", "float32", "float16")
 # Vocabulary entries that end a turn in common chat models (besides the tokenizer's EOS).
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|end|>",
-               "</s>", "<end_of_turn>")
+               "</s>", "<end_of_turn>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")  # as llama.cpp
 
 
 def default_device() -> str:
