@@ -114,6 +114,20 @@ def test_keep_leaves_the_path_in_the_cache(backend):
     np.testing.assert_allclose(after_keep, backend.forward([33, 34]), atol=ATOL)
 
 
+def test_extend_tree_equals_evaluating_the_whole_tree_at_once(backend):
+    context = ids(backend)
+    tokens, parents = [40, 50, 60, 70, 80, 90], [-1, 0, 0, 1, 2, 4]
+    backend.prefill(context)
+    whole = backend.forward_tree(tokens, parents)
+    backend.keep([0])
+    backend.prefill(context)
+    first = backend.forward_tree(tokens[:3], parents[:3])
+    rest = backend.extend_tree(tokens[3:], parents[3:])
+    np.testing.assert_allclose(np.concatenate([first, rest]), whole, atol=ATOL)
+    backend.keep([0, 2, 4, 5])
+    assert backend.tokens == context + [40, 60, 80, 90]
+
+
 def test_all_layers_reproduce_the_full_forward_and_partial_rows_are_dropped(backend):
     context = ids(backend)
     n_layers = len(backend.decoder.layers)
@@ -138,7 +152,7 @@ def test_replay_equals_the_original_predictions_and_leaves_the_cache(backend):
     assert all(layer.get_seq_length() == len(context) for layer in backend.cache.layers)
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram", "layerskip"])
+@pytest.mark.parametrize("method", ["draft", "ngram", "layerskip", "draft-tree", "ngram-tree"])
 @pytest.mark.parametrize("num_draft", [1, 3, 6])
 def test_greedy_speculative_equals_ar_token_for_token(engine, method, num_draft):
     drafted = accepted = 0
