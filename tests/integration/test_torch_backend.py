@@ -241,3 +241,14 @@ def test_bench_runs_torch_methods(tmp_path, hf_pair):
     assert {s["method"] for s in samples} == {"ar", "draft", "layerskip"}
     assert all(s["check"]["result"] == "exact" for s in samples if s["method"] != "ar")
     assert results["config"]["backend"] == "torch"
+
+
+def test_without_torch_the_error_names_the_extra(monkeypatch, hf_pair):
+    import sys
+
+    import quickdraft
+
+    monkeypatch.delitem(sys.modules, "quickdraft.backends.torch_hf", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # what a missing package looks like to import
+    with pytest.raises(QuickdraftError, match=r"quickdraft\[torch\]"):
+        quickdraft.load(str(hf_pair[0]), None, backend="torch")
