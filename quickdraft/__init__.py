@@ -24,7 +24,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
          method: str | None = None, num_draft: int | None = None, min_confidence: float = 0.0, controller: str = "fixed",
          n_ctx: int = 4096,
          n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
-         verbose: bool = False) -> Engine:
+         verbose: bool = False, backend: str = "llamacpp", dtype: str = "bfloat16", device: str | None = None,
+         **proposer_options) -> Engine:
     """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
 
     ``method`` defaults to ``auto``: per step the best of a suffix draft, a draft-model draft (when
@@ -34,18 +35,33 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
     ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
     expected tokens per second. It and ``auto`` start from the target's forward cost curve,
-    measured in about 20 one-token steps the first time a model is loaded with a thread count,
-    then cached (``quickdraft calibrate`` measures a careful one).
+    measured in about 20 one-token steps the first time a model is loaded with a thread count
+    (and dtype, for torch), then cached (``quickdraft calibrate`` measures a careful one).
+
+    ``backend="torch"`` runs the models with transformers instead (``pip install
+    'quickdraft[torch]'``): ``target``/``draft`` are then transformers model directories or GGUF
+    files (dequantized on load), in ``dtype`` ("float32", "bfloat16", "float16") on ``device``
+    (default: cuda when present); it adds the ``layerskip`` method. ``proposer_options`` go to
+    the proposers (e.g. ``skip_layers=[...]`` for layerskip).
     """
-    from .backends.llamacpp import LlamaCppBackend
     from .calibrate import relative_cost
 
-    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                              precise=precise, verbose=verbose)
-    method = method or "auto"
-    return Engine(backend, method=method, num_draft=num_draft, chat=chat, controller=controller,
-                  relative_cost=relative_cost(backend),
-                  draft=str(draft) if draft else None, min_confidence=min_confidence)
+    if backend == "torch":
+        from .backends.torch_hf import TorchBackend
+
+        model = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=n_threads, verbose=verbose)
+        tag = f"torch-{dtype}"
+    elif backend == "llamacpp":
+        from .backends.llamacpp import LlamaCppBackend
+
+        model = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                precise=precise, verbose=verbose)
+        tag = ""
+    else:
+        raise QuickdraftError(f"unknown backend {backend!r}; choose llamacpp or torch")
+    return Engine(model, method=method or "auto", num_draft=num_draft, chat=chat, controller=controller,
+                  relative_cost=relative_cost(model, tag=tag), draft=str(draft) if draft else None,
+                  min_confidence=min_confidence, **proposer_options)
 
 
 __all__ = ["Acceptance", "Draft", "Engine", "GenerationResult", "Piece", "QuickdraftError",

@@ -58,22 +58,25 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
 CONTEXT_TEXT = "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24
 
 
-def relative_cost(backend, max_k: int = 16, repeats: int = 1) -> list[float]:
+def relative_cost(backend, max_k: int = 16, repeats: int = 1, tag: str = "") -> list[float]:
     """The backend's relative forward cost curve (index k: k + 1 new tokens), measured now and
-    cached for its model and thread count, unless a cached one exists. A one-repeat curve takes
-    about 20 one-token steps; ``quickdraft calibrate`` measures a careful one."""
-    cached = cached_relative_cost(backend.path, backend.n_threads)
+    cached for its model and thread count (and ``tag``: the backend kind and dtype when not
+    llama.cpp), unless a cached one exists. A one-repeat curve takes about 20 one-token steps;
+    ``quickdraft calibrate`` measures a careful one."""
+    cached = cached_relative_cost(backend.path, backend.n_threads, tag)
     if cached is not None and len(cached) > max_k:
         return cached
     context = backend.tokenize(CONTEXT_TEXT, special=False)
     result = calibrate(backend, context, ks=range(1, max_k + 2), repeats=repeats)
-    save_calibration(result, calibration_path(backend.path, backend.n_threads))
+    save_calibration(result, calibration_path(backend.path, backend.n_threads, tag))
     return result["target"]["relative"]
 
 
-def calibration_path(model_path: Path, n_threads: int) -> Path:
-    """Where a model's curve is cached for this machine and thread count."""
-    return cache_dir() / "calibration" / f"{Path(model_path).stem}-threads{n_threads}.json"
+def calibration_path(model_path: Path, n_threads: int | None, tag: str = "") -> Path:
+    """Where a model's curve is cached for this machine and thread count (``tag``: e.g.
+    ``torch-bfloat16`` for another backend; llama.cpp's curves have none)."""
+    tag = f"-{tag}" if tag else ""
+    return cache_dir() / "calibration" / f"{Path(model_path).stem}{tag}-threads{n_threads or 'default'}.json"
 
 
 def save_calibration(calibration: dict, path: Path) -> None:
@@ -81,9 +84,9 @@ def save_calibration(calibration: dict, path: Path) -> None:
     path.write_text(json.dumps(calibration, indent=1))
 
 
-def cached_relative_cost(model_path: Path, n_threads: int) -> list[float] | None:
+def cached_relative_cost(model_path: Path, n_threads: int | None, tag: str = "") -> list[float] | None:
     """The cached curve's relative costs (index k: k + 1 new tokens), or None if not calibrated."""
-    path = calibration_path(model_path, n_threads)
+    path = calibration_path(model_path, n_threads, tag)
     try:
         return json.loads(path.read_text())["target"]["relative"]
     except (OSError, ValueError, KeyError):

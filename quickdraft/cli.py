@@ -38,8 +38,8 @@ def friendly(command):
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: bundled "
                           "name or .gguf path ('none': auto drafts without one).")
-Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree (default: "
-                      "auto, the best source per step: suffix match, draft model or none).")
+Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
+                      "(torch backend) (default: auto, the best source per step: suffix match, draft model or none).")
 Tree = typer.Option(False, "--tree", help="Draft token trees: --method draft -> draft-tree, ngram -> ngram-tree.")
 NumDraft = typer.Option(None, "--num-draft", "-k", help="Draft budget: at most this many tokens per step "
                         "(default: 16 for auto, 4 for the others).")
@@ -49,17 +49,21 @@ ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy:
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
+BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fast CPU path) or torch (transformers: "
+                          "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
+DtypeOpt = typer.Option("bfloat16", "--dtype", help="torch backend: bfloat16 (fast on AVX-512 BF16 and GPUs) | float32 | float16.")
+DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", tree=False):
+                controller="fixed", tree=False, backend="llamacpp", dtype="bfloat16", device=None):
     from . import load
     from .proposers import tree_variant
 
     method = tree_variant(method or "draft") if tree else method
     return load(target, None if draft.lower() == "none" else draft, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw, controller=controller)
+                chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device)
 
 
 @app.command()
@@ -77,10 +81,11 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller, tree)
+                         controller, tree, backend, dtype, device)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -158,6 +163,7 @@ def bench(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in --out."),
     peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
+    backend: str = BackendOpt, dtype: str = DtypeOpt,
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
@@ -169,7 +175,7 @@ def bench(
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
-                         peer_limit=peer_limit, controller=controller)
+                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:
@@ -184,16 +190,27 @@ def calibrate(
     target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
     repeats: int = typer.Option(5, "--repeats"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
+    backend_name: str = typer.Option("llamacpp", "--backend", help="llamacpp, or torch (not cached: the cache "
+                                     "holds the llama.cpp curves the adaptive controller starts from)."),
+    dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
     """Measure the target's forward time for k = 1..17 new tokens and the draft's per-token time."""
-    from .backends.llamacpp import LlamaCppBackend
     from .calibrate import CONTEXT_TEXT, calibrate as measure, calibration_path, save_calibration
 
-    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
+    if backend_name == "torch":
+        from .backends.torch_hf import TorchBackend
+
+        backend = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=threads)
+    else:
+        from .backends.llamacpp import LlamaCppBackend
+
+        backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
     draft_backend = backend.sibling(draft) if draft else None
     context = backend.tokenize(CONTEXT_TEXT, special=False)
     result = measure(backend, context, draft_backend, ks=range(1, 18), repeats=repeats)
-    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {backend.n_threads} threads)")
+    where = f"torch {dtype} on {backend.device}" if backend_name == "torch" else "llama.cpp"
+    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {where}, "
+                        f"{backend.n_threads or 'default'} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
         table.add_column(column, justify="right")
     t = result["target"]
@@ -204,10 +221,10 @@ def calibrate(
     if result["draft"]:
         Console().print(f"draft {draft}: {1e3 * result['draft']['token_s']:.1f} ms per token "
                         f"({result['draft']['relative_to_target_step']:.2f} of a target step)")
-    path = calibration_path(backend.path, backend.n_threads)
-    save_calibration(result, path)
     if out:
         save_calibration(result, Path(out) / "calibration.json")
+    path = calibration_path(backend.path, backend.n_threads, f"torch-{dtype}" if backend_name == "torch" else "")
+    save_calibration(result, path)
     Console().print(f"saved {path}")
 
 
@@ -226,13 +243,15 @@ def serve(
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     try:
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers)
+    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers,
+                         backend=backend, dtype=dtype, device=device)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
