@@ -146,9 +146,11 @@ class LlamaCppBackend:
         if status != 0:
             raise QuickdraftError(f"llama_decode failed with status {status} at position {positions[0]}")
 
-    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                     rows: Sequence[int] | None = None) -> np.ndarray:
         """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
-        [N, V], row i the prediction after node i given the cache and node i's ancestors.
+        [N, V], row i the prediction after node i given the cache and node i's ancestors (only
+        the nodes ``rows``, in that order, when given: [len(rows), V], the others cost nothing).
 
         Node i is llama.cpp sequence i, holding the cache plus node i's ancestors and itself: the
         cache (sequence 0) is first shared with sequences 1..N-1 (``seq_cp`` only tags cells in a
@@ -160,15 +162,17 @@ class LlamaCppBackend:
             raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
         self._tree = ([], (), len(self.tokens))
         try:
-            return self.extend_tree(tokens, parents)
+            return self.extend_tree(tokens, parents, rows=rows)
         except BaseException:
             self._tree = None
             raise
 
-    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                    rows: Sequence[int] | None = None) -> np.ndarray:
         """Add M nodes to the tree :meth:`forward_tree` evaluated (still awaiting :meth:`keep`) in
         one ``llama_decode``; ``parents`` index the pending tree's nodes, the new node j gets
-        index N + j (topological order still holds). Returns [M, V], the new nodes' rows.
+        index N + j (topological order still holds). Returns [M, V], the new nodes' rows (or
+        the rows of the new nodes ``rows``, numbered from 0 like ``tokens``).
         Used to grow a draft tree level by level without evaluating a node twice."""
         if self._tree is None:
             raise QuickdraftError("extend_tree() needs a forward_tree() first")
@@ -188,10 +192,14 @@ class LlamaCppBackend:
             ll.llama_memory_seq_cp(self._mem, max(a, 0), m, -1, -1)
         new = range(n_old, len(tree))
         seqs = [[j, *(i for i in range(j + 1, len(tree)) if tree.mask[i, j])] for j in new]
-        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, [True] * len(new))
+        wanted = [True] * len(new) if rows is None else [j in rows for j in range(len(new))]
+        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, wanted)
         self._tree = ([*old_tokens, *tokens], all_parents, first)
-        out = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(out, shape=(len(new), self.vocab_size)).copy()
+        out = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(sum(wanted), self.vocab_size))
+        if rows is None:
+            return out.copy()
+        order = list(np.cumsum(wanted) - 1)  # output row of each wanted node
+        return out[[order[j] for j in rows]]
 
     def keep(self, path: Sequence[int]) -> None:
         """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
