@@ -114,9 +114,10 @@ class DraftTreeProposer(DraftModelProposer):
         for depth in range(1, budget + 1):
             newest = len(tokens)
             for c, row in zip(frontier, rows):
-                logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
-                for x in np.argsort(-logp, kind="stable")[:self.tree_branch]:
-                    score = (scores[c] if c >= 0 else 0.0) + float(logp[x])
+                top = np.argpartition(-row, self.tree_branch - 1)[:self.tree_branch]  # O(V), not a sort
+                log_total = row.max() + np.log(np.exp(row - row.max()).sum())
+                for x in top[np.argsort(-row[top], kind="stable")]:
+                    score = (scores[c] if c >= 0 else 0.0) + float(row[x] - log_total)
                     if score >= floor:
                         tokens.append(int(x))
                         scores.append(score)
@@ -124,11 +125,13 @@ class DraftTreeProposer(DraftModelProposer):
             cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
             level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:self.tree_expand]
             frontier = [c for c in level if scores[c] > cut]  # only these can have children in the best
-            if depth == budget or not frontier or evaluated + len(frontier) > model.max_tree_nodes:
+            room = min(model.max_tree_nodes, model.n_ctx - len(model.tokens))
+            if depth == budget or not frontier or evaluated + len(frontier) > room:
                 break
             node.update((c, evaluated + j) for j, c in enumerate(frontier))
             rows = model.extend_tree([tokens[c] for c in frontier], [node[parents[c]] for c in frontier])
             evaluated += len(frontier)
         model.keep(tuple(range(len(trunk))))
         kept, tree = best_subtree(scores, parents, budget)
-        return Draft(tuple(tokens[c] for c in kept), None, parents=tree)
+        chain = tree == tuple(range(len(tree)))  # a confident draft: send it the chain way
+        return Draft(tuple(tokens[c] for c in kept), None, parents=None if chain else tree)

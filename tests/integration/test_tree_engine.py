@@ -34,6 +34,7 @@ def test_draft_tree_is_a_tree_within_budget(tiny_engine):
         draft = proposer.propose(context, budget, SamplingParams(), np.random.default_rng(0))
         assert len(draft) == budget and draft.q is None
         tree = layout(draft.tree_parents())
+        assert draft.parents is None or len(tree.leaves) > 1  # a one-branch tree is sent as a chain
         if budget == 16:  # the tiny draft is confident, so small budgets may stay a chain
             assert len(tree.leaves) > 1, "a wide-enough budget should branch"
         for node in range(len(tree)):  # distinct siblings (the deterministic rule's precondition)
