@@ -231,7 +231,7 @@ def calibrate(
 @app.command()
 @friendly
 def serve(
-    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method,
+    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method, tree: bool = Tree,
     num_draft: int = NumDraft, min_confidence: float = MinConfidence,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes the server to the network)."),
     port: int = typer.Option(8000, "--port"),
@@ -250,7 +250,7 @@ def serve(
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers,
+    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, tree=tree,
                          backend=backend, dtype=dtype, device=device)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

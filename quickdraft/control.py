@@ -204,7 +204,7 @@ class AdaptiveBudget:
             self.cost.observe(acceptance.drafted, verify_time)
         if n:
             self.draft_token_s = _ewma(self.draft_token_s or None, draft_time / n, self.decay)
-        for i in range(min(n, self.max_k)):
+        for i in range(min(acceptance.positions if n else 0, self.max_k)):  # a tree: its depths
             stats = self._accept[i if self.positional else 0]
             stats[0] = self.decay * stats[0] + (i < acceptance.accepted)
             stats[1] = self.decay * stats[1] + 1

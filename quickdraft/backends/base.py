@@ -33,15 +33,20 @@ class Backend(Protocol):
         """Keep the first ``length`` cached tokens, drop the rest."""
 
     # Token trees (see tree.py): N nodes, node 0 the pending token, parents in topological order.
-    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                     rows: Sequence[int] | None = None) -> np.ndarray:
         """Evaluate all N tree nodes after the cache in one forward; return [N, V]: row i is the
         prediction for the token after node i given the cache and node i's ancestors (node i at
-        position len(cache) + depth). Afterwards the cache holds the nodes until :meth:`keep`."""
+        position len(cache) + depth). ``rows``: return only these nodes' rows, in this order
+        ([len(rows), V]; a backend may skip the others' output layer). Afterwards the cache holds
+        the nodes until :meth:`keep`."""
 
-    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                    rows: Sequence[int] | None = None) -> np.ndarray:
         """After :meth:`forward_tree`, before :meth:`keep`: add M nodes in one forward, ``parents``
-        indexing the pending tree (new node j is node N + j); return their rows [M, V]. Lets a
-        proposer grow a draft tree level by level without evaluating a node twice."""
+        indexing the pending tree (new node j is node N + j); return their rows [M, V] (``rows``
+        as in forward_tree, numbered 0..M-1). Lets a proposer grow a draft tree level by level
+        without evaluating a node twice."""
 
     def keep(self, path: Sequence[int]) -> None:
         """After :meth:`forward_tree`: keep the nodes of ``path`` (node indices from the root 0

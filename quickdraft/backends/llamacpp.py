@@ -84,6 +84,9 @@ class LlamaCppBackend:
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(n_batch, 0, self.max_tree_nodes)
         self._tree: tuple[list[int], tuple[int, ...], int] | None = None  # (tokens, parents, cache length) awaiting keep()
+        # Sequences 0..mirrored-1 all hold exactly the cache, so a tree needs no copy of it (tagging
+        # a long cache into N sequences costs ~0.2 us per cell and sequence: 6 ms for 2000 x 15).
+        self._mirrored = 1
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
@@ -129,8 +132,8 @@ class LlamaCppBackend:
             raise QuickdraftError(f"context full: {len(self.tokens)} + {n} tokens > n_ctx {self.n_ctx}")
 
     def _decode(self, chunk: Sequence[int], wanted: Sequence[bool]) -> None:
-        first = len(self.tokens)
-        self._decode_batch(chunk, range(first, first + len(chunk)), [(0,)] * len(chunk), wanted)
+        first, mirrored = len(self.tokens), range(self._mirrored)
+        self._decode_batch(chunk, range(first, first + len(chunk)), [mirrored] * len(chunk), wanted)
         self.tokens.extend(int(t) for t in chunk)
 
     def _decode_batch(self, tokens: Sequence[int], positions: Sequence[int],
@@ -146,29 +149,34 @@ class LlamaCppBackend:
         if status != 0:
             raise QuickdraftError(f"llama_decode failed with status {status} at position {positions[0]}")
 
-    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                     rows: Sequence[int] | None = None) -> np.ndarray:
         """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
-        [N, V], row i the prediction after node i given the cache and node i's ancestors.
+        [N, V], row i the prediction after node i given the cache and node i's ancestors (only
+        the nodes ``rows``, in that order, when given: [len(rows), V], the others cost nothing).
 
         Node i is llama.cpp sequence i, holding the cache plus node i's ancestors and itself: the
-        cache (sequence 0) is first shared with sequences 1..N-1 (``seq_cp`` only tags cells in a
-        unified cache), and node j's cell joins the sequences of j and of every node below it.
-        llama.cpp's mask lets a token see the cells of its own sequence up to its position
-        (len(cache) + depth): exactly the cache and its ancestors. Call :meth:`keep` next.
+        cache cells belong to every sequence a tree has used (``_mirrored``; a new one gets them by
+        ``seq_cp``, which only tags cells in a unified cache), and node j's cell joins the
+        sequences of j and of every node below it. llama.cpp's mask lets a token see the cells of
+        its own sequence up to its position (len(cache) + depth): exactly the cache and its
+        ancestors. Call :meth:`keep` next.
         """
         if self._tree is not None:
             raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
         self._tree = ([], (), len(self.tokens))
         try:
-            return self.extend_tree(tokens, parents)
+            return self.extend_tree(tokens, parents, rows=rows)
         except BaseException:
             self._tree = None
             raise
 
-    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                    rows: Sequence[int] | None = None) -> np.ndarray:
         """Add M nodes to the tree :meth:`forward_tree` evaluated (still awaiting :meth:`keep`) in
         one ``llama_decode``; ``parents`` index the pending tree's nodes, the new node j gets
-        index N + j (topological order still holds). Returns [M, V], the new nodes' rows.
+        index N + j (topological order still holds). Returns [M, V], the new nodes' rows (or
+        the rows of the new nodes ``rows``, numbered from 0 like ``tokens``).
         Used to grow a draft tree level by level without evaluating a node twice."""
         if self._tree is None:
             raise QuickdraftError("extend_tree() needs a forward_tree() first")
@@ -182,32 +190,43 @@ class LlamaCppBackend:
         if first + len(tree) > self.n_ctx:
             raise QuickdraftError(f"context full: {first} + {len(tree)} tree nodes > n_ctx {self.n_ctx}")
         for m in range(max(n_old, 1), len(tree)):  # sequence m starts as its nearest evaluated ancestor's
+            if m >= self._mirrored:
+                ll.llama_memory_seq_cp(self._mem, 0, m, -1, first)
+                self._mirrored = m + 1
             a = all_parents[m]
             while a >= n_old:
                 a = all_parents[a]
-            ll.llama_memory_seq_cp(self._mem, max(a, 0), m, -1, -1)
+            if a >= 0:
+                ll.llama_memory_seq_cp(self._mem, a, m, first, -1)
         new = range(n_old, len(tree))
         seqs = [[j, *(i for i in range(j + 1, len(tree)) if tree.mask[i, j])] for j in new]
-        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, [True] * len(new))
+        wanted = [True] * len(new) if rows is None else [j in rows for j in range(len(new))]
+        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, wanted)
         self._tree = ([*old_tokens, *tokens], all_parents, first)
-        out = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(out, shape=(len(new), self.vocab_size)).copy()
+        out = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(sum(wanted), self.vocab_size))
+        if rows is None:
+            return out.copy()
+        order = list(np.cumsum(wanted) - 1)  # output row of each wanted node
+        return out[[order[j] for j in rows]]
 
     def keep(self, path: Sequence[int]) -> None:
         """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
 
-        Sequence ``path[-1]`` holds exactly the cache and the path; ``seq_cp`` tags those cells
-        with sequence 0 and ``seq_keep(0)`` frees every other cell. A chain needs no more than
-        :meth:`rollback`'s ``seq_rm``.
+        Removing the tree part of every sequence not on the path frees the other nodes' cells
+        (each belongs only to sequences of its own subtree); the path's cells, still in sequence
+        ``path[-1]``, are then tagged with every mirrored sequence (a few cells each).
         """
         if self._tree is None:
             raise QuickdraftError("keep() needs a forward_tree() first")
         tokens, parents, first = self._tree
         check_path(parents, path)
-        if len(parents) > 1:
-            if path[-1] != 0:
-                ll.llama_memory_seq_cp(self._mem, path[-1], 0, first + 1, first + len(path))
-            ll.llama_memory_seq_keep(self._mem, 0)
+        on_path = set(path)
+        for m in range(len(parents)):
+            if m not in on_path:
+                ll.llama_memory_seq_rm(self._mem, m, first, -1)
+        for m in range(self._mirrored):
+            if m != path[-1]:
+                ll.llama_memory_seq_cp(self._mem, path[-1], m, first, first + len(path))
         self.tokens.extend(int(tokens[i]) for i in path)
         self._tree = None
 
@@ -229,7 +248,7 @@ class LlamaCppBackend:
         if self._tree is not None:
             raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
         if length < len(self.tokens):
-            if not ll.llama_memory_seq_rm(self._mem, 0, length, -1):
+            if not ll.llama_memory_seq_rm(self._mem, -1, length, -1):  # -1: every sequence
                 raise QuickdraftError(f"{self.path.name}: llama.cpp cannot roll back this model's cache "
                                       "(recurrent models are not supported for speculation)")
             del self.tokens[length:]

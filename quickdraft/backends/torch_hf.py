@@ -131,7 +131,8 @@ class TorchBackend:
         del self.tokens[length:]
         self._truncate(len(self.tokens))
 
-    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                     rows: Sequence[int] | None = None) -> np.ndarray:
         """Evaluate a token tree (see tree.py) after the cache in one forward; return logits per
         node [N, V]. Node i sits at position ``len(cache) + depth(i)`` in cache row
         ``len(cache) + i`` and attends to the whole cache plus its ancestors and itself (a 4-D
@@ -139,11 +140,13 @@ class TorchBackend:
         :meth:`extend_tree` to grow the tree or :meth:`keep` to settle on a path."""
         self._truncate(len(self.tokens))  # a partial draft or an earlier tree's nodes
         self._tree = ([], ())
-        return self.extend_tree(tokens, parents)
+        return self.extend_tree(tokens, parents, rows=rows)
 
-    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                    rows: Sequence[int] | None = None) -> np.ndarray:
         """Add M nodes to the pending tree in one forward; ``parents`` index the pending tree
-        (the new node j is node N + j); return their logits [M, V]."""
+        (the new node j is node N + j); return their logits [M, V] (only ``rows`` of them, indices
+        into the new nodes, when given: the LM head runs on those alone)."""
         old_tokens, old_parents = self._tree
         if len(tokens) != len(parents):
             raise InvalidParameterError(f"{len(parents)} tree nodes need {len(parents)} tokens, got {len(tokens)}")
@@ -154,7 +157,7 @@ class TorchBackend:
         hidden = self._run(list(tokens), positions=start + np.asarray(tree.depth[n_old:]), record=False,
                            mask=self._additive_mask(tree.mask[n_old:], start))
         self._tree = ([*old_tokens, *tokens], (*old_parents, *parents))
-        return self._logits(hidden)
+        return self._logits(hidden if rows is None else hidden[list(rows)])
 
     def keep(self, path: Sequence[int]) -> None:
         """After ``forward_tree``: keep the nodes of ``path`` (root first, node indices, each the

@@ -58,22 +58,24 @@ class DraftModelProposer:
 class DraftTreeProposer(DraftModelProposer):
     """A token tree grown by the draft model, EAGLE-2 style (Li et al. 2024, arXiv 2406.16858).
 
-    Each level expands the ``tree_width`` candidates of the newest level with the highest
-    cumulative draft log-probability (evaluated together in one ``extend_tree`` forward); each
-    expanded node gets its ``tree_width`` most likely next tokens as candidate children. At the
-    end the ``budget`` best candidates overall form the draft (``best_subtree``). Growth stops
-    once no frontier node can beat the budget-th best candidate (a child never scores above its
-    parent), or at depth ``budget``. ``min_confidence`` drops candidates whose cumulative draft
-    probability is below it. The children are deterministic given the context (top-k), so
-    sampled requests use the tree verifier's deterministic rule (``q`` is None).
+    Every expanded node gets its ``tree_branch`` most likely next tokens as candidate children,
+    scored by cumulative draft log-probability (temperature 1). Each level expands the
+    ``tree_expand`` best candidates of the newest level, evaluated together in one
+    ``extend_tree`` forward, and the ``budget`` best candidates overall form the draft
+    (``best_subtree``). With ``tree_expand=1`` a level costs the draft model one token, like a
+    chain, and the siblings come for free. Growth stops once no frontier node can beat the
+    budget-th best candidate (a child never scores above its parent), or at depth ``budget``.
+    ``min_confidence`` drops candidates whose cumulative draft probability is below it. The
+    children are deterministic given the context (top-k), so sampled requests use the tree
+    verifier's deterministic rule (``q`` is None).
     """
 
-    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, tree_width: int = 3,
-                 **options: object) -> None:
+    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, tree_branch: int = 3,
+                 tree_expand: int = 1, **options: object) -> None:
         super().__init__(target, draft=draft, min_confidence=min_confidence, **options)
-        if tree_width < 1:
-            raise InvalidParameterError(f"tree_width must be >= 1, got {tree_width}")
-        self.tree_width = tree_width
+        if tree_branch < 1 or tree_expand < 1:
+            raise InvalidParameterError(f"tree_branch and tree_expand must be >= 1, got {tree_branch}, {tree_expand}")
+        self.tree_branch, self.tree_expand = tree_branch, tree_expand
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
@@ -84,7 +86,7 @@ class DraftTreeProposer(DraftModelProposer):
         if len(context) - len(model.tokens) > model.max_tree_nodes // 2:  # a long catch-up: leave room
             model.prefill(context[:-1])
         trunk = list(context[len(model.tokens):])  # catch up and predict in one forward
-        rows = model.forward_tree(trunk, chain_parents(len(trunk)))[-1:]
+        rows = model.forward_tree(trunk, chain_parents(len(trunk)), rows=[len(trunk) - 1])
         evaluated = len(trunk)  # nodes in the draft model's pending tree
         node = {-1: len(trunk) - 1}  # candidate -> its node there (-1: the root)
         frontier = [-1]  # the candidates ``rows`` belong to
@@ -95,24 +97,27 @@ class DraftTreeProposer(DraftModelProposer):
         for depth in range(1, budget + 1):
             newest = len(tokens)
             for c, row in zip(frontier, rows):
-                logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
-                for x in np.argsort(-logp, kind="stable")[:self.tree_width]:
-                    score = (scores[c] if c >= 0 else 0.0) + float(logp[x])
+                top = np.argpartition(-row, self.tree_branch - 1)[:self.tree_branch]  # O(V), not a sort
+                log_total = row.max() + np.log(np.exp(row - row.max()).sum())
+                for x in top[np.argsort(-row[top], kind="stable")]:
+                    score = (scores[c] if c >= 0 else 0.0) + float(row[x] - log_total)
                     if score >= floor:
                         tokens.append(int(x))
                         scores.append(score)
                         parents.append(c)
             cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
-            level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:self.tree_width]
+            level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:self.tree_expand]
             frontier = [c for c in level if scores[c] > cut]  # only these can have children in the best
-            if depth == budget or not frontier or evaluated + len(frontier) > model.max_tree_nodes:
+            room = min(model.max_tree_nodes, model.n_ctx - len(model.tokens))
+            if depth == budget or not frontier or evaluated + len(frontier) > room:
                 break
             node.update((c, evaluated + j) for j, c in enumerate(frontier))
             rows = model.extend_tree([tokens[c] for c in frontier], [node[parents[c]] for c in frontier])
             evaluated += len(frontier)
         model.keep(tuple(range(len(trunk))))
         kept, tree = best_subtree(scores, parents, budget)
-        return Draft(tuple(tokens[c] for c in kept), None, parents=tree)
+        chain = tree == tuple(range(len(tree)))  # a confident draft: send it the chain way
+        return Draft(tuple(tokens[c] for c in kept), None, parents=None if chain else tree)
 
 
 def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,

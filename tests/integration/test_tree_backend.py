@@ -84,6 +84,22 @@ def test_keep_leaves_the_path_in_the_cache(backend, parents, path):
     backend.prefill(prompt)
 
 
+def test_selected_rows(backend):
+    prompt = list(backend.tokens)
+    parents = TREES[3]
+    tokens = tree_tokens(backend, parents, seed=3)
+    every = backend.forward_tree(tokens, parents)
+    backend.keep((0,))
+    backend.rollback(len(prompt))
+    some = backend.forward_tree(tokens, parents, rows=[7, 2])
+    np.testing.assert_allclose(some, every[[7, 2]], atol=TOL, rtol=0)
+    more = backend.extend_tree([300, 301], [7, 11], rows=[1])  # node 12 below the new node 11
+    assert more.shape == (1, backend.vocab_size)
+    backend.keep((0, 3, 7, 11, 12))
+    assert backend.tokens == prompt + [tokens[0], tokens[3], tokens[7], 300, 301]
+    backend.rollback(len(prompt))
+
+
 def test_chain_tree_equals_forward_and_rollback(backend):
     prompt = list(backend.tokens)
     chain = (400, 401, 402, 403)

@@ -11,19 +11,19 @@ from quickdraft.tree import layout
 PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
 
 
-@pytest.mark.parametrize("tree_width", [1, 2, 4])
+@pytest.mark.parametrize("branch, expand", [(1, 1), (3, 1), (2, 2), (4, 3)])
 @pytest.mark.parametrize("num_draft", [2, 8, 16])
-def test_draft_tree_greedy_equals_ar(tiny_pair, tiny_engine, tree_width, num_draft):
+def test_draft_tree_greedy_equals_ar(tiny_pair, tiny_engine, branch, expand, num_draft):
     proposer = tiny_engine.proposer("draft-tree")
-    proposer.tree_width = tree_width
+    proposer.tree_branch, proposer.tree_expand = branch, expand
     try:
         for prompt in PROMPTS:
             ar = tiny_engine.generate(prompt, max_tokens=40, method="ar")
             tree = tiny_engine.generate(prompt, max_tokens=40, method="draft-tree", num_draft=num_draft)
-            assert tree.token_ids == ar.token_ids, (prompt, tree_width, num_draft)
+            assert tree.token_ids == ar.token_ids, (prompt, branch, expand, num_draft)
             assert tree.stats["target_forwards"] < ar.stats["target_forwards"]
     finally:
-        proposer.tree_width = 3
+        proposer.tree_branch, proposer.tree_expand = 3, 1
 
 
 def test_draft_tree_is_a_tree_within_budget(tiny_engine):
@@ -34,6 +34,7 @@ def test_draft_tree_is_a_tree_within_budget(tiny_engine):
         draft = proposer.propose(context, budget, SamplingParams(), np.random.default_rng(0))
         assert len(draft) == budget and draft.q is None
         tree = layout(draft.tree_parents())
+        assert draft.parents is None or len(tree.leaves) > 1  # a one-branch tree is sent as a chain
         if budget == 16:  # the tiny draft is confident, so small budgets may stay a chain
             assert len(tree.leaves) > 1, "a wide-enough budget should branch"
         for node in range(len(tree)):  # distinct siblings (the deterministic rule's precondition)
