@@ -19,3 +19,7 @@ class ContextOverflowError(QuickdraftError):
 
 class InvalidParameterError(QuickdraftError, ValueError):
     """A sampling or generation parameter outside its valid range."""
+
+
+class HeadsMismatchError(QuickdraftError):
+    """Trained draft heads (Medusa, EAGLE) loaded on a target they were not trained on."""
