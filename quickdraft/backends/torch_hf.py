@@ -1,0 +1,330 @@
+"""Hugging Face transformers causal LMs through torch: the research backend (hidden states, custom
+attention masks, layer subsets), on CPU or CUDA.
+
+A model comes from a local transformers directory (``config.json`` + weights + tokenizer) or from
+a GGUF file, which transformers dequantizes (``from_pretrained(dir, gguf_file=...)``; about a
+minute for the bundled 1.5B target on 2 cores). torch is an optional extra: only this module (and
+the proposers that need it) import it.
+
+The KV cache is a ``DynamicCache`` holding one sequence (``tokens``). Beyond the Backend protocol:
+
+- ``last_hidden``: after every ``prefill``/``forward``/``forward_tree``/``forward_layers``, the
+  final hidden states (after the final norm: the LM head's input) of the new positions, a
+  tensor [n, H] on ``device``. ``model`` is the HF model, ``lm_head`` its output layer.
+- ``forward_tree(tokens, parents) -> [N, V]`` and ``keep(path)``: a token tree in one forward
+  (4-D attention mask, positions = cache length + depth), then keep one root-first path.
+- ``forward_layers(tokens, layers) -> [n, V]``: run only the given decoder layers (self
+  speculation); their cache grows, the other layers' does not, and ``drop_partial()`` (or the
+  next ``forward``/``rollback``/``prefill``) cuts it back to ``tokens``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import QuickdraftError
+from ..models import resolve_model
+from .llamacpp import render_chat
+
+TORCH_HINT = "pip install 'quickdraft[torch]'"
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise QuickdraftError(f"the torch backend needs torch and transformers: {TORCH_HINT} ({e})") from None
+
+DTYPES = ("bfloat16", "float32", "float16")
+# Vocabulary entries that end a turn in common chat models (besides the tokenizer's EOS).
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|end|>",
+               "</s>", "<end_of_turn>")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchBackend:
+    """One transformers causal LM and its KV cache (batch 1).
+
+    ``model``: a transformers model directory, or a GGUF file / bundled model name (dequantized).
+    ``dtype``: "bfloat16", "float32" or "float16". ``device``: "cpu", "cuda", ... (default: cuda
+    when present). ``n_threads``: torch's intra-op threads (default: torch's own choice).
+    """
+
+    def __init__(self, model: str | Path, *, dtype: str = "float32", device: str | None = None,
+                 n_ctx: int = 4096, n_threads: int | None = None, verbose: bool = False) -> None:
+        try:
+            import transformers
+            from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+        except ImportError as e:
+            raise QuickdraftError(f"the torch backend needs transformers: {TORCH_HINT} ({e})") from None
+        if dtype not in DTYPES:
+            raise QuickdraftError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        self.dtype, self.device, self.n_threads = dtype, device or default_device(), n_threads
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        source = Path(model)
+        if source.is_dir():
+            self.path, where = source, dict(pretrained_model_name_or_path=str(source))
+        else:
+            self.path = resolve_model(str(model))
+            where = dict(pretrained_model_name_or_path=str(self.path.parent), gguf_file=self.path.name)
+        try:
+            with _quiet(verbose, transformers):
+                self.tokenizer = AutoTokenizer.from_pretrained(**where)
+                self.model = AutoModelForCausalLM.from_pretrained(**where, dtype=getattr(torch, dtype))
+        except (OSError, ValueError, KeyError) as e:
+            raise QuickdraftError(f"transformers could not load {self.path}: {e}") from None
+        self.model.to(self.device).eval()
+        config = self.model.config
+        if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+            raise QuickdraftError(f"{self.path.name}: only models whose layers all use full attention are "
+                                  f"supported (this one has {sorted(set(config.layer_types))})")
+        self.decoder = self.model.get_decoder()
+        self.lm_head = self.model.get_output_embeddings()
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        self.n_ctx = min(n_ctx, getattr(config, "max_position_embeddings", n_ctx) or n_ctx)
+        self._cache_factory = lambda: DynamicCache(config=config)
+        self.cache = self._cache_factory()
+        self.tokens: list[int] = []
+        self.last_hidden: torch.Tensor | None = None
+        self._load_vocabulary()
+
+    def sibling(self, model: str | Path) -> "TorchBackend":
+        """Another model with this one's settings (used for a draft model)."""
+        return TorchBackend(model, dtype=self.dtype, device=self.device, n_ctx=self.n_ctx,
+                            n_threads=self.n_threads)
+
+    # --- the KV cache -------------------------------------------------------------------------
+    def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
+        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
+        With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
+        if it was cached). ``last_hidden`` is set to the evaluated positions' hidden states."""
+        common = 0
+        for a, b in zip(self.tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        if last_logits:
+            common = min(common, len(tokens) - 1)
+        self.rollback(common)
+        if common == len(tokens):
+            return None
+        hidden = self._run(list(tokens[common:]))
+        return self._logits(hidden[-1:])[0] if last_logits else None
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` (n >= 1); return logits for every new position [n, V]."""
+        return self._logits(self._run(list(tokens)))
+
+    def rollback(self, length: int) -> None:
+        """Keep the first ``length`` cached tokens."""
+        del self.tokens[length:]
+        self._truncate(len(self.tokens))
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Evaluate a token tree after the cache in one forward; return logits per node [N, V].
+
+        Node 0 is the root (``parents[0] == -1``), ``parents[i] < i``. Node i sits at position
+        ``len(cache) + depth(i)`` and attends to the whole cache plus its own ancestors and itself.
+        The cache then holds every node (``tokens`` does not): call ``keep(path)`` next.
+        """
+        visible, depth = tree_attention(parents)
+        start = len(self.tokens)
+        mask = self._additive_mask(visible, start)
+        hidden = self._run(list(tokens), positions=start + depth, mask=mask, record=False)
+        self._tree = list(tokens)
+        return self._logits(hidden)
+
+    def keep(self, path: Sequence[int]) -> None:
+        """After ``forward_tree``: keep the nodes of ``path`` (root first, node indices, each the
+        parent of the next) in the cache, after the old cache, and drop the other nodes."""
+        start = len(self.tokens)
+        index = torch.as_tensor([start + i for i in path], device=self.device)
+        with torch.no_grad():
+            for layer in self.cache.layers:
+                layer.keys[..., start:start + len(path), :] = layer.keys.index_select(-2, index)
+                layer.values[..., start:start + len(path), :] = layer.values.index_select(-2, index)
+        self.tokens += [self._tree[i] for i in path]
+        self._truncate(len(self.tokens))
+
+    def forward_layers(self, tokens: Sequence[int], layers: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` through the decoder layers ``layers`` only (sorted indices; layer 0
+        must be among them, it sizes the attention mask); return logits [n, V].
+
+        Only those layers' caches grow. Successive calls continue the partial sequence; the next
+        ``drop_partial``, ``forward``, ``prefill`` or ``rollback`` removes it (``tokens`` never
+        includes it)."""
+        if not layers or layers[0] != 0:
+            raise QuickdraftError("forward_layers needs layer 0 among the layers it runs")
+        start = len(self.tokens) + self._partial
+        full = self.decoder.layers
+        self.decoder.layers = torch.nn.ModuleList([full[i] for i in layers])
+        try:
+            hidden = self._run(list(tokens), positions=np.arange(start, start + len(tokens)), record=False)
+        finally:
+            self.decoder.layers = full
+        self._partial += len(tokens)
+        return self._logits(hidden)
+
+    def drop_partial(self) -> None:
+        """Cut every layer's cache back to ``tokens`` (after ``forward_layers``)."""
+        self._truncate(len(self.tokens))
+
+    _partial = 0  # tokens appended by forward_layers since the last truncation
+    _tree: list[int] = []
+
+    # --- internals ----------------------------------------------------------------------------
+    def _run(self, tokens: list[int], *, positions: np.ndarray | None = None, mask: torch.Tensor | None = None,
+             record: bool = True) -> torch.Tensor:
+        """Feed ``tokens`` after the cache; return the final hidden states [n, H] (also stored in
+        ``last_hidden``). ``record``: the tokens join ``tokens`` (False: the caller manages the
+        cache rows they leave behind)."""
+        if record and self._partial:
+            self._truncate(len(self.tokens))
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise QuickdraftError(f"context full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+        if not tokens:
+            raise QuickdraftError("forward needs at least one token")
+        ids = torch.as_tensor([tokens], device=self.device)
+        if positions is None:
+            positions = np.arange(len(self.tokens), len(self.tokens) + len(tokens))
+        pos = torch.as_tensor(np.asarray(positions)[None], device=self.device)
+        with torch.no_grad():
+            out = self.decoder(input_ids=ids, position_ids=pos, attention_mask=mask,
+                               past_key_values=self.cache, use_cache=True)
+        self.last_hidden = out.last_hidden_state[0]
+        if record:
+            self.tokens.extend(int(t) for t in tokens)
+        return self.last_hidden
+
+    def _logits(self, hidden: torch.Tensor) -> np.ndarray:
+        """LM head on hidden states [n, H] -> float32 numpy logits [n, V]."""
+        with torch.no_grad():
+            return self.lm_head(hidden).float().cpu().numpy()
+
+    def _additive_mask(self, visible: np.ndarray, start: int) -> torch.Tensor:
+        """[1, 1, N, start + N]: 0 where a new node may attend (the whole cache, then ``visible``
+        [N, N] among the new nodes), the dtype's minimum elsewhere."""
+        allowed = np.concatenate([np.ones((len(visible), start), bool), visible], axis=1)
+        dtype = self.model.dtype
+        mask = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype)
+        mask[torch.from_numpy(allowed)] = 0
+        return mask[None, None].to(self.device)
+
+    def _truncate(self, length: int) -> None:
+        """Cut every layer's cache to at most ``length`` positions."""
+        for layer in self.cache.layers:
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
+        self._partial = 0
+
+    # --- the vocabulary -----------------------------------------------------------------------
+    def _load_vocabulary(self) -> None:
+        tok = self.tokenizer
+        n_tok = len(tok)
+        texts = tok.convert_ids_to_tokens(list(range(min(n_tok, self.vocab_size))))
+        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        to_bytes = _piece_decoder(tok)
+        self._text = [(t or "").encode("utf-8") for t in texts] + [b""] * (self.vocab_size - len(texts))
+        self._bytes = [b"" if i in special or t is None else to_bytes(t) for i, t in enumerate(texts)]
+        self._bytes += [b""] * (self.vocab_size - len(self._bytes))
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        eog = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+        eog |= {i for i, t in enumerate(texts) if t in END_OF_TURN}
+        self._eog = {int(i) for i in eog if i is not None and 0 <= i < self.vocab_size}
+        if not self._eog:
+            raise QuickdraftError(f"{self.path.name}: the tokenizer names no end-of-sequence token")
+        self.eos_token = int(tok.eos_token_id if tok.eos_token_id is not None else min(self._eog))
+        self.chat_template = tok.chat_template if isinstance(tok.chat_template, str) else None
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of ``text``. ``special``: parse control tokens written in the text (chat
+        templates, which render any BOS themselves); otherwise add the model's BOS (if it uses one)
+        and treat control-token text as plain text."""
+        return list(self.tokenizer(text, add_special_tokens=not special,
+                                   split_special_tokens=not special)["input_ids"])
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._bytes[token]
+
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary entry itself (for comparing vocabularies)."""
+        return self._text[token]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._eog
+
+    def chat_prompt(self, messages: list[dict]) -> str | None:
+        if not self.chat_template:
+            return None
+        return render_chat(self.chat_template, messages, bos=self.tokenizer.bos_token or "",
+                           eos=self.tokenizer.eos_token or "")
+
+
+def tree_attention(parents: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Ancestor-or-self visibility [N, N] (bool, row i: what node i attends to) and depth [N]
+    of a tree given by ``parents`` (``parents[0] == -1``, ``parents[i] < i``).
+
+    Example: parents [-1, 0, 0, 1] -> depth [0, 1, 1, 2]; node 3 sees nodes 0, 1, 3.
+    """
+    n = len(parents)
+    if n == 0 or parents[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parents) if i):
+        raise QuickdraftError(f"not a tree in topological order (parents[0] == -1, parents[i] < i): {list(parents)}")
+    visible = np.eye(n, dtype=bool)
+    depth = np.zeros(n, dtype=np.int64)
+    for i in range(1, n):
+        visible[i] |= visible[parents[i]]
+        depth[i] = depth[parents[i]] + 1
+    return visible, depth
+
+
+def _piece_decoder(tokenizer):
+    """vocabulary entry (str) -> the bytes it stands for: GPT-2 byte-level BPE entries map each
+    character back to a byte; SentencePiece entries write '▁' for a space and <0xAB> for bytes."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if decoder is not None and "ByteLevel" in repr(decoder):
+        table = {ch: b for b, ch in enumerate(_byte_level_alphabet())}
+
+        def byte_level(piece: str) -> bytes:
+            try:
+                return bytes(table[c] for c in piece)
+            except KeyError:  # an added (non-byte-level) token
+                return piece.encode("utf-8")
+        return byte_level
+
+    def sentencepiece(piece: str) -> bytes:
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")
+    return sentencepiece
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The character GPT-2's byte-level BPE writes for each byte 0..255: printable Latin-1
+    bytes stand for themselves, the others are shifted to 256 and up, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(shifted)) for b in range(256)]
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool, transformers):
+    """Keep transformers' warnings and the GGUF conversion's progress bars off the terminal."""
+    if verbose:
+        yield
+        return
+    logging = transformers.utils.logging
+    before = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.set_verbosity(before)
