@@ -12,20 +12,36 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Draft:
-    """Proposed continuation of the context, a chain of ``n`` tokens.
+    """Proposed continuation of the context: a chain of ``n`` tokens, or a tree of them.
 
-    tokens: [n] token ids, in order.
+    tokens: [n] token ids, in order (for a tree: in topological order, parents first).
     q: [n, V] the proposer's warped distribution each token was sampled from, or None when
        the draft is deterministic (greedy drafting, n-gram copying). For verification a
        deterministic draft is a point mass: q(x) = 1 for the drafted token x.
+    parents: None for a chain; for a tree, [n] where draft token i is tree node i + 1 and
+       ``parents[i]`` is its parent node (0 = the pending token, the root; see tree.py). The
+       tree's parents array is ``(-1, *parents)``; a chain would be ``(0, 1, ..., n - 1)``.
+    q_rule: for a tree with several children per node, how siblings were drawn (the tree
+       verifier checks the precondition): "independent" (each child sampled from its q row,
+       independently) or "topk" (distinct children chosen deterministically, q unused).
     """
 
     tokens: tuple[int, ...] = ()
     q: np.ndarray | None = None
+    parents: tuple[int, ...] | None = None
+    q_rule: str = "independent"
 
     def __post_init__(self) -> None:
         if self.q is not None and self.q.shape[0] != len(self.tokens):
             raise ValueError(f"q has {self.q.shape[0]} rows for {len(self.tokens)} draft tokens")
+        if self.parents is not None and len(self.parents) != len(self.tokens):
+            raise ValueError(f"parents has {len(self.parents)} entries for {len(self.tokens)} draft tokens")
+        if self.q_rule not in ("independent", "topk"):
+            raise ValueError(f"q_rule must be 'independent' or 'topk', got {self.q_rule!r}")
+
+    def tree_parents(self) -> tuple[int, ...]:
+        """The parents array of the tree (root first): (-1, *parents), or a chain's."""
+        return (-1, *(self.parents if self.parents is not None else range(len(self.tokens))))
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -40,15 +56,23 @@ class Acceptance:
         fully accepted draft). Contract: ``len(tokens) == accepted + 1``.
     accepted: number of draft tokens kept, 0 <= accepted <= drafted.
     drafted: number of draft tokens proposed.
+    path: for a tree draft, the tree nodes of the accepted draft tokens (root excluded, so
+        ``len(path) == accepted``); empty for a chain (its nodes are 1..accepted).
     """
 
     tokens: tuple[int, ...]
     accepted: int
     drafted: int
+    path: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)
         assert len(self.tokens) == self.accepted + 1, (self.tokens, self.accepted)
+        assert not self.path or len(self.path) == self.accepted, (self.path, self.accepted)
+
+    def kept_nodes(self) -> tuple[int, ...]:
+        """The tree path the cache keeps, root included: (0, *path) (a chain: 0..accepted)."""
+        return (0, *(self.path or range(1, self.accepted + 1)))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,17 @@ class Backend(Protocol):
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached tokens, drop the rest."""
 
+    # Token trees (see tree.py): N nodes, node 0 the pending token, parents in topological order.
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Evaluate all N tree nodes after the cache in one forward; return [N, V]: row i is the
+        prediction for the token after node i given the cache and node i's ancestors (node i at
+        position len(cache) + depth). Afterwards the cache holds the nodes until :meth:`keep`."""
+
+    def keep(self, path: Sequence[int]) -> None:
+        """After :meth:`forward_tree`: keep the nodes of ``path`` (node indices from the root 0
+        down the tree) as the next cache entries, in order, and drop every other node; ``tokens``
+        grows by len(path). For a chain, forward_tree + keep equals forward + rollback."""
+
     # The vocabulary side, which the engine needs to turn text into tokens and back.
     def tokenize(self, text: str, *, special: bool) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...

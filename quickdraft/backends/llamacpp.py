@@ -18,8 +18,9 @@ import jinja2.sandbox
 import llama_cpp as ll
 import numpy as np
 
-from ..errors import ModelNotFoundError, QuickdraftError
+from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..models import resolve_model
+from ..tree import Layout, check_path, layout
 
 
 def default_threads() -> int:
@@ -34,15 +35,18 @@ class LlamaCppBackend:
     """One llama.cpp model and context holding a single token sequence (seq id 0).
 
     ``tokens`` mirrors the KV cache. ``n_batch`` bounds how many tokens one ``llama_decode``
-    takes; longer inputs are split. ``n_gpu_layers`` offloads layers when llama.cpp was built
-    with a GPU backend (ignored on CPU builds). ``precise`` uses an F32 KV cache and no flash
+    takes; longer inputs are split (a token tree must fit in one). ``max_leaves`` is the most
+    root-to-leaf paths a token tree may have: each path is a llama.cpp sequence id in a unified
+    KV cache (``n_seq_max = max_leaves``, ``kv_unified``), see :meth:`forward_tree`.
+    ``n_gpu_layers`` offloads layers when llama.cpp was built with a GPU backend (ignored on CPU
+    builds). ``precise`` uses an F32 KV cache and no flash
     attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test models
     rely on it; on quantized models the matmul kernels still differ between batch sizes).
     """
 
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
-                 verbose: bool = False) -> None:
+                 max_leaves: int = 64, verbose: bool = False) -> None:
         self.path = resolve_model(str(model))
         # llama-cpp-python maps ggml's WARN level to logging.ERROR, so only CRITICAL keeps load-time
         # warnings quiet; failures still reach the user as our own error messages.
@@ -59,6 +63,10 @@ class LlamaCppBackend:
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = n_batch
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        # Token trees: one sequence per root-to-leaf path, all sharing one KV buffer (unified), so
+        # a node shared by several paths is stored once and n_ctx is not split between sequences.
+        cparams.n_seq_max = self.max_leaves = max_leaves
+        cparams.kv_unified = True
         self.precise = precise
         if precise:
             cparams.type_k = cparams.type_v = ll.GGML_TYPE_F32
@@ -72,7 +80,8 @@ class LlamaCppBackend:
         self.vocab_size = ll.llama_vocab_n_tokens(self._vocab)
         self.eos_token = ll.llama_vocab_eos(self._vocab)
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._batch = ll.llama_batch_init(n_batch, 0, max_leaves)
+        self._tree: tuple[Sequence[int], Sequence[int], Layout] | None = None  # evaluated, awaiting keep()
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
@@ -81,7 +90,8 @@ class LlamaCppBackend:
     def sibling(self, model: str | Path) -> "LlamaCppBackend":
         """Another model with this one's settings (used for a draft model)."""
         return LlamaCppBackend(model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
-                               n_gpu_layers=self.n_gpu_layers, precise=self.precise)
+                               n_gpu_layers=self.n_gpu_layers, precise=self.precise,
+                               max_leaves=self.max_leaves)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -97,8 +107,7 @@ class LlamaCppBackend:
     def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
         """Append ``tokens`` (n >= 1); return logits for the new positions: [n, V] for
         ``outputs="all"``, [1, V] for the last position only (``"last"``), [0, V] for ``"none"``."""
-        if len(self.tokens) + len(tokens) > self.n_ctx:
-            raise QuickdraftError(f"context full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+        self._check_room(len(tokens))
         rows = []
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
@@ -111,16 +120,79 @@ class LlamaCppBackend:
                 rows.append(np.ctypeslib.as_array(out, shape=(sum(wanted), self.vocab_size)).copy())
         return np.concatenate(rows) if rows else np.empty((0, self.vocab_size), np.float32)
 
+    def _check_room(self, n: int) -> None:
+        if self._tree is not None:
+            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
+        if len(self.tokens) + n > self.n_ctx:
+            raise QuickdraftError(f"context full: {len(self.tokens)} + {n} tokens > n_ctx {self.n_ctx}")
+
     def _decode(self, chunk: Sequence[int], wanted: Sequence[bool]) -> None:
-        b, first = self._batch, len(self.tokens)
-        b.n_tokens = len(chunk)
-        for i, token in enumerate(chunk):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, first + i, 1, wanted[i]
-            b.seq_id[i][0] = 0
+        first = len(self.tokens)
+        self._decode_batch(chunk, range(first, first + len(chunk)), [(0,)] * len(chunk), wanted)
+        self.tokens.extend(int(t) for t in chunk)
+
+    def _decode_batch(self, tokens: Sequence[int], positions: Sequence[int],
+                      seqs: Sequence[Sequence[int]], wanted: Sequence[bool]) -> None:
+        """One llama_decode: token i at ``positions[i]`` in the sequences ``seqs[i]``."""
+        b = self._batch
+        b.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, positions[i], len(seqs[i]), wanted[i]
+            for k, s in enumerate(seqs[i]):
+                b.seq_id[i][k] = s
         status = ll.llama_decode(self._ctx, b)
         if status != 0:
-            raise QuickdraftError(f"llama_decode failed with status {status} at position {first}")
-        self.tokens.extend(int(t) for t in chunk)
+            raise QuickdraftError(f"llama_decode failed with status {status} at position {positions[0]}")
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
+        [N, V], row i the prediction after node i given the cache and node i's ancestors.
+
+        Path (leaf) s is sequence s. The cache (sequence 0) is first shared with sequences
+        1..P-1 (``seq_cp`` only tags cells in a unified cache); node i sits at position
+        len(cache) + depth[i] in every sequence whose path passes through it, and llama.cpp's
+        mask lets a token see the cells of its sequence up to its position: exactly the cache
+        plus its ancestors. Call :meth:`keep` next.
+        """
+        tree = layout(parents)
+        if len(tokens) != len(tree):
+            raise InvalidParameterError(f"a tree of {len(tree)} nodes needs {len(tree)} tokens, got {len(tokens)}")
+        if len(tree.leaves) > self.max_leaves:
+            raise InvalidParameterError(f"a tree with {len(tree.leaves)} leaves exceeds max_leaves {self.max_leaves}")
+        if len(tree) > self.n_batch:
+            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds n_batch {self.n_batch}")
+        self._check_room(len(tree))
+        first = len(self.tokens)
+        for s in range(1, len(tree.leaves)):
+            ll.llama_memory_seq_cp(self._mem, 0, s, -1, -1)
+        self._decode_batch(tokens, [first + d for d in tree.depth], tree.seqs, [True] * len(tree))
+        self._tree = (tokens, parents, tree)
+        out = ll.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(out, shape=(len(tree), self.vocab_size)).copy()
+
+    def keep(self, path: Sequence[int]) -> None:
+        """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
+
+        Sequence s, the path of a leaf below the last kept node, holds the kept nodes at the right
+        positions; sequence 0 drops its tree nodes and takes those cells over (``seq_cp`` adds a
+        tag), then ``seq_keep(0)`` frees every cell no longer in sequence 0. A chain only needs
+        ``seq_rm``, like :meth:`rollback`.
+        """
+        if self._tree is None:
+            raise QuickdraftError("keep() needs a forward_tree() first")
+        tokens, parents, tree = self._tree
+        check_path(parents, path)
+        first, end = len(self.tokens), len(self.tokens) + len(path)
+        s = tree.seqs[path[-1]][0]
+        if s == 0:
+            ll.llama_memory_seq_rm(self._mem, 0, end, -1)
+        else:
+            ll.llama_memory_seq_rm(self._mem, 0, first, -1)
+            ll.llama_memory_seq_cp(self._mem, s, 0, first, end)
+        if len(tree.leaves) > 1:
+            ll.llama_memory_seq_keep(self._mem, 0)
+        self.tokens.extend(int(tokens[i]) for i in path)
+        self._tree = None
 
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
@@ -141,6 +213,8 @@ class LlamaCppBackend:
 
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached tokens."""
+        if self._tree is not None:
+            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
         if length < len(self.tokens):
             if not ll.llama_memory_seq_rm(self._mem, 0, length, -1):
                 raise QuickdraftError(f"{self.path.name}: llama.cpp cannot roll back this model's cache "

@@ -1,0 +1,115 @@
+"""Tree forward in the llama.cpp backend on the tiny models: one llama_decode for a whole token
+tree equals evaluating each root-to-leaf path on its own, and keep() leaves the cache exactly as
+if the kept path had been forwarded as a chain.
+
+Tolerance: with ``precise=True`` (F32 KV cache, no flash attention) batched and one-token logits
+differ by ~1e-5 on these models (the logits have std 8), so we allow 1e-3 and also require
+identical argmaxes.
+"""
+
+import numpy as np
+import pytest
+
+from quickdraft.errors import InvalidParameterError, QuickdraftError
+from quickdraft.tree import chain_parents, layout
+
+TOL = 1e-3
+TREES = [
+    (-1,),                                 # the root alone (a plain step)
+    (-1, 0, 1, 2),                         # a chain
+    (-1, 0, 0, 1),                         # the tree.py docstring example
+    (-1, 0, 0, 0, 1, 1, 4, 3, 2, 6, 6),    # wider and deeper, leaves on several depths
+    (-1,) + (0,) * 8,                      # one level of 8 siblings
+]
+
+
+@pytest.fixture
+def backend(tiny_target_backend):
+    prompt = tiny_target_backend.tokenize("def hello(world): return the", special=False)
+    tiny_target_backend.prefill(prompt)
+    yield tiny_target_backend
+    assert tiny_target_backend._tree is None, "a test left a tree awaiting keep()"
+
+
+def tree_tokens(backend, parents, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(int(t) for t in rng.integers(261, backend.vocab_size, len(parents)))
+
+
+@pytest.mark.parametrize("parents", TREES)
+def test_tree_forward_equals_each_path_forward(backend, parents):
+    prompt = list(backend.tokens)
+    tokens = tree_tokens(backend, parents)
+    logits = backend.forward_tree(tokens, parents)
+    assert logits.shape == (len(parents), backend.vocab_size)
+    backend.keep((0,))
+    for path in layout(parents).paths:
+        backend.prefill(prompt)
+        ref = backend.forward([tokens[i] for i in path])
+        np.testing.assert_allclose(logits[list(path)], ref, atol=TOL, rtol=0)
+        assert (logits[list(path)].argmax(-1) == ref.argmax(-1)).all()
+    backend.prefill(prompt)
+
+
+@pytest.mark.parametrize("parents, path", [
+    ((-1, 0, 0, 1), (0, 1, 3)),  # the path of the second leaf (sequence 1)
+    ((-1, 0, 0, 1), (0, 2)),     # the first leaf's path (sequence 0)
+    ((-1, 0, 0, 1), (0, 1)),     # stopping inside the tree
+    ((-1, 0, 0, 1), (0,)),       # everything rejected
+    ((-1, 0, 0, 0, 1, 1, 4, 3, 2, 6, 6), (0, 1, 4, 6, 10)),
+    ((-1,) + (0,) * 8, (0, 7)),
+])
+def test_keep_leaves_the_path_in_the_cache(backend, parents, path):
+    prompt = list(backend.tokens)
+    tokens = tree_tokens(backend, parents, seed=1)
+    backend.forward_tree(tokens, parents)
+    backend.keep(path)
+    assert backend.tokens == prompt + [tokens[i] for i in path]
+    after = backend.forward([300, 301])  # the cache continues from the path, nothing else
+    backend.prefill(prompt)
+    ref = backend.forward([tokens[i] for i in path] + [300, 301])[-2:]
+    np.testing.assert_allclose(after, ref, atol=TOL, rtol=0)
+    # and a second tree on top of the kept path works the same way
+    backend.rollback(len(prompt) + len(path))
+    logits = backend.forward_tree(tokens, parents)
+    backend.keep((0,))
+    backend.prefill(prompt + [tokens[i] for i in path])
+    leaf_path = layout(parents).paths[-1]
+    np.testing.assert_allclose(logits[list(leaf_path)], backend.forward([tokens[i] for i in leaf_path]),
+                               atol=TOL, rtol=0)
+    backend.prefill(prompt)
+
+
+def test_chain_tree_equals_forward_and_rollback(backend):
+    prompt = list(backend.tokens)
+    chain = (400, 401, 402, 403)
+    logits = backend.forward_tree(chain, chain_parents(len(chain)))
+    backend.keep((0, 1, 2))
+    after = backend.forward([500])
+    backend.prefill(prompt)
+    ref = backend.forward(list(chain))
+    backend.rollback(len(prompt) + 3)
+    np.testing.assert_allclose(logits, ref, atol=TOL, rtol=0)
+    np.testing.assert_allclose(after, backend.forward([500]), atol=TOL, rtol=0)
+    backend.prefill(prompt)
+
+
+def test_tree_misuse_is_refused(backend):
+    with pytest.raises(QuickdraftError, match="forward_tree"):
+        backend.keep((0,))
+    with pytest.raises(InvalidParameterError, match="parents"):
+        backend.forward_tree((1, 2), (-1, 1))
+    with pytest.raises(InvalidParameterError, match="tokens"):
+        backend.forward_tree((1, 2, 3), (-1, 0))
+    with pytest.raises(InvalidParameterError, match="max_leaves"):
+        backend.forward_tree((300,) * (backend.max_leaves + 2), (-1,) + (0,) * (backend.max_leaves + 1))
+    with pytest.raises(InvalidParameterError, match="n_batch"):
+        backend.forward_tree((300,) * (backend.n_batch + 1), chain_parents(backend.n_batch + 1))
+    backend.forward_tree((300, 301, 302), (-1, 0, 0))
+    with pytest.raises(QuickdraftError, match="keep"):
+        backend.forward([5])
+    with pytest.raises(QuickdraftError, match="keep"):
+        backend.rollback(0)
+    with pytest.raises(InvalidParameterError, match="not a child"):
+        backend.keep((0, 1, 2))
+    backend.keep((0, 2))
