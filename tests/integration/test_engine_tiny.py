@@ -8,7 +8,8 @@ from quickdraft.proposers import PROPOSERS
 from quickdraft.sampling import SamplingParams, warp
 
 PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
-SPECULATIVE = sorted(set(PROPOSERS) - {"ar"})
+# every method that runs on the llama.cpp backend (``requires = "torch"`` marks the others)
+SPECULATIVE = sorted(m for m in set(PROPOSERS) - {"ar"} if getattr(PROPOSERS[m], "requires", None) is None)
 
 
 @pytest.mark.parametrize("method", SPECULATIVE)
