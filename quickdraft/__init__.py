@@ -24,7 +24,7 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
          method: str | None = None, num_draft: int = 4, min_confidence: float = 0.0, controller: str = "fixed",
          n_ctx: int = 4096,
          n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
-         verbose: bool = False) -> Engine:
+         verbose: bool = False, heads: str | Path | None = None) -> Engine:
     """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
 
     ``method`` defaults to ``draft`` when a draft model is given, else ``ngram``. Other methods
@@ -32,6 +32,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
     ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
     expected tokens per second, starting from the cost curve ``quickdraft calibrate`` cached.
+    ``heads``: a directory of trained draft heads for ``method="medusa"`` or ``"eagle"``
+    (``quickdraft train``; they need the torch backend).
     """
     from .backends.llamacpp import LlamaCppBackend
     from .bench.calibrate import cached_relative_cost
@@ -41,7 +43,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     method = method or ("draft" if draft else "ngram")
     return Engine(backend, method=method, num_draft=num_draft, chat=chat, controller=controller,
                   relative_cost=cached_relative_cost(backend.path, backend.n_threads),
-                  draft=str(draft) if draft else None, min_confidence=min_confidence)
+                  draft=str(draft) if draft else None, min_confidence=min_confidence,
+                  heads=str(heads) if heads else None)
 
 
 __all__ = ["Acceptance", "Draft", "Engine", "GenerationResult", "Piece", "QuickdraftError",

@@ -1,4 +1,4 @@
-"""The ``quickdraft`` command: generate | models (bench, calibrate and serve live in their modules)."""
+"""The ``quickdraft`` command: generate | models | bench | calibrate | serve | train."""
 
 from __future__ import annotations
 
@@ -45,16 +45,17 @@ ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy:
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
+Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed"):
+                controller="fixed", heads=None):
     from . import load
 
     method = method or "draft"
     return load(target, draft if method == "draft" else None, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw, controller=controller)
+                chat=not raw, controller=controller, heads=heads)
 
 
 @app.command()
@@ -71,11 +72,11 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
-    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers, heads: Optional[str] = Heads,
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller)
+                         controller, heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -221,6 +222,49 @@ def serve(
     err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
     run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout,
                    default_max_tokens=default_max_tokens), host=host, port=port)
+
+
+@app.command()
+@friendly
+def train(
+    kind: str = typer.Argument(..., help="medusa | eagle"),
+    target: str = typer.Option(models.DEFAULT_TARGET, "--target", "-m",
+                               help="Target: bundled name, .gguf path (dequantized) or transformers directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Heads directory (default: ~/.cache/quickdraft/heads/KIND)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="A text file or a directory of text files "
+                                          "(default: the Python standard library's .py files)."),
+    minutes: float = typer.Option(20.0, "--minutes", help="Time budget for hidden states and training together."),
+    collect_share: float = typer.Option(0.5, "--collect-share", help="At most this part of the budget computes new hidden states."),
+    max_chunks: int = typer.Option(400, "--max-chunks", help="Corpus chunks to run through the target at most."),
+    chunk: int = typer.Option(512, "--chunk", help="Tokens per corpus chunk."),
+    draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the N most frequent tokens (0 = all)."),
+    num_heads: int = typer.Option(4, "--num-heads", help="Medusa heads (tokens drafted per step)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 Medusa, 3e-4 EAGLE)."),
+    dtype: str = typer.Option("bfloat16", "--backend-dtype", help="The target's dtype: bfloat16 | float32."),
+    threads: Optional[int] = Threads,
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where hidden states are cached "
+                                             "(default: ~/.cache/quickdraft/hidden)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (same budget in total)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the heads in --out."),
+):
+    """Train Medusa or EAGLE draft heads on the frozen target (torch backend; use them with --heads DIR)."""
+    if kind not in ("medusa", "eagle"):
+        raise QuickdraftError(f"train what? choose medusa or eagle, not {kind!r}")
+    try:
+        from .backends.torch_hf import TorchBackend
+        from .heads.train import TrainOptions, train_head
+    except ImportError as e:
+        raise QuickdraftError(f"training heads needs the torch extra: pip install 'quickdraft[torch]' ({e})") from None
+    out = out or models.cache_dir() / "heads" / kind
+    err.print(f"loading {target} ({dtype}) ...", highlight=False)
+    backend = TorchBackend(target, dtype=dtype, n_threads=threads)
+    options = TrainOptions(minutes=minutes, collect_share=collect_share, max_chunks=max_chunks, chunk=chunk,
+                           draft_vocab=draft_vocab, num_heads=num_heads, lr=lr, resume=resume, overwrite=overwrite)
+    config = train_head(kind, backend.model, backend.tokenize, out, corpus=corpus, cache_root=cache_dir,
+                        options=options, console=err)
+    t = config.training
+    err.print(f"saved {kind} heads to {out}: {t['tokens']:,} training tokens, {t['steps']} steps, "
+              f"{t['minutes']} min, held-out top-1 accuracy per head {t['held_out_accuracy']}", highlight=False)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import QuickdraftError
+from ..models import cache_dir
 from . import build_head
 from .common import DraftVocab, HeadConfig, describe_target, most_frequent, save_heads
 from .eagle import EagleHead
@@ -251,7 +252,7 @@ def train_head(kind: str, model: nn.Module, tokenize: Callable[[str], list[int]]
     model.requires_grad_(False)
     target = describe_target(model)
     corpus_name = "chunks" if chunks is not None else str(Path(corpus).expanduser() if corpus else stdlib_dir())
-    cache = HiddenCache(cache_root or Path.home() / ".cache" / "quickdraft" / "hidden", target, corpus_name,
+    cache = HiddenCache(cache_root or cache_dir() / "hidden", target, corpus_name,
                         options.chunk)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,

@@ -1,6 +1,7 @@
 """Trained draft heads (Medusa, EAGLE) on tiny random-weight transformers models: offsets,
 losslessness, training, save/load and the wrong-target error. No downloads."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,32 @@ def test_clear_errors_without_heads_or_torch_backend(backend, tiny_target_backen
         Engine(backend, method="eagle", heads=str(tmp_path), chat=False)
     with pytest.raises(QuickdraftError, match="torch backend"):
         Engine(tiny_target_backend, method="medusa", heads=str(tmp_path), chat=False)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def test_train_command_trains_resumes_and_refuses_to_overwrite(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from quickdraft.cli import app
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def add(a, b):\n    return a + b\n" * 40)
+    (corpus / "b.txt").write_text("the user asked the assistant for some code\n" * 40)
+    args = ["train", "eagle", "--target", str(tiny), "--out", str(tmp_path / "eagle"), "--corpus", str(corpus),
+            "--minutes", "0.05", "--chunk", "32", "--max-chunks", "6", "--draft-vocab", "64",
+            "--backend-dtype", "float32", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "eagle" / "config.json").read_text())
+    assert config["kind"] == "eagle" and config["draft_vocab"] == 64
+    steps = config["training"]["steps"]
+    assert steps > 0 and config["training"]["chunks"] == 6
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = CliRunner().invoke(app, args[:9] + ["0.1"] + args[10:] + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((tmp_path / "eagle" / "config.json").read_text())["training"]["steps"] > steps
+    bad = CliRunner().invoke(app, ["train", "lookahead", "--target", str(tiny)])
+    assert bad.exit_code == 2 and "medusa or eagle" in bad.output
