@@ -24,7 +24,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
          method: str | None = None, num_draft: int = 4, min_confidence: float = 0.0, controller: str = "fixed",
          n_ctx: int = 4096,
          n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
-         verbose: bool = False, heads: str | Path | None = None) -> Engine:
+         verbose: bool = False, backend: str = "llamacpp", dtype: str = "float32", device: str | None = None,
+         **proposer_options) -> Engine:
     """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
 
     ``method`` defaults to ``draft`` when a draft model is given, else ``ngram``. Other methods
@@ -32,19 +33,32 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
     ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
     expected tokens per second, starting from the cost curve ``quickdraft calibrate`` cached.
-    ``heads``: a directory of trained draft heads for ``method="medusa"`` or ``"eagle"``
-    (``quickdraft train``; they need the torch backend).
-    """
-    from .backends.llamacpp import LlamaCppBackend
-    from .bench.calibrate import cached_relative_cost
 
-    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                              precise=precise, verbose=verbose)
+    ``backend="torch"`` runs the models with transformers instead (``pip install
+    'quickdraft[torch]'``): ``target``/``draft`` are then transformers model directories or GGUF
+    files (dequantized on load), in ``dtype`` ("float32", "bfloat16", "float16") on ``device``
+    (default: cuda when present); it adds the ``layerskip``, ``medusa`` and ``eagle`` methods.
+    ``proposer_options`` go to the proposers (e.g. ``skip_layers=[...]`` for layerskip,
+    ``heads=DIR`` for medusa and eagle: heads made by ``quickdraft train``).
+    """
+    if backend == "torch":
+        from .backends.torch_hf import TorchBackend
+
+        model = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=n_threads, verbose=verbose)
+        relative_cost = None  # the calibration cache holds llama.cpp curves; the adaptive controller learns online
+    elif backend == "llamacpp":
+        from .backends.llamacpp import LlamaCppBackend
+        from .bench.calibrate import cached_relative_cost
+
+        model = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                precise=precise, verbose=verbose)
+        relative_cost = cached_relative_cost(model.path, model.n_threads)
+    else:
+        raise QuickdraftError(f"unknown backend {backend!r}; choose llamacpp or torch")
     method = method or ("draft" if draft else "ngram")
-    return Engine(backend, method=method, num_draft=num_draft, chat=chat, controller=controller,
-                  relative_cost=cached_relative_cost(backend.path, backend.n_threads),
-                  draft=str(draft) if draft else None, min_confidence=min_confidence,
-                  heads=str(heads) if heads else None)
+    return Engine(model, method=method, num_draft=num_draft, chat=chat, controller=controller,
+                  relative_cost=relative_cost, draft=str(draft) if draft else None, min_confidence=min_confidence,
+                  **proposer_options)
 
 
 __all__ = ["Acceptance", "Draft", "Engine", "GenerationResult", "Piece", "QuickdraftError",

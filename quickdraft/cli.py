@@ -37,7 +37,7 @@ def friendly(command):
 # Options shared by every command that loads models.
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft: bundled name or .gguf path.")
-Method = typer.Option(None, "--method", help="ar | draft | ngram (default: draft).")
+Method = typer.Option(None, "--method", help="ar | draft | ngram | layerskip (torch backend) (default: draft).")
 NumDraft = typer.Option(4, "--num-draft", "-k", help="Draft budget: at most this many tokens per step.")
 MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
 ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
@@ -45,17 +45,21 @@ ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy:
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
+BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fast CPU path) or torch (transformers: "
+                          "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
+DtypeOpt = typer.Option("float32", "--dtype", help="torch backend: float32 | bfloat16 | float16.")
+DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", heads=None):
+                controller="fixed", backend="llamacpp", dtype="float32", device=None, heads=None):
     from . import load
 
     method = method or "draft"
     return load(target, draft if method == "draft" else None, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw, controller=controller, heads=heads)
+                chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device, heads=heads)
 
 
 @app.command()
@@ -72,11 +76,13 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
-    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers, heads: Optional[str] = Heads,
+    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    heads: Optional[str] = Heads,
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller, heads)
+                         controller, backend, dtype, device, heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -144,6 +150,7 @@ def bench(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in --out."),
     peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
+    backend: str = BackendOpt, dtype: str = DtypeOpt,
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
@@ -151,7 +158,7 @@ def bench(
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
-                         peer_limit=peer_limit, controller=controller)
+                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:
@@ -166,16 +173,27 @@ def calibrate(
     target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
     repeats: int = typer.Option(5, "--repeats"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
+    backend_name: str = typer.Option("llamacpp", "--backend", help="llamacpp, or torch (not cached: the cache "
+                                     "holds the llama.cpp curves the adaptive controller starts from)."),
+    dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
     """Measure the target's forward time for k = 1..16 new tokens and the draft's per-token time."""
-    from .backends.llamacpp import LlamaCppBackend
     from .bench.calibrate import calibrate as measure, calibration_path, save_calibration
 
-    backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
+    if backend_name == "torch":
+        from .backends.torch_hf import TorchBackend
+
+        backend = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=threads)
+    else:
+        from .backends.llamacpp import LlamaCppBackend
+
+        backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
     draft_backend = backend.sibling(draft) if draft else None
     context = backend.tokenize("def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24, special=False)
     result = measure(backend, context, draft_backend, repeats=repeats)
-    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {backend.n_threads} threads)")
+    where = f"torch {dtype} on {backend.device}" if backend_name == "torch" else "llama.cpp"
+    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {where}, "
+                        f"{backend.n_threads or 'default'} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
         table.add_column(column, justify="right")
     t = result["target"]
@@ -186,11 +204,12 @@ def calibrate(
     if result["draft"]:
         Console().print(f"draft {draft}: {1e3 * result['draft']['token_s']:.1f} ms per token "
                         f"({result['draft']['relative_to_target_step']:.2f} of a target step)")
-    path = calibration_path(backend.path, backend.n_threads)
-    save_calibration(result, path)
     if out:
         save_calibration(result, Path(out) / "calibration.json")
-    Console().print(f"saved {path}")
+    if backend_name != "torch":
+        path = calibration_path(backend.path, backend.n_threads)
+        save_calibration(result, path)
+        Console().print(f"saved {path}")
 
 
 @app.command()
@@ -208,13 +227,16 @@ def serve(
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
+    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    heads: Optional[str] = Heads,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     try:
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers)
+    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers,
+                         backend=backend, dtype=dtype, device=device, heads=heads)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
@@ -240,7 +262,7 @@ def train(
     draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the N most frequent tokens (0 = all)."),
     num_heads: int = typer.Option(4, "--num-heads", help="Medusa heads (tokens drafted per step)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 Medusa, 3e-4 EAGLE)."),
-    dtype: str = typer.Option("bfloat16", "--backend-dtype", help="The target's dtype: bfloat16 | float32."),
+    dtype: str = typer.Option("bfloat16", "--backend-dtype", "--dtype", help="The target's dtype: bfloat16 | float32."),
     threads: Optional[int] = Threads,
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where hidden states are cached "
                                              "(default: ~/.cache/quickdraft/hidden)."),

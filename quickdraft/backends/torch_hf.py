@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import QuickdraftError
 from ..models import resolve_model
+from ..tree import check_path, layout
 from .llamacpp import render_chat
 
 TORCH_HINT = "pip install 'quickdraft[torch]'"
@@ -135,23 +136,29 @@ class TorchBackend:
         ``len(cache) + depth(i)`` and attends to the whole cache plus its own ancestors and itself.
         The cache then holds every node (``tokens`` does not): call ``keep(path)`` next.
         """
-        visible, depth = tree_attention(parents)
+        tree = layout(parents)
+        if len(tokens) != len(tree):
+            raise QuickdraftError(f"a tree of {len(tree)} nodes needs as many tokens, got {len(tokens)}")
         start = len(self.tokens)
-        mask = self._additive_mask(visible, start)
-        hidden = self._run(list(tokens), positions=start + depth, mask=mask, record=False)
-        self._tree = list(tokens)
+        self._truncate(start)  # a partial draft or an earlier tree's nodes
+        hidden = self._run(list(tokens), positions=start + np.asarray(tree.depth), record=False,
+                           mask=self._additive_mask(tree.mask, start))
+        self._tree = (list(tokens), tuple(parents))
         return self._logits(hidden)
 
     def keep(self, path: Sequence[int]) -> None:
         """After ``forward_tree``: keep the nodes of ``path`` (root first, node indices, each the
         parent of the next) in the cache, after the old cache, and drop the other nodes."""
+        tokens, parents = self._tree
+        check_path(parents, path)
         start = len(self.tokens)
         index = torch.as_tensor([start + i for i in path], device=self.device)
         with torch.no_grad():
             for layer in self.cache.layers:
                 layer.keys[..., start:start + len(path), :] = layer.keys.index_select(-2, index)
                 layer.values[..., start:start + len(path), :] = layer.values.index_select(-2, index)
-        self.tokens += [self._tree[i] for i in path]
+        self.tokens += [tokens[i] for i in path]
+        self._tree = ([], (-1,))
         self._truncate(len(self.tokens))
 
     def forward_layers(self, tokens: Sequence[int], layers: Sequence[int]) -> np.ndarray:
@@ -164,28 +171,56 @@ class TorchBackend:
         if not layers or layers[0] != 0:
             raise QuickdraftError("forward_layers needs layer 0 among the layers it runs")
         start = len(self.tokens) + self._partial
-        full = self.decoder.layers
-        self.decoder.layers = torch.nn.ModuleList([full[i] for i in layers])
-        try:
+        with self._only(layers):
             hidden = self._run(list(tokens), positions=np.arange(start, start + len(tokens)), record=False)
-        finally:
-            self.decoder.layers = full
-        self._partial += len(tokens)
         return self._logits(hidden)
+
+    def replay(self, count: int, layers: Sequence[int] | None = None, *,
+               layer_states: bool = False) -> np.ndarray | tuple[np.ndarray, "torch.Tensor"]:
+        """Evaluate the last ``count`` cached tokens again, as if the cache ended before them,
+        through ``layers`` (all by default; with layer 0 among them); the cache is left as it was.
+        Returns logits [count, V] (row i predicts the token after cached token L - count + i), and
+        with ``layer_states`` also the hidden states [n_layers + 1, count, H] (the embeddings, then
+        each layer's output; the last after the final norm). Used to choose layers to skip."""
+        start = len(self.tokens) - count
+        if not 0 < count <= len(self.tokens):
+            raise QuickdraftError(f"cannot replay {count} of {len(self.tokens)} cached tokens")
+        causal = np.tril(np.ones((count, count), bool))
+        visible = np.concatenate([np.zeros((count, count), bool), causal], axis=1)  # not the old copies
+        mask = self._additive_mask(visible, start)
+        try:
+            with self._only(layers):
+                hidden, states = self._run(self.tokens[start:], positions=np.arange(start, start + count),
+                                           mask=mask, record=False, all_hidden=True)
+        finally:
+            self._truncate(len(self.tokens))
+        logits = self._logits(hidden)
+        return (logits, torch.stack(states)[:, 0]) if layer_states else logits
 
     def drop_partial(self) -> None:
         """Cut every layer's cache back to ``tokens`` (after ``forward_layers``)."""
         self._truncate(len(self.tokens))
 
-    _partial = 0  # tokens appended by forward_layers since the last truncation
-    _tree: list[int] = []
+    _partial = 0  # cache rows beyond ``tokens`` (forward_layers, forward_tree) since the last truncation
+    _tree: tuple[list[int], tuple[int, ...]] = ([], (-1,))  # the last forward_tree's tokens and parents
 
     # --- internals ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _only(self, layers: Sequence[int] | None):
+        """Run the decoder with only ``layers`` (all when None); each layer keeps its own cache slot."""
+        full = self.decoder.layers
+        if layers is not None:
+            self.decoder.layers = torch.nn.ModuleList([full[i] for i in layers])
+        try:
+            yield
+        finally:
+            self.decoder.layers = full
+
     def _run(self, tokens: list[int], *, positions: np.ndarray | None = None, mask: torch.Tensor | None = None,
-             record: bool = True) -> torch.Tensor:
+             record: bool = True, all_hidden: bool = False):
         """Feed ``tokens`` after the cache; return the final hidden states [n, H] (also stored in
-        ``last_hidden``). ``record``: the tokens join ``tokens`` (False: the caller manages the
-        cache rows they leave behind)."""
+        ``last_hidden``), and with ``all_hidden`` also every layer's (a tuple). ``record``: the
+        tokens join ``tokens`` (False: the caller manages the cache rows they leave behind)."""
         if record and self._partial:
             self._truncate(len(self.tokens))
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -198,11 +233,13 @@ class TorchBackend:
         pos = torch.as_tensor(np.asarray(positions)[None], device=self.device)
         with torch.no_grad():
             out = self.decoder(input_ids=ids, position_ids=pos, attention_mask=mask,
-                               past_key_values=self.cache, use_cache=True)
+                               past_key_values=self.cache, use_cache=True, output_hidden_states=all_hidden)
         self.last_hidden = out.last_hidden_state[0]
         if record:
             self.tokens.extend(int(t) for t in tokens)
-        return self.last_hidden
+        else:
+            self._partial += len(tokens)
+        return (self.last_hidden, out.hidden_states) if all_hidden else self.last_hidden
 
     def _logits(self, hidden: torch.Tensor) -> np.ndarray:
         """LM head on hidden states [n, H] -> float32 numpy logits [n, V]."""
@@ -267,23 +304,6 @@ class TorchBackend:
             return None
         return render_chat(self.chat_template, messages, bos=self.tokenizer.bos_token or "",
                            eos=self.tokenizer.eos_token or "")
-
-
-def tree_attention(parents: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Ancestor-or-self visibility [N, N] (bool, row i: what node i attends to) and depth [N]
-    of a tree given by ``parents`` (``parents[0] == -1``, ``parents[i] < i``).
-
-    Example: parents [-1, 0, 0, 1] -> depth [0, 1, 1, 2]; node 3 sees nodes 0, 1, 3.
-    """
-    n = len(parents)
-    if n == 0 or parents[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parents) if i):
-        raise QuickdraftError(f"not a tree in topological order (parents[0] == -1, parents[i] < i): {list(parents)}")
-    visible = np.eye(n, dtype=bool)
-    depth = np.zeros(n, dtype=np.int64)
-    for i in range(1, n):
-        visible[i] |= visible[parents[i]]
-        depth[i] = depth[parents[i]] + 1
-    return visible, depth
 
 
 def _piece_decoder(tokenizer):

@@ -44,6 +44,8 @@ class BenchConfig:
     n_ctx: int = 4096
     peer_limit: int = 2
     controller: str = "fixed"
+    backend: str = "llamacpp"  # or "torch" (transformers), with its dtype
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if "ar" not in self.methods:  # the baseline every speedup is measured against
@@ -155,7 +157,8 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
     results = Results.start(out, config, resume=resume, overwrite=overwrite)
     engine = load(config.target, config.draft if "draft" in config.methods else None, method="ar",
-                  num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller)
+                  num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller,
+                  backend=config.backend, dtype=config.dtype)
     for method in config.methods:
         engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
     units: list[tuple[BenchPrompt, int, list[dict]]] = []

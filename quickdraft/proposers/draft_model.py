@@ -44,25 +44,38 @@ class DraftModelProposer:
         if budget <= 0:
             return Draft()
         logits = self.model.prefill(context, last_logits=True)  # catch up and predict in one forward
-        tokens: list[int] = []
-        qs: list[np.ndarray] = []
-        while True:
-            if sampling.greedy:
-                token = int(np.argmax(logits))
-                confidence = 1.0 / np.exp(logits - logits[token]).sum() if self.min_confidence else 1.0
-            else:
-                q = warp(logits, sampling)
-                token = sample(q, rng)
-                confidence = float(q.max())
-            if confidence < self.min_confidence:
-                break
-            tokens.append(token)
-            if not sampling.greedy:
-                qs.append(q)
-            if len(tokens) == budget:
-                break
-            logits = self.model.forward([token])[0]
-        return Draft(tuple(tokens), np.stack(qs) if qs else None)
+        return draft_chain(logits, lambda token: self.model.forward([token])[0], budget, sampling, rng,
+                           self.min_confidence)
 
     def observe(self, acceptance: Acceptance) -> None:
         pass
+
+
+def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,
+                min_confidence: float = 0.0) -> Draft:
+    """Draft up to ``budget`` tokens one at a time from a model's next-token ``logits`` [V];
+    ``step(token) -> logits [V]`` feeds a drafted token and predicts the next.
+
+    Greedy requests take the argmax (q = None); sampled ones draw from the warped distribution q
+    and return it for the rejection verifier. Stops early when the probability of the next token
+    (softmax at temperature 1 when greedy, else q) is below ``min_confidence``.
+    """
+    tokens: list[int] = []
+    qs: list[np.ndarray] = []
+    while True:
+        if sampling.greedy:
+            token = int(np.argmax(logits))
+            confidence = 1.0 / np.exp(logits - logits[token]).sum() if min_confidence else 1.0
+        else:
+            q = warp(logits, sampling)
+            token = sample(q, rng)
+            confidence = float(q.max())
+        if confidence < min_confidence:
+            break
+        tokens.append(token)
+        if not sampling.greedy:
+            qs.append(q)
+        if len(tokens) == budget:
+            break
+        logits = step(token)
+    return Draft(tuple(tokens), np.stack(qs) if qs else None)
