@@ -16,7 +16,7 @@ from .errors import ContextOverflowError, InvalidParameterError
 from .proposers.base import Proposer, create
 from .sampling import SamplingParams
 from .stats import Stats
-from .types import Draft, GenerationResult, Piece
+from .types import Acceptance, Draft, GenerationResult, Piece
 
 Prompt = str | Sequence[dict] | Sequence[int]
 
@@ -162,9 +162,24 @@ class Engine:
         assert stream.result is not None
         return stream.result
 
+    def _verify(self, pending: int, draft: Draft, sampling: SamplingParams, rng: np.random.Generator) -> Acceptance:
+        """One target forward over the pending token and the draft (a chain, or a tree), the
+        acceptance rule, and a cache left holding the accepted tokens (the pending one included)."""
+        verify = verifiers.select(sampling, tree=draft.parents is not None)
+        if draft.parents is None:
+            cached = len(self.target.tokens)
+            logits = self.target.forward([pending, *draft.tokens])  # [n + 1, V]
+            acceptance = verify(draft, logits, sampling, rng)
+            self.target.rollback(cached + 1 + acceptance.accepted)
+        else:
+            logits = self.target.forward_tree([pending, *draft.tokens], draft.tree_parents())  # [n + 1, V]
+            acceptance = verify(draft, logits, sampling, rng)
+            self.target.keep(acceptance.kept_nodes())
+        return acceptance
+
     def _run(self, prompt: list[int], max_tokens: int, sampling: SamplingParams, stop: tuple[str, ...],
              proposer: Proposer, controller: Controller, stream: Stream) -> Iterator[Piece]:
-        rng, verify = sampling.rng(), verifiers.select(sampling)
+        rng = sampling.rng()
         stats, out = Stats(prompt_tokens=len(prompt)), _TextOut(self.target, stop)
         start = time.perf_counter()
         self.target.prefill(prompt[:-1])  # the last prompt token is fed with the first draft
@@ -173,14 +188,12 @@ class Engine:
         stats.prefill_time_s = time.perf_counter() - start
         context, generated = list(prompt), []
         while out.finish_reason is None and len(generated) < max_tokens:
-            # One step: propose -> forward -> verify -> rollback -> observe.
+            # One step: propose -> verify (forward, accept, trim the cache) -> observe.
             t0 = time.perf_counter()
             budget = min(controller.budget(), max_tokens - len(generated) - 1)
             draft = proposer.propose(context, budget, sampling, rng) if budget > 0 else Draft()
             t1 = time.perf_counter()
-            logits = self.target.forward([context[-1], *draft.tokens])  # [n + 1, V]
-            acceptance = verify(draft, logits, sampling, rng)
-            self.target.rollback(len(context) + acceptance.accepted)
+            acceptance = self._verify(context[-1], draft, sampling, rng)
             t2 = time.perf_counter()
             proposer.observe(acceptance)
             controller.observe(acceptance, t1 - t0, t2 - t1)

@@ -15,7 +15,7 @@ class Stats:
     tokens per target forward, bonus included (an end-of-generation token counts as emitted,
     though it is not part of the output); acceptance rate is accepted / drafted draft tokens;
     acceptance_by_position[i] is the fraction of drafts with more than i tokens whose token i
-    was accepted.
+    was accepted (for a tree draft: reaching depth i + 1, and its accepted path reaching it).
     """
 
     generated_tokens: int = 0
@@ -41,10 +41,10 @@ class Stats:
         self.draft_time_s += draft_time
         self.verify_time_s += verify_time
         self.accepted_lengths.append(emitted)
-        while len(self._reached) < acceptance.drafted:
+        while len(self._reached) < acceptance.positions:
             self._reached.append(0)
             self._kept.append(0)
-        for i in range(acceptance.drafted):
+        for i in range(acceptance.positions):
             self._reached[i] += 1
             self._kept[i] += i < acceptance.accepted
 

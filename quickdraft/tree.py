@@ -14,13 +14,14 @@ A backend evaluates the N nodes after a cache of length ``L``: node i sits at po
 the result predicts the token after node i. After verification the backend keeps one *path*
 (node indices from the root down, ``path[0] == 0``): node ``path[k]`` becomes cache entry
 ``L + k``. A backend that stores the N nodes in batch order (slot ``L + i`` for node i) gathers
-slots ``L + path[k]`` into ``L + k``; llama.cpp tracks cells by sequence id instead
-(``seqs``: a node belongs to the sequence of every root-to-leaf path through it).
+slots ``L + path[k]`` into ``L + k``; llama.cpp tracks cells by sequence id instead (node i is
+sequence i; node j's cell belongs to the sequences of j and of its descendants, ``mask[:, j]``).
 
 Example, the tree ``a -> (b -> d, c)`` (root a with children b and c, d under b)::
 
     parents = (-1, 0, 0, 1)     depth = (0, 1, 1, 2)     leaves = (2, 3)
     paths   = ((0, 2), (0, 1, 3))  (one per leaf, in leaf order)
+    children = ((1, 2), (3,), (), ())
     mask    = [[1 0 0 0],       row i: the nodes i attends to (ancestors and itself)
                [1 1 0 0],
                [1 0 1 0],
@@ -47,7 +48,6 @@ class Layout:
     children: [N] the children of each node, in index order.
     leaves: [P] the nodes without children, in index order.
     paths: [P] for each leaf, the node indices from the root down to it.
-    seqs: [N] for each node, the indices (into ``leaves``/``paths``) of the paths through it.
     """
 
     depth: tuple[int, ...]
@@ -55,7 +55,6 @@ class Layout:
     children: tuple[tuple[int, ...], ...]
     leaves: tuple[int, ...]
     paths: tuple[tuple[int, ...], ...]
-    seqs: tuple[tuple[int, ...], ...]
 
     def __len__(self) -> int:
         return len(self.depth)
@@ -74,7 +73,7 @@ def check_parents(parents: Sequence[int]) -> None:
 
 
 def layout(parents: Sequence[int]) -> Layout:
-    """Derive depths, the attention mask, children, leaves, root-to-leaf paths and path membership.
+    """Derive depths, the attention mask, children, leaves and root-to-leaf paths.
 
     parents: [N] as described in the module docstring (checked). Costs O(N^2) for the mask.
     """
@@ -90,8 +89,7 @@ def layout(parents: Sequence[int]) -> Layout:
         children[p].append(i)
     leaves = tuple(i for i in range(n) if not children[i])
     paths = tuple(tuple(int(j) for j in np.flatnonzero(mask[leaf])) for leaf in leaves)
-    seqs = tuple(tuple(s for s, leaf in enumerate(leaves) if mask[leaf, i]) for i in range(n))
-    return Layout(tuple(depth), mask, tuple(tuple(c) for c in children), leaves, paths, seqs)
+    return Layout(tuple(depth), mask, tuple(tuple(c) for c in children), leaves, paths)
 
 
 def chain_parents(n: int) -> tuple[int, ...]:
@@ -106,3 +104,53 @@ def check_path(parents: Sequence[int], path: Sequence[int]) -> None:
     for a, b in zip(path, path[1:]):
         if not 0 < b < len(parents) or parents[b] != a:
             raise InvalidParameterError(f"path {tuple(path)}: node {b} is not a child of node {a}")
+
+
+def best_subtree(scores: Sequence[float], parents: Sequence[int], n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Keep the ``n`` best of C candidate draft tokens (EAGLE-2's re-ranking).
+
+    scores: [C] e.g. cumulative log-probabilities; a candidate's score must not exceed its
+        parent's, so the best n (ties go to the earlier candidate) include every kept
+        candidate's parent. parents: [C] -1 for a child of the root, else an earlier candidate.
+    Returns (kept candidate indices in index order, their parents as tree nodes): kept[j] becomes
+    tree node j + 1 and its parent is node 0 (the root) or the node of its parent candidate, the
+    ``Draft.parents`` convention.
+
+    Example: scores (-0.1, -2.0, -0.3), parents (-1, -1, 0), n = 2 -> ((0, 2), (0, 1)).
+    """
+    best = sorted(sorted(range(len(scores)), key=lambda c: (-scores[c], c))[:max(n, 0)])
+    node = {c: j + 1 for j, c in enumerate(best)}
+    for c in best:
+        if parents[c] >= 0 and parents[c] not in node:
+            raise InvalidParameterError(f"candidate {c} scores above its parent {parents[c]}: scores must not grow down the tree")
+    return tuple(best), tuple(node.get(parents[c], 0) for c in best)
+
+
+def trie(continuations: Sequence[Sequence[int]], budget: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Merge candidate continuations into a token tree of at most ``budget`` draft tokens.
+
+    Shared prefixes become one branch, so siblings are distinct tokens. Tokens are added level by
+    level, and within a level in the order of ``continuations`` (best first), so when the budget
+    runs out the shallow levels, where branches differ most often, are covered first.
+    Returns (tokens, parents) in the ``Draft`` convention (token i is node i + 1, 0 the root).
+
+    Example: ([5, 6, 7], [5, 8], [9]), budget 4 -> tokens (5, 9, 6, 8), parents (0, 0, 1, 1).
+    """
+    tokens: list[int] = []
+    parents: list[int] = []
+    child: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    at = [0] * len(continuations)  # the node each continuation has reached
+    for depth in range(max((len(c) for c in continuations), default=0)):
+        for k, cont in enumerate(continuations):
+            if depth >= len(cont) or at[k] < 0:
+                continue
+            key = (at[k], int(cont[depth]))
+            if key not in child:
+                if len(tokens) == budget:
+                    at[k] = -1  # no room: this continuation stops here
+                    continue
+                tokens.append(key[1])
+                parents.append(key[0])
+                child[key] = len(tokens)
+            at[k] = child[key]
+    return tuple(tokens), tuple(parents)

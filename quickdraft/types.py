@@ -21,23 +21,19 @@ class Draft:
     parents: None for a chain; for a tree, [n] where draft token i is tree node i + 1 and
        ``parents[i]`` is its parent node (0 = the pending token, the root; see tree.py). The
        tree's parents array is ``(-1, *parents)``; a chain would be ``(0, 1, ..., n - 1)``.
-    q_rule: for a tree with several children per node, how siblings were drawn (the tree
-       verifier checks the precondition): "independent" (each child sampled from its q row,
-       independently) or "topk" (distinct children chosen deterministically, q unused).
+       With q, each child was sampled from its q row independently of its siblings; without,
+       siblings are distinct tokens chosen from the context alone (verifiers/tree.py).
     """
 
     tokens: tuple[int, ...] = ()
     q: np.ndarray | None = None
     parents: tuple[int, ...] | None = None
-    q_rule: str = "independent"
 
     def __post_init__(self) -> None:
         if self.q is not None and self.q.shape[0] != len(self.tokens):
             raise ValueError(f"q has {self.q.shape[0]} rows for {len(self.tokens)} draft tokens")
         if self.parents is not None and len(self.parents) != len(self.tokens):
             raise ValueError(f"parents has {len(self.parents)} entries for {len(self.tokens)} draft tokens")
-        if self.q_rule not in ("independent", "topk"):
-            raise ValueError(f"q_rule must be 'independent' or 'topk', got {self.q_rule!r}")
 
     def tree_parents(self) -> tuple[int, ...]:
         """The parents array of the tree (root first): (-1, *parents), or a chain's."""
@@ -58,12 +54,15 @@ class Acceptance:
     drafted: number of draft tokens proposed.
     path: for a tree draft, the tree nodes of the accepted draft tokens (root excluded, so
         ``len(path) == accepted``); empty for a chain (its nodes are 1..accepted).
+    depth: for a tree draft, its longest root-to-leaf path in draft tokens (its positions);
+        None for a chain (``drafted``).
     """
 
     tokens: tuple[int, ...]
     accepted: int
     drafted: int
     path: tuple[int, ...] = ()
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)
@@ -73,6 +72,11 @@ class Acceptance:
     def kept_nodes(self) -> tuple[int, ...]:
         """The tree path the cache keeps, root included: (0, *path) (a chain: 0..accepted)."""
         return (0, *(self.path or range(1, self.accepted + 1)))
+
+    @property
+    def positions(self) -> int:
+        """How many draft positions (depths) the draft covered: ``depth`` or, for a chain, ``drafted``."""
+        return self.drafted if self.depth is None else self.depth
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ class Backend(Protocol):
         prediction for the token after node i given the cache and node i's ancestors (node i at
         position len(cache) + depth). Afterwards the cache holds the nodes until :meth:`keep`."""
 
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """After :meth:`forward_tree`, before :meth:`keep`: add M nodes in one forward, ``parents``
+        indexing the pending tree (new node j is node N + j); return their rows [M, V]. Lets a
+        proposer grow a draft tree level by level without evaluating a node twice."""
+
     def keep(self, path: Sequence[int]) -> None:
         """After :meth:`forward_tree`: keep the nodes of ``path`` (node indices from the root 0
         down the tree) as the next cache entries, in order, and drop every other node; ``tokens``
@@ -52,6 +57,16 @@ class Backend(Protocol):
     def chat_prompt(self, messages: list[dict]) -> str | None:
         """The model's chat template applied to ``messages`` (with the assistant turn opened),
         or None if the model has no template."""
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def check_same_vocabulary(target: Backend, draft: Backend) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..models import resolve_model
-from ..tree import Layout, check_path, layout
+from ..tree import check_path, layout
+from .base import common_prefix
 
 
 def default_threads() -> int:
@@ -35,9 +36,9 @@ class LlamaCppBackend:
     """One llama.cpp model and context holding a single token sequence (seq id 0).
 
     ``tokens`` mirrors the KV cache. ``n_batch`` bounds how many tokens one ``llama_decode``
-    takes; longer inputs are split (a token tree must fit in one). ``max_leaves`` is the most
-    root-to-leaf paths a token tree may have: each path is a llama.cpp sequence id in a unified
-    KV cache (``n_seq_max = max_leaves``, ``kv_unified``), see :meth:`forward_tree`.
+    takes; longer inputs are split (a token tree must fit in one). ``max_tree_nodes`` (at most
+    ``n_batch``) bounds a token tree's size: each node is a llama.cpp sequence id in a unified KV
+    cache (``n_seq_max = max_tree_nodes``, ``kv_unified``), see :meth:`forward_tree`.
     ``n_gpu_layers`` offloads layers when llama.cpp was built with a GPU backend (ignored on CPU
     builds). ``precise`` uses an F32 KV cache and no flash
     attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test models
@@ -46,7 +47,7 @@ class LlamaCppBackend:
 
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
-                 max_leaves: int = 64, verbose: bool = False) -> None:
+                 max_tree_nodes: int = 64, verbose: bool = False) -> None:
         self.path = resolve_model(str(model))
         # llama-cpp-python maps ggml's WARN level to logging.ERROR, so only CRITICAL keeps load-time
         # warnings quiet; failures still reach the user as our own error messages.
@@ -63,9 +64,10 @@ class LlamaCppBackend:
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = n_batch
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
-        # Token trees: one sequence per root-to-leaf path, all sharing one KV buffer (unified), so
-        # a node shared by several paths is stored once and n_ctx is not split between sequences.
-        cparams.n_seq_max = self.max_leaves = max_leaves
+        # Token trees: one sequence per node, all sharing one KV buffer (unified), so a node on
+        # several paths is stored once and n_ctx is not split between sequences. llama.cpp
+        # asserts n_seq_max <= n_batch (it reserves an output row per sequence).
+        cparams.n_seq_max = self.max_tree_nodes = min(max_tree_nodes, n_batch)
         cparams.kv_unified = True
         self.precise = precise
         if precise:
@@ -80,8 +82,8 @@ class LlamaCppBackend:
         self.vocab_size = ll.llama_vocab_n_tokens(self._vocab)
         self.eos_token = ll.llama_vocab_eos(self._vocab)
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(n_batch, 0, max_leaves)
-        self._tree: tuple[Sequence[int], Sequence[int], Layout] | None = None  # evaluated, awaiting keep()
+        self._batch = ll.llama_batch_init(n_batch, 0, self.max_tree_nodes)
+        self._tree: tuple[list[int], tuple[int, ...], int] | None = None  # (tokens, parents, cache length) awaiting keep()
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
@@ -91,7 +93,7 @@ class LlamaCppBackend:
         """Another model with this one's settings (used for a draft model)."""
         return LlamaCppBackend(model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
                                n_gpu_layers=self.n_gpu_layers, precise=self.precise,
-                               max_leaves=self.max_leaves)
+                               max_tree_nodes=self.max_tree_nodes)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -148,48 +150,63 @@ class LlamaCppBackend:
         """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
         [N, V], row i the prediction after node i given the cache and node i's ancestors.
 
-        Path (leaf) s is sequence s. The cache (sequence 0) is first shared with sequences
-        1..P-1 (``seq_cp`` only tags cells in a unified cache); node i sits at position
-        len(cache) + depth[i] in every sequence whose path passes through it, and llama.cpp's
-        mask lets a token see the cells of its sequence up to its position: exactly the cache
-        plus its ancestors. Call :meth:`keep` next.
+        Node i is llama.cpp sequence i, holding the cache plus node i's ancestors and itself: the
+        cache (sequence 0) is first shared with sequences 1..N-1 (``seq_cp`` only tags cells in a
+        unified cache), and node j's cell joins the sequences of j and of every node below it.
+        llama.cpp's mask lets a token see the cells of its own sequence up to its position
+        (len(cache) + depth): exactly the cache and its ancestors. Call :meth:`keep` next.
         """
-        tree = layout(parents)
-        if len(tokens) != len(tree):
-            raise InvalidParameterError(f"a tree of {len(tree)} nodes needs {len(tree)} tokens, got {len(tokens)}")
-        if len(tree.leaves) > self.max_leaves:
-            raise InvalidParameterError(f"a tree with {len(tree.leaves)} leaves exceeds max_leaves {self.max_leaves}")
-        if len(tree) > self.n_batch:
-            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds n_batch {self.n_batch}")
-        self._check_room(len(tree))
-        first = len(self.tokens)
-        for s in range(1, len(tree.leaves)):
-            ll.llama_memory_seq_cp(self._mem, 0, s, -1, -1)
-        self._decode_batch(tokens, [first + d for d in tree.depth], tree.seqs, [True] * len(tree))
-        self._tree = (tokens, parents, tree)
+        if self._tree is not None:
+            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
+        self._tree = ([], (), len(self.tokens))
+        try:
+            return self.extend_tree(tokens, parents)
+        except BaseException:
+            self._tree = None
+            raise
+
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Add M nodes to the tree :meth:`forward_tree` evaluated (still awaiting :meth:`keep`) in
+        one ``llama_decode``; ``parents`` index the pending tree's nodes, the new node j gets
+        index N + j (topological order still holds). Returns [M, V], the new nodes' rows.
+        Used to grow a draft tree level by level without evaluating a node twice."""
+        if self._tree is None:
+            raise QuickdraftError("extend_tree() needs a forward_tree() first")
+        old_tokens, old_parents, first = self._tree
+        n_old, all_parents = len(old_parents), (*old_parents, *parents)
+        tree = layout(all_parents)
+        if len(tokens) != len(parents):
+            raise InvalidParameterError(f"{len(parents)} tree nodes need {len(parents)} tokens, got {len(tokens)}")
+        if len(tree) > self.max_tree_nodes:
+            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds max_tree_nodes {self.max_tree_nodes}")
+        if first + len(tree) > self.n_ctx:
+            raise QuickdraftError(f"context full: {first} + {len(tree)} tree nodes > n_ctx {self.n_ctx}")
+        for m in range(max(n_old, 1), len(tree)):  # sequence m starts as its nearest evaluated ancestor's
+            a = all_parents[m]
+            while a >= n_old:
+                a = all_parents[a]
+            ll.llama_memory_seq_cp(self._mem, max(a, 0), m, -1, -1)
+        new = range(n_old, len(tree))
+        seqs = [[j, *(i for i in range(j + 1, len(tree)) if tree.mask[i, j])] for j in new]
+        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, [True] * len(new))
+        self._tree = ([*old_tokens, *tokens], all_parents, first)
         out = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(out, shape=(len(tree), self.vocab_size)).copy()
+        return np.ctypeslib.as_array(out, shape=(len(new), self.vocab_size)).copy()
 
     def keep(self, path: Sequence[int]) -> None:
         """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
 
-        Sequence s, the path of a leaf below the last kept node, holds the kept nodes at the right
-        positions; sequence 0 drops its tree nodes and takes those cells over (``seq_cp`` adds a
-        tag), then ``seq_keep(0)`` frees every cell no longer in sequence 0. A chain only needs
-        ``seq_rm``, like :meth:`rollback`.
+        Sequence ``path[-1]`` holds exactly the cache and the path; ``seq_cp`` tags those cells
+        with sequence 0 and ``seq_keep(0)`` frees every other cell. A chain needs no more than
+        :meth:`rollback`'s ``seq_rm``.
         """
         if self._tree is None:
             raise QuickdraftError("keep() needs a forward_tree() first")
-        tokens, parents, tree = self._tree
+        tokens, parents, first = self._tree
         check_path(parents, path)
-        first, end = len(self.tokens), len(self.tokens) + len(path)
-        s = tree.seqs[path[-1]][0]
-        if s == 0:
-            ll.llama_memory_seq_rm(self._mem, 0, end, -1)
-        else:
-            ll.llama_memory_seq_rm(self._mem, 0, first, -1)
-            ll.llama_memory_seq_cp(self._mem, s, 0, first, end)
-        if len(tree.leaves) > 1:
+        if len(parents) > 1:
+            if path[-1] != 0:
+                ll.llama_memory_seq_cp(self._mem, path[-1], 0, first + 1, first + len(path))
             ll.llama_memory_seq_keep(self._mem, 0)
         self.tokens.extend(int(tokens[i]) for i in path)
         self._tree = None
@@ -198,11 +215,7 @@ class LlamaCppBackend:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
         With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
         if it was cached), so a caller can sync and predict in one forward."""
-        common = 0
-        for a, b in zip(self.tokens, tokens):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.tokens, tokens)
         if last_logits:
             common = min(common, len(tokens) - 1)
         self.rollback(common)

@@ -6,9 +6,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import check_same_vocabulary
+from ..backends.base import check_same_vocabulary, common_prefix
 from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams, sample, warp
+from ..tree import best_subtree, chain_parents
 from ..types import Acceptance, Draft
 from .base import register
 
@@ -49,6 +50,67 @@ class DraftModelProposer:
 
     def observe(self, acceptance: Acceptance) -> None:
         pass
+
+
+@register("draft-tree")
+class DraftTreeProposer(DraftModelProposer):
+    """A token tree grown by the draft model, EAGLE-2 style (Li et al. 2024, arXiv 2406.16858).
+
+    Each level expands the ``tree_width`` candidates of the newest level with the highest
+    cumulative draft log-probability (evaluated together in one ``extend_tree`` forward); each
+    expanded node gets its ``tree_width`` most likely next tokens as candidate children. At the
+    end the ``budget`` best candidates overall form the draft (``best_subtree``). Growth stops
+    once no frontier node can beat the budget-th best candidate (a child never scores above its
+    parent), or at depth ``budget``. ``min_confidence`` drops candidates whose cumulative draft
+    probability is below it. The children are deterministic given the context (top-k), so
+    sampled requests use the tree verifier's deterministic rule (``q`` is None).
+    """
+
+    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, tree_width: int = 3,
+                 **options: object) -> None:
+        super().__init__(target, draft=draft, min_confidence=min_confidence, **options)
+        if tree_width < 1:
+            raise InvalidParameterError(f"tree_width must be >= 1, got {tree_width}")
+        self.tree_width = tree_width
+
+    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
+                rng: np.random.Generator) -> Draft:
+        if budget <= 0:
+            return Draft()
+        model = self.model
+        model.rollback(common_prefix(model.tokens, context[:-1]))
+        if len(context) - len(model.tokens) > model.max_tree_nodes // 2:  # a long catch-up: leave room
+            model.prefill(context[:-1])
+        trunk = list(context[len(model.tokens):])  # catch up and predict in one forward
+        rows = model.forward_tree(trunk, chain_parents(len(trunk)))[-1:]
+        evaluated = len(trunk)  # nodes in the draft model's pending tree
+        node = {-1: len(trunk) - 1}  # candidate -> its node there (-1: the root)
+        frontier = [-1]  # the candidates ``rows`` belong to
+        floor = np.log(self.min_confidence) if self.min_confidence else -np.inf
+        tokens: list[int] = []
+        scores: list[float] = []  # cumulative draft log-probability
+        parents: list[int] = []  # -1: a child of the root, else an earlier candidate
+        for depth in range(1, budget + 1):
+            newest = len(tokens)
+            for c, row in zip(frontier, rows):
+                logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+                for x in np.argsort(-logp, kind="stable")[:self.tree_width]:
+                    score = (scores[c] if c >= 0 else 0.0) + float(logp[x])
+                    if score >= floor:
+                        tokens.append(int(x))
+                        scores.append(score)
+                        parents.append(c)
+            cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
+            level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:self.tree_width]
+            frontier = [c for c in level if scores[c] > cut]  # only these can have children in the best
+            if depth == budget or not frontier or evaluated + len(frontier) > model.max_tree_nodes:
+                break
+            node.update((c, evaluated + j) for j, c in enumerate(frontier))
+            rows = model.extend_tree([tokens[c] for c in frontier], [node[parents[c]] for c in frontier])
+            evaluated += len(frontier)
+        model.keep(tuple(range(len(trunk))))
+        kept, tree = best_subtree(scores, parents, budget)
+        return Draft(tuple(tokens[c] for c in kept), None, parents=tree)
 
 
 def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..tree import trie
 from ..types import Acceptance, Draft
 from .base import register
 
@@ -20,19 +21,36 @@ def ngram_match(context: Sequence[int], budget: int, max_ngram: int = 3, min_ngr
     Example: context = [1, 2, 3, 9, 1, 2], budget 2 -> suffix [1, 2] occurred at index 0,
     followed by [3, 9] -> returns [3, 9]. With no earlier occurrence of any suffix -> [].
     """
+    found = ngram_continuations(context, budget, max_ngram, min_ngram, branches=1)
+    return found[0] if found else []
+
+
+def ngram_continuations(context: Sequence[int], length: int, max_ngram: int = 3, min_ngram: int = 1,
+                        branches: int = 4) -> list[list[int]]:
+    """Up to ``branches`` distinct continuations (each up to ``length`` tokens) of earlier
+    occurrences of the context's suffix, best first: longer matching suffixes first, and for one
+    suffix length the most recent occurrence first.
+
+    Example: context = [1, 2, 3, 9, 1, 2, 4, 1, 2], length 2 -> [[4, 1], [3, 9]]: the suffix
+    [1, 2] occurred at 4 and at 0; the suffix [2] then only repeats those continuations.
+    """
     n = len(context)
-    if budget <= 0 or n < 2:
-        return []
+    found: list[list[int]] = []
+    if length <= 0 or n < 2:
+        return found
     ctx = np.asarray(context)
     for size in range(min(max_ngram, n - 1), min_ngram - 1, -1):
         suffix = ctx[n - size:]
         # windows[i] = ctx[i : i + size] for i in 0 .. n - size - 1 (excluding the suffix itself)
         windows = np.lib.stride_tricks.sliding_window_view(ctx[:n - 1], size)
-        hits = np.flatnonzero((windows == suffix).all(axis=1))
-        if hits.size:
-            start = int(hits[-1]) + size
-            return [int(t) for t in ctx[start:start + budget]]
-    return []
+        for hit in np.flatnonzero((windows == suffix).all(axis=1))[::-1]:
+            start = int(hit) + size
+            cont = [int(t) for t in ctx[start:start + length]]
+            if cont not in found:
+                found.append(cont)
+                if len(found) == branches:
+                    return found
+    return found
 
 
 @register("ngram")
@@ -50,3 +68,22 @@ class NgramProposer:
 
     def observe(self, acceptance: Acceptance) -> None:
         pass
+
+
+@register("ngram-tree")
+class NgramTreeProposer(NgramProposer):
+    """Several earlier continuations of the context's suffix merged into one token tree
+    (``ngram_continuations`` -> ``trie``): when the context repeated itself in more than one way,
+    the target checks every way in the same forward. ``budget`` is the number of tree nodes; a
+    single continuation gives a plain chain. Deterministic (q is None), siblings distinct."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, branches: int = 4, **options: object) -> None:
+        super().__init__(max_ngram=max_ngram, min_ngram=min_ngram, **options)
+        self.branches = branches
+
+    def propose(self, context, budget, sampling, rng) -> Draft:
+        found = ngram_continuations(context, budget, self.max_ngram, self.min_ngram, self.branches)
+        if len(found) <= 1:
+            return Draft(tuple(found[0]) if found else ())
+        tokens, parents = trie(found, budget)
+        return Draft(tokens, None, parents=parents)

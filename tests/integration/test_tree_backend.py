@@ -20,6 +20,7 @@ TREES = [
     (-1, 0, 0, 1),                         # the tree.py docstring example
     (-1, 0, 0, 0, 1, 1, 4, 3, 2, 6, 6),    # wider and deeper, leaves on several depths
     (-1,) + (0,) * 8,                      # one level of 8 siblings
+    (-1, 0, 0, 1, 1, 2, 2, 3, 4, 5),       # levels in index order (for the level-by-level test)
 ]
 
 
@@ -28,7 +29,10 @@ def backend(tiny_target_backend):
     prompt = tiny_target_backend.tokenize("def hello(world): return the", special=False)
     tiny_target_backend.prefill(prompt)
     yield tiny_target_backend
-    assert tiny_target_backend._tree is None, "a test left a tree awaiting keep()"
+    pending = tiny_target_backend._tree is not None
+    if pending:  # do not break the tests that share this backend
+        tiny_target_backend.keep((0,))
+    assert not pending, "a test left a tree awaiting keep()"
 
 
 def tree_tokens(backend, parents, seed=0):
@@ -94,6 +98,30 @@ def test_chain_tree_equals_forward_and_rollback(backend):
     backend.prefill(prompt)
 
 
+@pytest.mark.parametrize("parents", [t for t in TREES[1:] if list(layout(t).depth) == sorted(layout(t).depth)])
+def test_growing_a_tree_level_by_level_equals_one_forward(backend, parents):
+    """extend_tree adds nodes below evaluated ones: the rows equal the one-shot forward_tree's,
+    and keep() afterwards works on the grown tree."""
+    prompt = list(backend.tokens)
+    tokens = tree_tokens(backend, parents, seed=2)
+    whole = backend.forward_tree(tokens, parents)
+    backend.keep((0,))
+    backend.rollback(len(prompt))
+    depth = layout(parents).depth
+    grown = backend.forward_tree(tokens[:1], parents[:1])
+    for level in range(1, max(depth) + 1):
+        nodes = [i for i in range(len(parents)) if depth[i] == level]
+        assert nodes == list(range(len(grown), len(grown) + len(nodes)))  # level order = index order here
+        grown = np.concatenate([grown, backend.extend_tree([tokens[i] for i in nodes], [parents[i] for i in nodes])])
+    np.testing.assert_allclose(grown, whole, atol=TOL, rtol=0)
+    path = layout(parents).paths[-1]
+    backend.keep(path)
+    after = backend.forward([300])
+    backend.prefill(prompt)
+    np.testing.assert_allclose(after, backend.forward([tokens[i] for i in path] + [300])[-1:], atol=TOL, rtol=0)
+    backend.prefill(prompt)
+
+
 def test_tree_misuse_is_refused(backend):
     with pytest.raises(QuickdraftError, match="forward_tree"):
         backend.keep((0,))
@@ -101,10 +129,10 @@ def test_tree_misuse_is_refused(backend):
         backend.forward_tree((1, 2), (-1, 1))
     with pytest.raises(InvalidParameterError, match="tokens"):
         backend.forward_tree((1, 2, 3), (-1, 0))
-    with pytest.raises(InvalidParameterError, match="max_leaves"):
-        backend.forward_tree((300,) * (backend.max_leaves + 2), (-1,) + (0,) * (backend.max_leaves + 1))
-    with pytest.raises(InvalidParameterError, match="n_batch"):
-        backend.forward_tree((300,) * (backend.n_batch + 1), chain_parents(backend.n_batch + 1))
+    with pytest.raises(InvalidParameterError, match="max_tree_nodes"):
+        backend.forward_tree((300,) * (backend.max_tree_nodes + 1), (-1,) + (0,) * backend.max_tree_nodes)
+    with pytest.raises(QuickdraftError, match="forward_tree"):
+        backend.extend_tree((300,), (0,))
     backend.forward_tree((300, 301, 302), (-1, 0, 0))
     with pytest.raises(QuickdraftError, match="keep"):
         backend.forward([5])

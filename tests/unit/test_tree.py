@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from quickdraft.errors import InvalidParameterError
-from quickdraft.tree import chain_parents, check_parents, check_path, layout
+from quickdraft.tree import best_subtree, chain_parents, check_parents, check_path, layout, trie
 
 
 def test_docstring_example():
@@ -16,7 +16,6 @@ def test_docstring_example():
     assert t.children == ((1, 2), (3,), (), ())
     assert t.leaves == (2, 3)
     assert t.paths == ((0, 2), (0, 1, 3))
-    assert t.seqs == ((0, 1), (1,), (0,), (1,))
     assert len(t) == 4
 
 
@@ -30,13 +29,13 @@ def test_wider_tree():
     assert t.depth == (0, 1, 1, 1, 2, 2, 3, 2)
     assert t.leaves == (2, 5, 6, 7)
     assert t.paths == ((0, 2), (0, 1, 5), (0, 1, 4, 6), (0, 3, 7))
-    assert t.seqs[0] == (0, 1, 2, 3) and t.seqs[1] == (1, 2) and t.seqs[4] == (2,)
     # node 6 attends to exactly 0, 1, 4 and itself; node 7 to 0, 3 and itself
     assert np.flatnonzero(t.mask[6]).tolist() == [0, 1, 4, 6]
     assert np.flatnonzero(t.mask[7]).tolist() == [0, 3, 7]
-    # every node lies on the paths its seqs name, and on no other
-    for i in range(len(parents)):
-        assert {s for s, p in enumerate(t.paths) if i in p} == set(t.seqs[i])
+    # the mask's column j lists j's subtree; every path is an ancestor chain
+    assert np.flatnonzero(t.mask[:, 1]).tolist() == [1, 4, 5, 6]
+    for path in t.paths:
+        assert all(parents[b] == a for a, b in zip(path, path[1:]))
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
@@ -47,7 +46,6 @@ def test_chain_is_causal(n):
     assert (t.mask == np.tril(np.ones((n, n), dtype=bool))).all()
     assert t.depth == tuple(range(n))
     assert t.leaves == (n - 1,) and t.paths == (tuple(range(n)),)
-    assert t.seqs == ((0,),) * n
 
 
 def test_root_only():
@@ -76,3 +74,39 @@ def test_check_path():
     for path in [(), (1,), (0, 3), (0, 2, 3), (0, 1, 4)]:
         with pytest.raises(InvalidParameterError):
             check_path(parents, path)
+
+
+def test_best_subtree_keeps_the_best_connected_nodes():
+    assert best_subtree((-0.1, -2.0, -0.3), (-1, -1, 0), 2) == ((0, 2), (0, 1))
+    # root -> a(-0.5) -> c(-0.6) -> e(-0.7); root -> b(-0.55) -> d(-3)
+    scores, parents = (-0.5, -0.55, -0.6, -3.0, -0.7), (-1, -1, 0, 1, 2)
+    assert best_subtree(scores, parents, 4) == ((0, 1, 2, 4), (0, 0, 1, 3))
+    assert best_subtree(scores, parents, 10) == ((0, 1, 2, 3, 4), (0, 0, 1, 2, 3))
+    assert best_subtree(scores, parents, 0) == ((), ())
+    assert best_subtree((0.0, 0.0), (-1, 0), 1) == ((0,), (0,))  # a tie goes to the parent
+    with pytest.raises(InvalidParameterError, match="scores must not grow"):
+        best_subtree((-1.0, -0.5), (-1, 0), 1)
+
+
+def test_trie_merges_prefixes_level_by_level():
+    assert trie(([5, 6, 7], [5, 8], [9]), 4) == ((5, 9, 6, 8), (0, 0, 1, 1))
+    assert trie(([5, 6, 7], [5, 8], [9]), 10) == ((5, 9, 6, 8, 7), (0, 0, 1, 1, 3))
+    assert trie(([1, 2, 3],), 2) == ((1, 2), (0, 1))  # one continuation: a chain
+    assert trie(([1, 2], [1, 2]), 5) == ((1, 2), (0, 1))  # duplicates merge
+    assert trie((), 3) == ((), ()) and trie(([1],), 0) == ((), ())
+    tokens, parents = trie(([1, 2, 3], [1, 4, 3], [7, 7]), 100)
+    layout((-1, *parents))  # a valid tree
+    for node in range(len(tokens) + 1):  # siblings are distinct
+        kids = [tokens[i] for i, p in enumerate(parents) if p == node]
+        assert len(kids) == len(set(kids))
+
+
+def test_ngram_continuations_best_first():
+    from quickdraft.proposers.ngram import ngram_continuations, ngram_match
+
+    context = [1, 2, 3, 9, 1, 2, 4, 1, 2]
+    assert ngram_continuations(context, 2) == [[4, 1], [3, 9]]
+    assert ngram_continuations(context, 2, branches=1) == [[4, 1]] and ngram_match(context, 2) == [4, 1]
+    # a shorter suffix adds new continuations after the longer suffix's ones
+    assert ngram_continuations([7, 1, 2, 5, 2, 6, 1, 2], 1, max_ngram=2) == [[5], [6]]
+    assert ngram_continuations([1, 2, 3], 4) == [] and ngram_continuations(context, 0) == []
