@@ -25,4 +25,21 @@ def eagle(target, heads: str | None = None, **options):
     return EagleProposer(target, heads, **options)
 
 
-medusa.requires = eagle.requires = "torch"  # these need the torch backend's hidden states
+@register("medusa-tree")
+def medusa_tree(target, heads: str | None = None, **options):
+    """Medusa drafting a tree: the Cartesian product of the heads' top-k, best nodes kept."""
+    from ..heads.proposers import MedusaTreeProposer
+
+    return MedusaTreeProposer(target, heads, **options)
+
+
+@register("eagle-tree")
+def eagle_tree(target, heads: str | None = None, **options):
+    """EAGLE drafting a dynamic tree (EAGLE-2)."""
+    from ..heads.proposers import EagleTreeProposer
+
+    return EagleTreeProposer(target, heads, **options)
+
+
+# these need the torch backend's hidden states
+medusa.requires = eagle.requires = medusa_tree.requires = eagle_tree.requires = "torch"
