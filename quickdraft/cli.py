@@ -151,6 +151,7 @@ def bench(
     peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
     backend: str = BackendOpt, dtype: str = DtypeOpt,
+    heads: Optional[str] = Heads,
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
@@ -158,7 +159,8 @@ def bench(
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
-                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype)
+                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype,
+                         heads=heads)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .common import DraftVocab, HeadConfig, describe_target, load_heads, read_config, save_heads
+from .common import DraftVocab, HeadConfig, describe_target, heads_dir, load_heads, read_config, save_heads
 from .eagle import EagleHead
 from .medusa import MedusaHeads
 
@@ -24,11 +24,12 @@ def build_head(kind: str, shape: dict) -> nn.Module:
     return KINDS[kind](**shape)
 
 
-def load_for_target(directory: str | Path, kind: str, model: nn.Module, lm_head: nn.Linear
+def load_for_target(directory: str | Path | None, kind: str, model: nn.Module, lm_head: nn.Linear
                     ) -> tuple[nn.Module, DraftVocab, HeadConfig]:
-    """Load trained heads of ``kind`` for the transformers ``model`` (checked to be the model they
-    were trained on), in its dtype and on its device, ready to draft."""
-    config, state, vocab_ids = load_heads(directory, kind, model)
+    """Load trained heads of ``kind`` (from ``directory``, see :func:`heads_dir`) for the
+    transformers ``model`` (checked to be the model they were trained on), in its dtype and on
+    its device, ready to draft."""
+    config, state, vocab_ids = load_heads(heads_dir(directory, kind), kind, model)
     head = build_head(kind, config.shape)
     head.load_state_dict(state)
     head.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype).eval().requires_grad_(False)
@@ -36,4 +37,4 @@ def load_for_target(directory: str | Path, kind: str, model: nn.Module, lm_head:
 
 
 __all__ = ["DraftVocab", "EagleHead", "HeadConfig", "KINDS", "MedusaHeads", "build_head", "describe_target",
-           "load_for_target", "load_heads", "read_config", "save_heads"]
+           "heads_dir", "load_for_target", "load_heads", "read_config", "save_heads"]

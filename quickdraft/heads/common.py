@@ -160,6 +160,22 @@ def save_heads(directory: Path, config: HeadConfig, head: nn.Module, vocab_ids: 
     tmp.replace(directory / CONFIG_FILE)
 
 
+def heads_dir(heads: Path | str | None, kind: str) -> Path:
+    """Where the ``kind`` heads are: ``heads`` itself, its ``kind`` subdirectory (so one
+    directory can hold both kinds), or, when ``heads`` is None, ``<cache>/heads/<kind>``, where
+    ``quickdraft train`` saves by default."""
+    from ..models import cache_dir
+
+    root = Path(heads).expanduser() if heads else cache_dir() / "heads"
+    for candidate in (root, root / kind):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    if not heads:
+        raise QuickdraftError(f"method '{kind}' needs trained heads: pass --heads DIR, or make them with "
+                              f"`quickdraft train {kind}` (saved to {root / kind})")
+    return root
+
+
 def read_config(directory: Path | str) -> HeadConfig:
     directory = Path(directory).expanduser()
     path = directory / CONFIG_FILE

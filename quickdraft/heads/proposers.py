@@ -27,13 +27,10 @@ from . import load_for_target
 from .eagle import KVCache
 
 
-def _check_backend(target, method: str, heads: str | None) -> None:
+def _check_backend(target, method: str) -> None:
     if not all(hasattr(target, a) for a in ("last_hidden", "model", "lm_head")):
         raise QuickdraftError(f"method '{method}' reads the target's hidden states: use the torch backend "
                               "(--backend torch)")
-    if not heads:
-        raise QuickdraftError(f"method '{method}' needs trained heads (--heads DIR); make them with "
-                              f"`quickdraft train {method} --target MODEL --out DIR`")
 
 
 def prompt_features(target, prompt: Sequence[int], start: int) -> torch.Tensor:
@@ -60,7 +57,7 @@ class MedusaProposer:
     """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring)."""
 
     def __init__(self, target, heads: str | None = None, **_: object) -> None:
-        _check_backend(target, "medusa", heads)
+        _check_backend(target, "medusa")
         self.target = target
         self.head, self.vocab, self.config = load_for_target(heads, "medusa", target.model, target.lm_head)
         self.anchor: torch.Tensor | None = None  # [H] hidden state of the last cached position
@@ -92,7 +89,7 @@ class EagleProposer:
     """
 
     def __init__(self, target, heads: str | None = None, **_: object) -> None:
-        _check_backend(target, "eagle", heads)
+        _check_backend(target, "eagle")
         self.target = target
         self.head, self.vocab, self.config = load_for_target(heads, "eagle", target.model, target.lm_head)
         self.embed = target.model.get_input_embeddings()

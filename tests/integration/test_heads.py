@@ -307,9 +307,19 @@ def test_heads_trained_on_another_model_are_refused(backend, tmp_path, tiny):
     assert describe_target(same_in_bf16.model) == describe_target(backend.model)
 
 
-def test_clear_errors_without_heads_or_torch_backend(backend, tiny_target_backend, tmp_path):
+def test_heads_are_found_in_a_kind_subdirectory_or_the_cache(backend, tmp_path, monkeypatch):
+    save_untrained(backend, "eagle", tmp_path / "both" / "eagle")
+    save_untrained(backend, "medusa", tmp_path / "both" / "medusa")
+    for kind in KINDS:
+        assert Engine(backend, method=kind, heads=str(tmp_path / "both"), chat=False).proposer(kind).config.kind == kind
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(QuickdraftError, match="needs trained heads"):
-        Engine(backend, method="eagle", chat=False)
+        Engine(backend, method="medusa", chat=False)
+    save_untrained(backend, "medusa", tmp_path / "cache" / "heads" / "medusa")
+    assert Engine(backend, method="medusa", chat=False).proposer("medusa").config.kind == "medusa"
+
+
+def test_clear_errors_without_heads_or_torch_backend(backend, tiny_target_backend, tmp_path):
     with pytest.raises(QuickdraftError, match="no trained heads"):
         Engine(backend, method="eagle", heads=str(tmp_path), chat=False)
     with pytest.raises(QuickdraftError, match="torch backend"):
