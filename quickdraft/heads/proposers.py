@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..backends.base import common_prefix
 from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams
 from ..tree import best_subtree
@@ -86,6 +87,8 @@ class EagleProposer:
     State: the head's cache holds positions ``0 .. fed - 1`` (true features only; draft
     positions are cropped after each proposal) and ``pending`` [P, H] holds the true features of
     positions ``fed .. fed + P - 1`` not yet fed (feeding position t needs token x_{t+1}).
+    ``seen`` are the tokens the cache entries read (entry t read x_0..x_{t+1}), so a new prompt
+    that extends an earlier conversation reuses the entries of the common prefix.
     """
 
     def __init__(self, target, heads: str | None = None, **_: object) -> None:
@@ -93,15 +96,15 @@ class EagleProposer:
         self.target = target
         self.head, self.vocab, self.config = load_for_target(heads, "eagle", target.model, target.lm_head)
         self.embed = target.model.get_input_embeddings()
-        self.cache, self.pending = KVCache(), None
+        self.cache, self.pending, self.seen = KVCache(), None, []
 
     @property
     def fed(self) -> int:
         return len(self.cache)
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self.cache = KVCache()
-        self.pending = prompt_features(self.target, prompt, 0)
+        self.cache.crop(max(0, min(self.fed, common_prefix(self.seen, prompt) - 1)))
+        self.pending = prompt_features(self.target, prompt, self.fed)
 
     def _feed(self, features: torch.Tensor, next_tokens: Sequence[int], start: int) -> torch.Tensor:
         """Run the head on features [T, H] at positions start.. with the tokens that follow them;
@@ -127,6 +130,7 @@ class EagleProposer:
                     break
                 guess = self._feed(guess[None], tokens[-1:], m + len(tokens) - 1)
         self.cache.crop(m)  # forget the draft positions: their features were guesses
+        self.seen = list(context)
         return Draft(tuple(tokens))
 
     def observe(self, acceptance: Acceptance) -> None:
@@ -244,4 +248,5 @@ class EagleTreeProposer(EagleProposer):
 
             draft = grow_tree(children, budget, self.tree_width, budget)
         self.cache.crop(m)
+        self.seen = list(context)
         return draft

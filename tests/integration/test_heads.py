@@ -173,14 +173,20 @@ def test_eagle_reads_the_true_features_of_every_context_position(backend, traine
         return propose(context, *args)
 
     proposer._feed, proposer.propose = spy, remember
-    result = engine.generate(TRAINED_STARTS[0], max_tokens=30, num_draft=3)
-    assert result.stats["accepted_tokens"] > 0
-    context = proposer_context[0]
-    truth = fresh_hidden(backend, context[:-1])
-    assert sorted(fed) == list(range(len(context) - 1))
-    for position, (feature, next_token) in fed.items():
-        assert next_token == context[position + 1]
-        assert torch.allclose(feature, truth[position], atol=1e-4), position
+    first = engine.generate(TRAINED_STARTS[0], max_tokens=30, num_draft=3)
+    assert first.stats["accepted_tokens"] > 0
+    for reused in (False, True):
+        context = proposer_context[0]
+        truth = fresh_hidden(backend, context[:-1])
+        assert sorted(fed) == list(range(min(fed), len(context) - 1))
+        assert (min(fed) > 0) == reused  # a follow-up prompt reuses the head's cache of its prefix
+        for position, (feature, next_token) in fed.items():
+            assert next_token == context[position + 1]
+            assert torch.allclose(feature, truth[position], atol=1e-4), position
+        fed.clear()
+        follow_up = TRAINED_STARTS[0] + first.token_ids + TRAINED_STARTS[1]
+        ar = engine.generate(follow_up, max_tokens=20, method="ar")
+        assert engine.generate(follow_up, max_tokens=20, num_draft=3).token_ids == ar.token_ids
 
 
 # --- lossless ---------------------------------------------------------------------------------
