@@ -263,6 +263,8 @@ def train(
     chunk: int = typer.Option(512, "--chunk", help="Tokens per corpus chunk."),
     draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the N most frequent tokens (0 = all)."),
     num_heads: int = typer.Option(4, "--num-heads", help="Medusa heads (tokens drafted per step)."),
+    intermediate_size: Optional[int] = typer.Option(None, "--intermediate-size",
+                                                    help="EAGLE's MLP width (default: the target's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 Medusa, 3e-4 EAGLE)."),
     dtype: str = typer.Option("bfloat16", "--backend-dtype", "--dtype", help="The target's dtype: bfloat16 | float32."),
     threads: Optional[int] = Threads,
@@ -283,7 +285,8 @@ def train(
     err.print(f"loading {target} ({dtype}) ...", highlight=False)
     backend = TorchBackend(target, dtype=dtype, n_threads=threads)
     options = TrainOptions(minutes=minutes, collect_share=collect_share, max_chunks=max_chunks, chunk=chunk,
-                           draft_vocab=draft_vocab, num_heads=num_heads, lr=lr, resume=resume, overwrite=overwrite)
+                           draft_vocab=draft_vocab, num_heads=num_heads, intermediate_size=intermediate_size, lr=lr,
+                           resume=resume, overwrite=overwrite)
     config = train_head(kind, backend.model, backend.tokenize, out, corpus=corpus, cache_root=cache_dir,
                         options=options, console=err)
     t = config.training

@@ -281,7 +281,7 @@ def train_head(kind: str, model: nn.Module, tokenize: Callable[[str], list[int]]
         total = options.minutes * 60
         task = progress.add_task(f"train {kind}", total=options.max_steps or None, info="")
         last_save, losses = time.monotonic(), []
-        train_start_spent = spent + (time.monotonic() - start)
+        train_start_spent = state.get("train_start_s", spent) if state else time.monotonic() - start
 
         def elapsed() -> float:
             return spent + time.monotonic() - start
@@ -294,7 +294,8 @@ def train_head(kind: str, model: nn.Module, tokenize: Callable[[str], list[int]]
                 "held_out_accuracy": evaluate(kind, head, vocab, embed, held_out) if final else None,
                 "draft_vocab_coverage": round(float((vocab.from_full(train.labels) != -100).float().mean()), 4)})
             save_heads(out, config, head, vocab_ids)
-            torch.save({"step": step, "elapsed_s": elapsed(), "optimizer": optimizer.state_dict(),
+            torch.save({"step": step, "elapsed_s": elapsed(), "train_start_s": train_start_spent,
+                        "optimizer": optimizer.state_dict(),
                         "head": head.state_dict(), "shape": head.shape, "vocab_ids": vocab_ids}, state_path)
             return config
 
