@@ -261,7 +261,7 @@ def train(
     collect_share: float = typer.Option(0.5, "--collect-share", help="At most this part of the budget computes new hidden states."),
     max_chunks: int = typer.Option(400, "--max-chunks", help="Corpus chunks to run through the target at most."),
     chunk: int = typer.Option(512, "--chunk", help="Tokens per corpus chunk."),
-    draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the N most frequent tokens (0 = all)."),
+    draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the (at most) N most frequent tokens of the target's predictions on the corpus (0 = all)."),
     num_heads: int = typer.Option(4, "--num-heads", help="Medusa heads (tokens drafted per step)."),
     intermediate_size: Optional[int] = typer.Option(None, "--intermediate-size",
                                                     help="EAGLE's MLP width (default: the target's)."),

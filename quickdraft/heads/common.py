@@ -136,13 +136,13 @@ class DraftVocab:
 
 
 def most_frequent(tokens: torch.Tensor, vocab_size: int, size: int) -> torch.Tensor | None:
-    """The ``size`` most frequent ids among ``tokens`` (ties: lower id first), sorted by id;
-    None when ``size`` is 0 or covers the whole vocabulary. Ids that never occur fill the rest."""
+    """The at most ``size`` most frequent ids among ``tokens`` (ties: lower id first; ids that
+    never occur are left out), sorted by id; None when ``size`` is 0 or covers the vocabulary."""
     if size <= 0 or size >= vocab_size:
         return None
     counts = torch.bincount(tokens.reshape(-1).long(), minlength=vocab_size)
-    order = torch.argsort(-counts, stable=True)
-    return torch.sort(order[:size]).values
+    order = torch.argsort(-counts, stable=True)[:size]
+    return torch.sort(order[counts[order] > 0]).values
 
 
 def save_heads(directory: Path, config: HeadConfig, head: nn.Module, vocab_ids: torch.Tensor | None) -> None:

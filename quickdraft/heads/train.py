@@ -219,7 +219,7 @@ class TrainOptions:
     window: int = 256
     batch: int = 4
     lr: float | None = None  # default: 1e-3 Medusa, 3e-4 EAGLE
-    draft_vocab: int = 16384  # 0 = the whole vocabulary
+    draft_vocab: int = 16384  # at most this many of the labels' most frequent tokens; 0 = the whole vocabulary
     num_heads: int = 4  # Medusa
     intermediate_size: int | None = None  # EAGLE MLP width (default: the target's)
     noise: float = 0.05  # EAGLE feature noise
