@@ -24,7 +24,7 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
          method: str | None = None, num_draft: int = 4, min_confidence: float = 0.0, controller: str = "fixed",
          n_ctx: int = 4096,
          n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
-         verbose: bool = False, backend: str = "llamacpp", dtype: str = "float32", device: str | None = None,
+         verbose: bool = False, backend: str = "llamacpp", dtype: str = "bfloat16", device: str | None = None,
          **proposer_options) -> Engine:
     """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
 

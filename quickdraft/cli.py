@@ -37,7 +37,9 @@ def friendly(command):
 # Options shared by every command that loads models.
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft: bundled name or .gguf path.")
-Method = typer.Option(None, "--method", help="ar | draft | ngram | layerskip (torch backend) (default: draft).")
+Method = typer.Option(None, "--method", help="ar | draft | ngram | draft-tree | ngram-tree | layerskip (torch "
+                      "backend) (default: draft).")
+Tree = typer.Option(False, "--tree", help="Draft token trees: --method draft -> draft-tree, ngram -> ngram-tree.")
 NumDraft = typer.Option(4, "--num-draft", "-k", help="Draft budget: at most this many tokens per step.")
 MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
 ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
@@ -47,17 +49,19 @@ Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores)
 GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
 BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fast CPU path) or torch (transformers: "
                           "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
-DtypeOpt = typer.Option("float32", "--dtype", help="torch backend: float32 | bfloat16 | float16.")
+DtypeOpt = typer.Option("bfloat16", "--dtype", help="torch backend: bfloat16 (fast on AVX-512 BF16 and GPUs) | float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", backend="llamacpp", dtype="float32", device=None, heads=None):
+                controller="fixed", tree=False, backend="llamacpp", dtype="bfloat16", device=None, heads=None):
     from . import load
+    from .proposers import tree_variant, uses_draft_model
 
     method = method or "draft"
-    return load(target, draft if method == "draft" else None, method=method, num_draft=num_draft,
+    method = tree_variant(method) if tree else method
+    return load(target, draft if uses_draft_model(method) else None, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                 chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device, heads=heads)
 
@@ -66,7 +70,7 @@ def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads
 @friendly
 def generate(
     prompt: str = typer.Argument(..., help="The prompt (sent through the chat template unless --raw)."),
-    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method,
+    target: str = Target, draft: str = DraftModel, method: Optional[str] = Method, tree: bool = Tree,
     num_draft: int = NumDraft, min_confidence: float = MinConfidence, controller: str = ControllerOpt,
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Maximum new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
@@ -82,7 +86,7 @@ def generate(
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller, backend, dtype, device, heads)
+                         controller, tree, backend, dtype, device, heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -139,6 +143,7 @@ def bench(
     tasks: str = typer.Option("humaneval,mt-bench", "--tasks", help="Comma-separated built-in tasks ('' for none)."),
     data: List[str] = typer.Option([], "--data", help="A JSONL file of prompts (repeatable): {\"prompt\": ...} or {\"turns\": [...]} per line."),
     methods: str = typer.Option("ar,draft,ngram", "--methods", help="Comma-separated methods; ar is always included."),
+    tree: bool = typer.Option(False, "--tree", help="Also run each method's tree variant (draft -> draft-tree, ...)."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
     limit: Optional[int] = typer.Option(4, "--limit", help="Prompts per task, spread evenly over it."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per prompt and method (median, min, max)."),
@@ -155,9 +160,13 @@ def bench(
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
+    from .proposers import tree_variant
 
+    chosen = [m for m in methods.split(",") if m]
+    if tree:  # each tree variant right after its chain method, so the report shows them side by side
+        chosen = list(dict.fromkeys(v for m in chosen for v in ((m,) if m == "ar" else (m, tree_variant(m)))))
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
-                         data=tuple(data), methods=tuple(m for m in methods.split(",") if m), max_tokens=max_tokens,
+                         data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
                          peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype,
                          heads=heads)

@@ -14,7 +14,7 @@ Worked example::
 
     from quickdraft.testing_torch import make_tiny_hf_pair
     target_dir, draft_dir = make_tiny_hf_pair(tmp_path)            # 4 layers each
-    backend = TorchBackend(target_dir)                                # float32 by default
+    backend = TorchBackend(target_dir, dtype="float32")               # exact comparisons
 
 Token ids: 0 ``<|endoftext|>``, 1 ``<|im_start|>``, 2 ``<|im_end|>`` (EOS), then the 256 byte
 characters and the learned merges (``TINY_VOCAB_SIZE`` in all).

@@ -11,8 +11,9 @@ The KV cache is a ``DynamicCache`` holding one sequence (``tokens``). Beyond the
 - ``last_hidden``: after every ``prefill``/``forward``/``forward_tree``/``forward_layers``, the
   final hidden states (after the final norm: the LM head's input) of the new positions, a
   tensor [n, H] on ``device``. ``model`` is the HF model, ``lm_head`` its output layer.
-- ``forward_tree(tokens, parents) -> [N, V]`` and ``keep(path)``: a token tree in one forward
-  (4-D attention mask, positions = cache length + depth), then keep one root-first path.
+- ``forward_tree(tokens, parents) -> [N, V]``, ``extend_tree`` and ``keep(path)``: a token tree
+  in one forward (4-D attention mask, positions = cache length + depth), grown level by level,
+  then one root-first path kept (tree.py's contract).
 - ``forward_layers(tokens, layers) -> [n, V]``: run only the given decoder layers (self
   speculation); their cache grows, the other layers' does not, and ``drop_partial()`` (or the
   next ``forward``/``rollback``/``prefill``) cuts it back to ``tokens``.
@@ -27,9 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import QuickdraftError
+from ..errors import InvalidParameterError, QuickdraftError
 from ..models import resolve_model
 from ..tree import check_path, layout
+from .base import common_prefix
 from .llamacpp import render_chat
 
 TORCH_HINT = "pip install 'quickdraft[torch]'"
@@ -42,7 +44,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 DTYPES = ("bfloat16", "float32", "float16")
 # Vocabulary entries that end a turn in common chat models (besides the tokenizer's EOS).
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|end|>",
-               "</s>", "<end_of_turn>")
+               "</s>", "<end_of_turn>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")  # as llama.cpp
 
 
 def default_device() -> str:
@@ -53,12 +55,16 @@ class TorchBackend:
     """One transformers causal LM and its KV cache (batch 1).
 
     ``model``: a transformers model directory, or a GGUF file / bundled model name (dequantized).
-    ``dtype``: "bfloat16", "float32" or "float16". ``device``: "cpu", "cuda", ... (default: cuda
+    ``max_tree_nodes`` bounds a token tree (as in the llama.cpp backend; here only the attention
+    mask grows with it). ``dtype``: "float32" (the default here: exact comparisons), "bfloat16" (what ``load`` and the
+    CLI default to: on these AVX-512 BF16 CPUs a forward of 1-16 tokens costs nearly the same,
+    while float32's cost grows several-fold from 1 to 4 tokens) or "float16". ``device``: "cpu", "cuda", ... (default: cuda
     when present). ``n_threads``: torch's intra-op threads (default: torch's own choice).
     """
 
     def __init__(self, model: str | Path, *, dtype: str = "float32", device: str | None = None,
-                 n_ctx: int = 4096, n_threads: int | None = None, verbose: bool = False) -> None:
+                 n_ctx: int = 4096, n_threads: int | None = None, max_tree_nodes: int = 64,
+                 verbose: bool = False) -> None:
         try:
             import transformers
             from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -67,6 +73,7 @@ class TorchBackend:
         if dtype not in DTYPES:
             raise QuickdraftError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.dtype, self.device, self.n_threads = dtype, device or default_device(), n_threads
+        self.max_tree_nodes = max_tree_nodes
         if n_threads:
             torch.set_num_threads(n_threads)
         source = Path(model)
@@ -99,18 +106,14 @@ class TorchBackend:
     def sibling(self, model: str | Path) -> "TorchBackend":
         """Another model with this one's settings (used for a draft model)."""
         return TorchBackend(model, dtype=self.dtype, device=self.device, n_ctx=self.n_ctx,
-                            n_threads=self.n_threads)
+                            n_threads=self.n_threads, max_tree_nodes=self.max_tree_nodes)
 
     # --- the KV cache -------------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
         With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
         if it was cached). ``last_hidden`` is set to the evaluated positions' hidden states."""
-        common = 0
-        for a, b in zip(self.tokens, tokens):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.tokens, tokens)
         if last_logits:
             common = min(common, len(tokens) - 1)
         self.rollback(common)
@@ -130,26 +133,36 @@ class TorchBackend:
         self._truncate(len(self.tokens))
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
-        """Evaluate a token tree after the cache in one forward; return logits per node [N, V].
+        """Evaluate a token tree (see tree.py) after the cache in one forward; return logits per
+        node [N, V]. Node i sits at position ``len(cache) + depth(i)`` in cache row
+        ``len(cache) + i`` and attends to the whole cache plus its ancestors and itself (a 4-D
+        additive mask). The cache then holds every node (``tokens`` does not): call
+        :meth:`extend_tree` to grow the tree or :meth:`keep` to settle on a path."""
+        self._truncate(len(self.tokens))  # a partial draft or an earlier tree's nodes
+        self._tree = ([], ())
+        return self.extend_tree(tokens, parents)
 
-        Node 0 is the root (``parents[0] == -1``), ``parents[i] < i``. Node i sits at position
-        ``len(cache) + depth(i)`` and attends to the whole cache plus its own ancestors and itself.
-        The cache then holds every node (``tokens`` does not): call ``keep(path)`` next.
-        """
-        tree = layout(parents)
-        if len(tokens) != len(tree):
-            raise QuickdraftError(f"a tree of {len(tree)} nodes needs as many tokens, got {len(tokens)}")
-        start = len(self.tokens)
-        self._truncate(start)  # a partial draft or an earlier tree's nodes
-        hidden = self._run(list(tokens), positions=start + np.asarray(tree.depth), record=False,
-                           mask=self._additive_mask(tree.mask, start))
-        self._tree = (list(tokens), tuple(parents))
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Add M nodes to the pending tree in one forward; ``parents`` index the pending tree
+        (the new node j is node N + j); return their logits [M, V]."""
+        old_tokens, old_parents = self._tree
+        if len(tokens) != len(parents):
+            raise InvalidParameterError(f"{len(parents)} tree nodes need {len(parents)} tokens, got {len(tokens)}")
+        tree = layout((*old_parents, *parents))
+        if len(tree) > self.max_tree_nodes:
+            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds max_tree_nodes {self.max_tree_nodes}")
+        start, n_old = len(self.tokens), len(old_parents)
+        hidden = self._run(list(tokens), positions=start + np.asarray(tree.depth[n_old:]), record=False,
+                           mask=self._additive_mask(tree.mask[n_old:], start))
+        self._tree = ([*old_tokens, *tokens], (*old_parents, *parents))
         return self._logits(hidden)
 
     def keep(self, path: Sequence[int]) -> None:
         """After ``forward_tree``: keep the nodes of ``path`` (root first, node indices, each the
         parent of the next) in the cache, after the old cache, and drop the other nodes."""
         tokens, parents = self._tree
+        if not parents:
+            raise QuickdraftError("keep() needs a forward_tree() first")
         check_path(parents, path)
         start = len(self.tokens)
         index = torch.as_tensor([start + i for i in path], device=self.device)
@@ -158,7 +171,7 @@ class TorchBackend:
                 layer.keys[..., start:start + len(path), :] = layer.keys.index_select(-2, index)
                 layer.values[..., start:start + len(path), :] = layer.values.index_select(-2, index)
         self.tokens += [tokens[i] for i in path]
-        self._tree = ([], (-1,))
+        self._tree = ([], ())
         self._truncate(len(self.tokens))
 
     def forward_layers(self, tokens: Sequence[int], layers: Sequence[int]) -> np.ndarray:
@@ -202,7 +215,7 @@ class TorchBackend:
         self._truncate(len(self.tokens))
 
     _partial = 0  # cache rows beyond ``tokens`` (forward_layers, forward_tree) since the last truncation
-    _tree: tuple[list[int], tuple[int, ...]] = ([], (-1,))  # the last forward_tree's tokens and parents
+    _tree: tuple[list[int], tuple[int, ...]] = ([], ())  # the pending tree's tokens and parents
 
     # --- internals ----------------------------------------------------------------------------
     @contextlib.contextmanager

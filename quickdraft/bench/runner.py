@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..check import check_against_ar
 from ..errors import QuickdraftError
 from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from ..proposers import uses_draft_model
 from .metrics import geometric_mean, sample_key, summarize, with_speedups
 from .tasks import BenchPrompt, load_tasks
 
@@ -45,7 +46,7 @@ class BenchConfig:
     peer_limit: int = 2
     controller: str = "fixed"
     backend: str = "llamacpp"  # or "torch" (transformers), with its dtype
-    dtype: str = "float32"
+    dtype: str = "bfloat16"
     heads: str | None = None  # trained heads for medusa/eagle (a directory, or one holding medusa/ and eagle/)
 
     def __post_init__(self) -> None:
@@ -157,7 +158,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     console = console or Console()
     prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
     results = Results.start(out, config, resume=resume, overwrite=overwrite)
-    engine = load(config.target, config.draft if "draft" in config.methods else None, method="ar",
+    engine = load(config.target, config.draft if any(map(uses_draft_model, config.methods)) else None, method="ar",
                   num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller,
                   backend=config.backend, dtype=config.dtype, heads=config.heads)
     for method in config.methods:
@@ -167,7 +168,8 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     try:
         with progress_bar(console) as progress:
             if results.doc["calibration"] is None:
-                draft = engine.proposer("draft").model if "draft" in config.methods else None
+                drafting = [m for m in config.methods if uses_draft_model(m)]
+                draft = engine.proposer(drafting[0]).model if drafting else None
                 results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress)
                 results.save()
             _run_prompts(engine, prompts, config, results, progress, units)

@@ -1,6 +1,6 @@
 """Proposers register themselves by method name on import."""
 
 from . import draft_model, heads, layerskip, ngram  # noqa: F401  (registration)
-from .base import PROPOSERS, NoProposer, Proposer, create, register
+from .base import PROPOSERS, NoProposer, Proposer, create, register, tree_variant, uses_draft_model
 
-__all__ = ["PROPOSERS", "NoProposer", "Proposer", "create", "register"]
+__all__ = ["PROPOSERS", "NoProposer", "Proposer", "create", "register", "tree_variant", "uses_draft_model"]

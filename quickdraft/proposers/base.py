@@ -44,6 +44,22 @@ def register(name: str):
     return add
 
 
+def uses_draft_model(method: str) -> bool:
+    """Whether ``method``'s proposer needs a draft model (its class sets ``needs_draft_model``)."""
+    return getattr(PROPOSERS.get(method), "needs_draft_model", False)
+
+
+def tree_variant(method: str) -> str:
+    """The method that drafts token trees the way ``method`` drafts chains: ``draft`` ->
+    ``draft-tree`` (a tree method maps to itself)."""
+    if method.endswith("-tree") and method in PROPOSERS:
+        return method
+    if f"{method}-tree" not in PROPOSERS:
+        trees = sorted(m for m in PROPOSERS if m.endswith("-tree"))
+        raise QuickdraftError(f"method {method!r} has no tree variant; tree methods: {', '.join(trees)}")
+    return f"{method}-tree"
+
+
 def create(method: str, **options) -> Proposer:
     """Build the proposer registered under ``method``."""
     try:

@@ -28,9 +28,11 @@ class DraftModelProposer:
     prefix (``Backend.prefill``), which is the rollback after a rejection.
     """
 
+    needs_draft_model = True
+
     def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, **_: object) -> None:
         if not draft:
-            raise QuickdraftError("method 'draft' needs a draft model (--draft NAME or PATH)")
+            raise QuickdraftError(f"method {self.name!r} needs a draft model (--draft NAME or PATH)")
         if not 0.0 <= min_confidence < 1.0:
             raise InvalidParameterError(f"min_confidence must be in [0, 1), got {min_confidence}")
         self.model = target.sibling(draft)

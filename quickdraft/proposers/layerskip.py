@@ -11,9 +11,11 @@ Choosing the layers (``choose_layers``, a short search on the current prompt, in
 2. For a few skip fractions (``fractions`` of all layers), skip that many least-influential
    layers, replay the window through the rest and measure agreement ``a``: the share of positions
    whose argmax equals the full model's.
-3. Keep the candidate with the best estimated speedup for ``num_draft``-token drafts:
+3. Keep the candidate and draft length k <= ``num_draft`` with the best estimated speedup,
    ``expected_tokens(a, k) / (1 + k * kept / n_layers)`` (a verify forward costs about one step
    on this backend, each draft token the kept share of one), or no drafting when none beats 1.
+   With the agreement a small model reaches (about 0.65-0.7 with 20-50% of the 28 layers of
+   Qwen2.5-Coder 1.5B skipped), short drafts win.
 
 Drafting runs ``TorchBackend.forward_layers`` from the pending token; the skipped layers' cache
 is not touched and the kept layers' draft rows are dropped before the target verifies.
@@ -31,7 +33,7 @@ from ..types import Acceptance, Draft
 from .base import register
 from .draft_model import draft_chain
 
-FRACTIONS = (0.2, 0.3, 0.4, 0.5)
+FRACTIONS = (0.2, 0.35, 0.5, 0.65)
 
 
 def expected_tokens(agreement: float, k: int) -> float:
@@ -58,22 +60,25 @@ def influence_order(states: np.ndarray) -> list[int]:
     return sorted(middle, key=lambda i: influence[i])
 
 
-def choose_layers(target, window: int, k: int, fractions: Sequence[float] = FRACTIONS) -> tuple[list[int] | None, dict]:
-    """The layers to draft with (sorted, or None: do not draft) and a report of the search."""
+def choose_layers(target, window: int, k: int, fractions: Sequence[float] = FRACTIONS
+                  ) -> tuple[list[int] | None, int, dict]:
+    """The layers to draft with (sorted, or None: do not draft), the draft length (<= k) and a
+    report of the search."""
     n_layers = len(target.decoder.layers)
     full, states = target.replay(window, layer_states=True)
     reference = full.argmax(-1)
     order = influence_order(states.float().cpu().numpy())
-    best, best_gain, tried = None, 1.0, []
+    best, best_k, best_gain, tried = None, 0, 1.0, []
     for fraction in fractions:
         skip = set(order[:max(1, round(fraction * n_layers))])
         layers = [i for i in range(n_layers) if i not in skip]
         agreement = float((target.replay(window, layers).argmax(-1) == reference).mean())
-        gain = estimated_speedup(agreement, len(layers), n_layers, k)
-        tried.append({"skipped": sorted(skip), "agreement": round(agreement, 3), "estimated_speedup": round(gain, 3)})
+        gain, length = max((estimated_speedup(agreement, len(layers), n_layers, j), j) for j in range(1, k + 1))
+        tried.append({"skipped": sorted(skip), "agreement": round(agreement, 3), "num_draft": length,
+                      "estimated_speedup": round(gain, 3)})
         if gain > best_gain:
-            best, best_gain = layers, gain
-    return best, {"window": window, "candidates": tried, "layers": best}
+            best, best_k, best_gain = layers, length, gain
+    return best, best_k, {"window": window, "candidates": tried, "layers": best, "num_draft": best_k}
 
 
 @register("layerskip")
@@ -101,6 +106,7 @@ class LayerSkipProposer:
                                       f"0..{n_layers - 1}; layer 0 always runs)")
         self.fixed = None if skip_layers is None else [i for i in range(n_layers) if i not in set(skip_layers)]
         self.layers: list[int] | None = self.fixed
+        self.length = num_draft  # draft at most this many tokens (the search may shorten it)
         self.search: dict = {}
 
     def begin(self, prompt: Sequence[int]) -> None:
@@ -110,10 +116,11 @@ class LayerSkipProposer:
         if window < 2:
             self.layers, self.search = None, {"window": window, "candidates": [], "layers": None}
             return
-        self.layers, self.search = choose_layers(self.target, window, self.k)
+        self.layers, self.length, self.search = choose_layers(self.target, window, self.k)
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
+        budget = min(budget, self.length)
         if budget <= 0 or self.layers is None:
             return Draft()
         target = self.target

@@ -94,7 +94,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_engine):
     assert a.token_ids == b.token_ids
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram"])
+@pytest.mark.parametrize("method", ["draft", "ngram", "draft-tree", "ngram-tree"])
 def test_sampled_output_follows_the_target_distribution(tiny_engine, method):
     """Joint distribution of the first two tokens, speculative sampling vs the exact target p.
 

@@ -26,7 +26,7 @@ def hf_pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(hf_pair):
     # one thread: tiny matrices gain nothing from two, and on a busy machine two spin and wait
-    return TorchBackend(hf_pair[0], n_ctx=512, n_threads=1)
+    return TorchBackend(hf_pair[0], n_ctx=512, n_threads=1, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,20 @@ def test_keep_leaves_the_path_in_the_cache(backend):
     np.testing.assert_allclose(after_keep, backend.forward([33, 34]), atol=ATOL)
 
 
+def test_extend_tree_equals_evaluating_the_whole_tree_at_once(backend):
+    context = ids(backend)
+    tokens, parents = [40, 50, 60, 70, 80, 90], [-1, 0, 0, 1, 2, 4]
+    backend.prefill(context)
+    whole = backend.forward_tree(tokens, parents)
+    backend.keep([0])
+    backend.prefill(context)
+    first = backend.forward_tree(tokens[:3], parents[:3])
+    rest = backend.extend_tree(tokens[3:], parents[3:])
+    np.testing.assert_allclose(np.concatenate([first, rest]), whole, atol=ATOL)
+    backend.keep([0, 2, 4, 5])
+    assert backend.tokens == context + [40, 60, 80, 90]
+
+
 def test_all_layers_reproduce_the_full_forward_and_partial_rows_are_dropped(backend):
     context = ids(backend)
     n_layers = len(backend.decoder.layers)
@@ -138,7 +152,7 @@ def test_replay_equals_the_original_predictions_and_leaves_the_cache(backend):
     assert all(layer.get_seq_length() == len(context) for layer in backend.cache.layers)
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram", "layerskip"])
+@pytest.mark.parametrize("method", ["draft", "ngram", "layerskip", "draft-tree", "ngram-tree"])
 @pytest.mark.parametrize("num_draft", [1, 3, 6])
 def test_greedy_speculative_equals_ar_token_for_token(engine, method, num_draft):
     drafted = accepted = 0
@@ -196,3 +210,45 @@ def test_bad_options_give_clear_errors(hf_pair):
         TorchBackend(hf_pair[0], dtype="int8")
     with pytest.raises(QuickdraftError):
         TorchBackend(hf_pair[0].parent / "missing")
+
+
+def test_cli_generate_with_the_torch_backend(hf_pair):
+    import json
+
+    from typer.testing import CliRunner
+
+    from quickdraft.cli import app
+
+    target, draft = hf_pair
+    for method in ("draft", "layerskip"):
+        result = CliRunner().invoke(app, ["generate", "def add(a, b):", "--backend", "torch", "--dtype", "float32",
+                                          "--threads", "1", "--target", str(target), "--draft", str(draft),
+                                          "--method", method, "-n", "16", "--json", "--check"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        assert out["check"]["result"] == "exact" and out["stats"]["generated_tokens"] == 16
+
+
+def test_bench_runs_torch_methods(tmp_path, hf_pair):
+    from quickdraft.bench.runner import BenchConfig, run_bench
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hello world hello world"}\n')
+    config = BenchConfig(target=str(hf_pair[0]), draft=str(hf_pair[1]), tasks=(), data=(str(prompts),),
+                         methods=("ar", "draft", "layerskip"), max_tokens=12, backend="torch", dtype="float32")
+    results = run_bench(config, tmp_path / "out")
+    samples = results["samples"]
+    assert {s["method"] for s in samples} == {"ar", "draft", "layerskip"}
+    assert all(s["check"]["result"] == "exact" for s in samples if s["method"] != "ar")
+    assert results["config"]["backend"] == "torch"
+
+
+def test_without_torch_the_error_names_the_extra(monkeypatch, hf_pair):
+    import sys
+
+    import quickdraft
+
+    monkeypatch.delitem(sys.modules, "quickdraft.backends.torch_hf", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # what a missing package looks like to import
+    with pytest.raises(QuickdraftError, match=r"quickdraft\[torch\]"):
+        quickdraft.load(str(hf_pair[0]), None, backend="torch")
