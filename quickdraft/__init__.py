@@ -41,8 +41,9 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     ``backend="torch"`` runs the models with transformers instead (``pip install
     'quickdraft[torch]'``): ``target``/``draft`` are then transformers model directories or GGUF
     files (dequantized on load), in ``dtype`` ("float32", "bfloat16", "float16") on ``device``
-    (default: cuda when present); it adds the ``layerskip`` method. ``proposer_options`` go to
-    the proposers (e.g. ``skip_layers=[...]`` for layerskip).
+    (default: cuda when present); it adds the ``layerskip``, ``medusa`` and ``eagle`` methods.
+    ``proposer_options`` go to the proposers (e.g. ``skip_layers=[...]`` for layerskip,
+    ``heads=DIR`` for medusa and eagle: heads made by ``quickdraft train``).
     """
     from .calibrate import relative_cost
 

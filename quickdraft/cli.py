@@ -1,4 +1,4 @@
-"""The ``quickdraft`` command: generate | models (bench, calibrate and serve live in their modules)."""
+"""The ``quickdraft`` command: generate | models | bench | calibrate | serve | train."""
 
 from __future__ import annotations
 
@@ -53,17 +53,18 @@ BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fas
                           "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
 DtypeOpt = typer.Option("bfloat16", "--dtype", help="torch backend: bfloat16 (fast on AVX-512 BF16 and GPUs) | float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
+Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
 
 
 def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", tree=False, backend="llamacpp", dtype="bfloat16", device=None):
+                controller="fixed", tree=False, backend="llamacpp", dtype="bfloat16", device=None, heads=None):
     from . import load
     from .proposers import tree_variant
 
     method = tree_variant(method or "draft") if tree else method
     return load(target, None if draft.lower() == "none" else draft, method=method, num_draft=num_draft,
                 min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device)
+                chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device, heads=heads)
 
 
 @app.command()
@@ -82,10 +83,11 @@ def generate(
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
     backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    heads: Optional[str] = Heads,
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller, tree, backend, dtype, device)
+                         controller, tree, backend, dtype, device, heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -164,6 +166,7 @@ def bench(
     peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
     backend: str = BackendOpt, dtype: str = DtypeOpt,
+    heads: Optional[str] = Heads,
 ):
     """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
@@ -175,7 +178,8 @@ def bench(
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
-                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype)
+                         peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype,
+                         heads=heads)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:
@@ -244,6 +248,7 @@ def serve(
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
     backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    heads: Optional[str] = Heads,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     try:
@@ -251,7 +256,7 @@ def serve(
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
     engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, tree=tree,
-                         backend=backend, dtype=dtype, device=device)
+                         backend=backend, dtype=dtype, device=device, heads=heads)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
@@ -259,6 +264,52 @@ def serve(
     err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
     run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout,
                    default_max_tokens=default_max_tokens), host=host, port=port)
+
+
+@app.command()
+@friendly
+def train(
+    kind: str = typer.Argument(..., help="medusa | eagle"),
+    target: str = typer.Option(models.DEFAULT_TARGET, "--target", "-m",
+                               help="Target: bundled name, .gguf path (dequantized) or transformers directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Heads directory (default: ~/.cache/quickdraft/heads/KIND)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="A text file or a directory of text files "
+                                          "(default: the Python standard library's .py files)."),
+    minutes: float = typer.Option(20.0, "--minutes", help="Time budget for hidden states and training together."),
+    collect_share: float = typer.Option(0.5, "--collect-share", help="At most this part of the budget computes new hidden states."),
+    max_chunks: int = typer.Option(400, "--max-chunks", help="Corpus chunks to run through the target at most."),
+    chunk: int = typer.Option(512, "--chunk", help="Tokens per corpus chunk."),
+    draft_vocab: int = typer.Option(16384, "--draft-vocab", help="Draft only the (at most) N most frequent tokens of the target's predictions on the corpus (0 = all)."),
+    num_heads: int = typer.Option(4, "--num-heads", help="Medusa heads (tokens drafted per step)."),
+    intermediate_size: Optional[int] = typer.Option(None, "--intermediate-size",
+                                                    help="EAGLE's MLP width (default: the target's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 Medusa, 3e-4 EAGLE)."),
+    dtype: str = typer.Option("bfloat16", "--backend-dtype", "--dtype", help="The target's dtype: bfloat16 | float32."),
+    threads: Optional[int] = Threads,
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where hidden states are cached "
+                                             "(default: ~/.cache/quickdraft/hidden)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (same budget in total)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the heads in --out."),
+):
+    """Train Medusa or EAGLE draft heads on the frozen target (torch backend; use them with --heads DIR)."""
+    if kind not in ("medusa", "eagle"):
+        raise QuickdraftError(f"train what? choose medusa or eagle, not {kind!r}")
+    try:
+        from .backends.torch_hf import TorchBackend
+        from .heads.train import TrainOptions, train_head
+    except ImportError as e:
+        raise QuickdraftError(f"training heads needs the torch extra: pip install 'quickdraft[torch]' ({e})") from None
+    out = out or models.cache_dir() / "heads" / kind
+    err.print(f"loading {target} ({dtype}) ...", highlight=False)
+    backend = TorchBackend(target, dtype=dtype, n_threads=threads)
+    options = TrainOptions(minutes=minutes, collect_share=collect_share, max_chunks=max_chunks, chunk=chunk,
+                           draft_vocab=draft_vocab, num_heads=num_heads, intermediate_size=intermediate_size, lr=lr,
+                           resume=resume, overwrite=overwrite)
+    config = train_head(kind, backend.model, backend.tokenize, out, corpus=corpus, cache_root=cache_dir,
+                        options=options, console=err)
+    t = config.training
+    err.print(f"saved {kind} heads to {out}: {t['tokens']:,} training tokens, {t['steps']} steps, "
+              f"{t['minutes']} min, held-out top-1 accuracy per head {t['held_out_accuracy']}", highlight=False)
 
 
 def main() -> None:

@@ -23,3 +23,7 @@ class EngineBusyError(QuickdraftError):
 
 class InvalidParameterError(QuickdraftError, ValueError):
     """A sampling or generation parameter outside its valid range."""
+
+
+class HeadsMismatchError(QuickdraftError):
+    """Trained draft heads (Medusa, EAGLE) loaded on a target they were not trained on."""

@@ -118,6 +118,7 @@ class TorchBackend:
             common = min(common, len(tokens) - 1)
         self.rollback(common)
         if common == len(tokens):
+            self.last_hidden = self.last_hidden[:0] if self.last_hidden is not None else None  # nothing evaluated
             return None
         hidden = self._run(list(tokens[common:]))
         return self._logits(hidden[-1:])[0] if last_logits else None

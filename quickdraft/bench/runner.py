@@ -47,6 +47,7 @@ class BenchConfig:
     controller: str = "fixed"
     backend: str = "llamacpp"  # or "torch" (transformers), with its dtype
     dtype: str = "bfloat16"
+    heads: str | None = None  # trained heads for medusa/eagle (a directory, or one holding medusa/ and eagle/)
 
     def __post_init__(self) -> None:
         if "ar" not in self.methods:  # the baseline every speedup is measured against
@@ -160,7 +161,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     results = Results.start(out, config, resume=resume, overwrite=overwrite)
     engine = load(config.target, config.draft if any(map(uses_draft_model, config.methods)) else None, method="ar",
                   num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller,
-                  backend=config.backend, dtype=config.dtype)
+                  backend=config.backend, dtype=config.dtype, heads=config.heads)
     for method in config.methods:
         engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
     units: list[tuple[BenchPrompt, int, list[dict]]] = []

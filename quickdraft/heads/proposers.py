@@ -1,0 +1,252 @@
+"""Medusa and EAGLE proposers: draft from the target's own hidden states (torch backend).
+
+Which hidden state. The engine keeps one pending token (the last emitted, not yet in the
+target's cache) and feeds ``[pending, *draft]``; row i of ``target.last_hidden`` is the final
+hidden state after input i. After verification the cache keeps the root (pending) and the
+accepted nodes, ``acceptance.kept_nodes()``, and their rows are the true features of the new
+cache positions. The last of them is the hidden state whose LM-head token is the *new* pending
+token (the bonus or recovered token), so it is the Medusa anchor: head k on it drafts the
+(k+1)-th token after the pending one. EAGLE appends all of them to its own context.
+
+Drafts are deterministic (top-1 per position, ``q = None``), so the verifiers treat them as
+point masses and the output stays lossless at any temperature.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..backends.base import common_prefix
+from ..errors import InvalidParameterError, QuickdraftError
+from ..sampling import SamplingParams
+from ..tree import best_subtree
+from ..types import Acceptance, Draft
+from . import load_for_target
+from .eagle import KVCache
+
+
+def _check_backend(target, method: str) -> None:
+    if not all(hasattr(target, a) for a in ("last_hidden", "model", "lm_head")):
+        raise QuickdraftError(f"method '{method}' reads the target's hidden states: use the torch backend "
+                              "(--backend torch)")
+
+
+def prompt_features(target, prompt: Sequence[int], start: int) -> torch.Tensor:
+    """The target's final hidden states for prompt positions ``start .. m - 1`` [m - start, H],
+    called right after the engine's ``target.prefill(prompt[:-1])`` (m = len(prompt) - 1).
+
+    The prefill leaves the rows of the positions it evaluated in ``last_hidden`` (the trailing
+    ones: a cached prefix is not evaluated again). Rows it did not evaluate are recomputed by
+    rolling the target back to ``start`` and prefilling again.
+    """
+    m = len(prompt) - 1
+    start = max(0, start)
+    if start >= m:
+        return torch.empty(0, target.model.config.hidden_size)
+    rows = target.last_hidden
+    if rows is None or len(rows) < m - start or list(target.tokens) != list(prompt[:-1]):
+        target.rollback(min(start, len(target.tokens)))
+        target.prefill(prompt[:-1])
+        rows = target.last_hidden
+    return rows[len(rows) - (m - start):]
+
+
+class MedusaProposer:
+    """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring)."""
+
+    def __init__(self, target, heads: str | None = None, **_: object) -> None:
+        _check_backend(target, "medusa")
+        self.target = target
+        self.head, self.vocab, self.config = load_for_target(heads, "medusa", target.model, target.lm_head)
+        self.anchor: torch.Tensor | None = None  # [H] hidden state of the last cached position
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        rows = prompt_features(self.target, prompt, len(prompt) - 2)
+        self.anchor = rows[-1] if len(rows) else None
+
+    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
+                rng: np.random.Generator) -> Draft:
+        if self.anchor is None or budget <= 0:
+            return Draft()
+        with torch.no_grad():
+            features = self.head(self.anchor)[:budget]  # [k, H]
+            tokens = self.vocab.to_full(self.vocab.logits(features).argmax(-1))
+        return Draft(tuple(int(t) for t in tokens))
+
+    def observe(self, acceptance: Acceptance) -> None:
+        self.anchor = self.target.last_hidden[acceptance.kept_nodes()[-1]]
+
+
+class EagleProposer:
+    """EAGLE drafting: the head reads the target's true features of the whole context (its own
+    KV cache), then extrapolates token by token from its own guesses (see heads/eagle.py).
+
+    State: the head's cache holds positions ``0 .. fed - 1`` (true features only; draft
+    positions are cropped after each proposal) and ``pending`` [P, H] holds the true features of
+    positions ``fed .. fed + P - 1`` not yet fed (feeding position t needs token x_{t+1}).
+    ``seen`` are the tokens the cache entries read (entry t read x_0..x_{t+1}), so a new prompt
+    that extends an earlier conversation reuses the entries of the common prefix.
+    """
+
+    def __init__(self, target, heads: str | None = None, **_: object) -> None:
+        _check_backend(target, "eagle")
+        self.target = target
+        self.head, self.vocab, self.config = load_for_target(heads, "eagle", target.model, target.lm_head)
+        self.embed = target.model.get_input_embeddings()
+        self.cache, self.pending, self.seen = KVCache(), None, []
+
+    @property
+    def fed(self) -> int:
+        return len(self.cache)
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.cache.crop(max(0, min(self.fed, common_prefix(self.seen, prompt) - 1)))
+        self.pending = prompt_features(self.target, prompt, self.fed)
+
+    def _feed(self, features: torch.Tensor, next_tokens: Sequence[int], start: int) -> torch.Tensor:
+        """Run the head on features [T, H] at positions start.. with the tokens that follow them;
+        return its guess of the feature after the last one [H]."""
+        ids = torch.as_tensor([list(next_tokens)], device=features.device)
+        positions = torch.arange(start, start + len(features), device=features.device)
+        out = self.head(features[None].to(self.vocab.weight.dtype), self.embed(ids), positions, self.cache)
+        return out[0, -1]
+
+    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
+                rng: np.random.Generator) -> Draft:
+        m = len(context) - 1  # position of the pending token
+        if budget <= 0 or self.pending is None or not len(self.pending):
+            return Draft()
+        assert self.fed + len(self.pending) == m, (self.fed, len(self.pending), m)
+        tokens: list[int] = []
+        with torch.no_grad():
+            guess = self._feed(self.pending, context[self.fed + 1:m + 1], self.fed)  # guess of f_m
+            self.pending = self.pending[:0]
+            while True:
+                tokens.append(int(self.vocab.to_full(self.vocab.logits(guess).argmax(-1))))
+                if len(tokens) == budget:
+                    break
+                guess = self._feed(guess[None], tokens[-1:], m + len(tokens) - 1)
+        self.cache.crop(m)  # forget the draft positions: their features were guesses
+        self.seen = list(context)
+        return Draft(tuple(tokens))
+
+    def observe(self, acceptance: Acceptance) -> None:
+        rows = self.target.last_hidden[list(acceptance.kept_nodes())]
+        self.pending = rows if self.pending is None else torch.cat([self.pending, rows])
+
+
+def grow_tree(children: Callable[[list[int], int], tuple[torch.Tensor, torch.Tensor]], budget: int, width: int,
+              max_depth: int) -> Draft:
+    """A draft tree grown level by level, EAGLE-2 style, then cut to the ``budget`` best nodes.
+
+    ``children(frontier, depth)`` gives, for each frontier candidate (-1 is the root), its
+    ``width`` best next tokens and their log-probabilities, two tensors [F, width]. Each level
+    expands the ``width`` newest candidates with the highest cumulative log-probability, and
+    only those that can still be among the ``budget`` best (a child never scores above its
+    parent). The result keeps the ``budget`` best candidates (``best_subtree``); it is
+    deterministic given the context (top-k children), so ``q`` is None.
+
+    Example: width 2, budget 3, root children a (-0.1), b (-2.0); a's children c (-0.2 in all),
+    d (-3.1) -> nodes a, c, b: tokens (a, b, c), parents (0, 0, 1).
+    """
+    tokens: list[int] = []
+    scores: list[float] = []
+    parents: list[int] = []
+    frontier = [-1]
+    for depth in range(1, max_depth + 1):
+        newest = len(tokens)
+        ids, logp = children(frontier, depth)
+        for c, row_ids, row_logp in zip(frontier, ids.tolist(), logp.tolist()):
+            for token, lp in zip(row_ids, row_logp):
+                tokens.append(int(token))
+                scores.append((scores[c] if c >= 0 else 0.0) + lp)
+                parents.append(c)
+        cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
+        level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:width]
+        frontier = sorted(c for c in level if scores[c] > cut)
+        if not frontier:
+            break
+    kept, tree = best_subtree(scores, parents, budget)
+    return Draft(tuple(tokens[c] for c in kept), None, parents=tree)
+
+
+def _top(vocab, logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``width`` best full token ids and their log-probabilities: logits [F, Vd] -> 2 x [F, width]."""
+    logp, index = torch.log_softmax(logits.float(), -1).topk(width, dim=-1)
+    return vocab.to_full(index), logp
+
+
+def _check_width(tree_width: int) -> int:
+    if tree_width < 1:
+        raise InvalidParameterError(f"tree_width must be >= 1, got {tree_width}")
+    return tree_width
+
+
+class MedusaTreeProposer(MedusaProposer):
+    """Medusa's tree: the Cartesian product of each head's top ``tree_width`` tokens, pruned to
+    the ``budget`` nodes of highest joint probability (the heads' probabilities multiplied)."""
+
+    def __init__(self, target, heads: str | None = None, tree_width: int = 3, **options: object) -> None:
+        super().__init__(target, heads, **options)
+        self.tree_width = _check_width(tree_width)
+
+    def propose(self, context, budget, sampling, rng) -> Draft:
+        if self.anchor is None or budget <= 0:
+            return Draft()
+        with torch.no_grad():
+            ids, logp = _top(self.vocab, self.vocab.logits(self.head(self.anchor)), self.tree_width)  # [K, w]
+
+        def children(frontier, depth):  # every node of a depth shares head depth - 1's guesses
+            return ids[depth - 1].expand(len(frontier), -1), logp[depth - 1].expand(len(frontier), -1)
+
+        return grow_tree(children, budget, self.tree_width, self.head.num_heads)
+
+
+class EagleTreeProposer(EagleProposer):
+    """EAGLE-2's dynamic tree: each level runs the head once on the best ``tree_width`` frontier
+    nodes (a tree attention mask over its cache), each node proposing its ``tree_width`` most
+    likely next tokens; the ``budget`` best nodes by cumulative probability form the draft."""
+
+    def __init__(self, target, heads: str | None = None, tree_width: int = 3, **options: object) -> None:
+        super().__init__(target, heads, **options)
+        self.tree_width = _check_width(tree_width)
+
+    def propose(self, context, budget, sampling, rng) -> Draft:
+        m = len(context) - 1
+        if budget <= 0 or self.pending is None or not len(self.pending):
+            return Draft()
+        with torch.no_grad():
+            root_guess = self._feed(self.pending, context[self.fed + 1:m + 1], self.fed)  # guess of f_m
+            self.pending = self.pending[:0]
+            guess = {-1: root_guess}  # candidate -> its guess of the next feature
+            entries: dict[int, list[int]] = {-1: []}  # candidate -> cache entries of it and its ancestors
+            tokens: list[int] = []
+            parents: list[int] = []
+
+            def children(frontier, depth):
+                if depth > 1:  # expand: feed (parent's guess, token) of each frontier node at once
+                    start = len(self.cache)
+                    mask = torch.zeros(len(frontier), start + len(frontier), dtype=torch.bool)
+                    mask[:, :m] = True
+                    for j, c in enumerate(frontier):
+                        entries[c] = entries[parents[c]] + [start + j]
+                        mask[j, entries[c]] = True
+                    features = torch.stack([guess[parents[c]] for c in frontier])[None]
+                    ids = torch.as_tensor([[tokens[c] for c in frontier]], device=features.device)
+                    positions = torch.full((len(frontier),), m + depth - 2, device=features.device)
+                    out = self.head(features, self.embed(ids), positions, self.cache, mask.to(features.device))[0]
+                    guess.update(zip(frontier, out))
+                rows = torch.stack([guess[c] for c in frontier])
+                ids, logp = _top(self.vocab, self.vocab.logits(rows), self.tree_width)
+                for c, row in zip(frontier, ids.tolist()):
+                    tokens.extend(row)
+                    parents.extend([c] * len(row))
+                return ids, logp
+
+            draft = grow_tree(children, budget, self.tree_width, budget)
+        self.cache.crop(m)
+        self.seen = list(context)
+        return draft
