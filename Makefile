@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 # llama-cpp-python is built from source. Its default (GGML_NATIVE) build enables the AMX kernels,
-# which crash in ggml_backend_amx_mul_mat on these Sapphire-Rapids-class CPUs (upstream llama.cpp
-# issue 20824), so we build AVX-512 explicitly without AMX. pip may hold a wheel of the same
+# which crash in ggml_backend_amx_mul_mat on the Sapphire-Rapids-class CPUs some of our machines
+# have (upstream llama.cpp issue 20824), so we build AVX-512 explicitly without AMX (the AMD EPYC
+# machines have no AMX anyway). pip may hold a wheel of the same
 # version built with other flags, so the build never reads or writes pip's cache.
 LLAMA_VERSION    := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON

@@ -50,20 +50,25 @@ class AutoProposer:
     def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0,
                  relative_cost: Sequence[float] | None = None, max_draft: int = 16, **options) -> None:
         self.suffix = SuffixProposer(**options)
-        self.model = DraftModelProposer(target, draft, min_confidence) if draft else None
+        self.drafter = DraftModelProposer(target, draft, min_confidence) if draft else None
         self.cost = ForwardCost(max_draft, relative_cost)
         self.control = {name: AdaptiveBudget(max_k=max_draft, cost=self.cost, positional=False, prior_accept=prior)
                         for name, _, prior in SUFFIX_CLASSES}
-        if self.model:
+        if self.drafter:
             self.control["draft"] = AdaptiveBudget(max_k=max_draft, cost=self.cost)
         self.decisions: dict[str, int] = {}
         self._source, self._draft_time, self._proposed_at = "plain", 0.0, None
         self.clock = time.perf_counter
 
+    @property
+    def model(self):
+        """The draft model's backend, or None (as ``DraftModelProposer.model``)."""
+        return self.drafter.model if self.drafter else None
+
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
-        if self.model:
-            self.model.begin(prompt)
+        if self.drafter:
+            self.drafter.begin(prompt)
         self.decisions = {}
 
     def plan(self, context: Sequence[int], budget: int) -> tuple[str, int, list[int]]:
@@ -79,7 +84,7 @@ class AutoProposer:
                 k, rate = min(control.probe, len(candidate.tokens)), float("inf")
             if k and rate > best[2]:
                 best = (match_strength(match), k, rate)
-        if self.model:
+        if self.drafter:
             k, rate = self.control["draft"].plan()
             if k and rate > best[2]:
                 best = ("draft", min(k, budget), rate)
@@ -92,7 +97,7 @@ class AutoProposer:
         if self._source in self.control:
             self.control[self._source].decide(k)
         if self._source == "draft":
-            draft = self.model.propose(context, k, sampling, rng)
+            draft = self.drafter.propose(context, k, sampling, rng)
         else:
             draft = Draft(tuple(suffix_tokens[:k]))
         self.decisions[self._source] = self.decisions.get(self._source, 0) + 1

@@ -21,22 +21,23 @@ def prompts_file(tmp_path):
     return path
 
 
-def config_for(tiny_pair, prompts_file, **kw):
+def config_for(tiny_pair, prompts_file, methods=("draft", "ngram"), **kw):
     return BenchConfig(target=str(tiny_pair[0]), draft=str(tiny_pair[1]), tasks=(), data=(str(prompts_file),),
-                       methods=("draft", "ngram"), max_tokens=16, limit=None, repeat=2, **kw)
+                       methods=methods, max_tokens=16, limit=None, repeat=2, **kw)
 
 
 def test_bench_end_to_end(tiny_pair, prompts_file, tmp_path):
     out = tmp_path / "out"
-    results = run_bench(config_for(tiny_pair, prompts_file), out)
+    # auto first: the calibration must still find the draft model's backend behind it
+    results = run_bench(config_for(tiny_pair, prompts_file, methods=("auto", "draft", "ngram")), out)
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "speedup.png",
                                                "accepted_length.png", "acceptance_by_position.png",
                                                "verify_cost.png"}
     on_disk = json.loads((out / "results.json").read_text())
     samples = on_disk["samples"]
-    # 3 prompt-turns (one two-turn question) x 2 repeats x 3 methods (ar added automatically)
-    assert len(samples) == 3 * 2 * 3
-    assert {s["method"] for s in samples} == {"ar", "draft", "ngram"}
+    # 3 prompt-turns (one two-turn question) x 2 repeats x 4 methods (ar added automatically)
+    assert len(samples) == 3 * 2 * 4
+    assert {s["method"] for s in samples} == {"ar", "auto", "draft", "ngram"}
     for s in samples:
         ar = next(a for a in samples if a["method"] == "ar" and
                   (a["prompt_id"], a["turn"], a["repeat"]) == (s["prompt_id"], s["turn"], s["repeat"]))
@@ -46,7 +47,7 @@ def test_bench_end_to_end(tiny_pair, prompts_file, tmp_path):
             assert s["check"]["result"] == "exact"  # greedy, tiny models: token for token
             assert s["token_ids"] == ar["token_ids"]
     rows = on_disk["summary"]
-    assert {(r["task"], r["method"]) for r in rows} == {("mine", m) for m in ("ar", "draft", "ngram")}
+    assert {(r["task"], r["method"]) for r in rows} == {("mine", m) for m in ("ar", "auto", "draft", "ngram")}
     assert all(SUMMARY_KEYS <= set(r) for r in rows)
     assert on_disk["calibration"]["target"]["k"] == list(range(1, 17))
     assert results["summary"] == rows

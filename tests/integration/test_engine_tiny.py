@@ -1,5 +1,7 @@
 """The engine on tiny real llama.cpp models: losslessness, streaming, stopping, rollback."""
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy.stats import chisquare
@@ -95,6 +97,13 @@ def test_sampling_is_reproducible_with_a_seed(tiny_engine):
     assert a.token_ids == b.token_ids
 
 
+class FlatCostBudget(AdaptiveBudget):
+    """The adaptive controller fed synthetic costs: a flat verifier (40 ms) and 1 ms drafts."""
+
+    def observe(self, acceptance, draft_time, verify_time, own_step=True):
+        super().observe(acceptance, 0.001 * acceptance.drafted, 0.04, own_step)
+
+
 @pytest.mark.parametrize("method, controller", [("draft", "fixed"), ("ngram", "fixed"), ("draft", "adaptive"),
                                                 ("auto", "fixed"), ("draft-tree", "fixed"), ("ngram-tree", "fixed")])
 def test_sampled_output_follows_the_target_distribution(tiny_engine, method, controller):
@@ -116,12 +125,14 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
             exact[(int(a), int(b))] = p0[a] * p1[b]
     draws = 1500
     counts, drafted = dict.fromkeys(exact, 0), 0
-    if controller == "adaptive":  # probing after every plain step keeps it drafting whatever the timings
-        controller = AdaptiveBudget(max_k=3, probe_every=1)
-    if method == "auto":  # the same for each of auto's sources (a fresh proposer, so no state leaks)
+    # The budgets must follow the acceptance history, not this machine's timings: the adaptive
+    # controller and auto (a fresh one, so no state leaks) see a flat verifier with cheap drafts.
+    if controller == "adaptive":
+        controller = FlatCostBudget(max_k=3)
+    if method == "auto":
         tiny_engine._proposers.pop("auto", None)
-        for source in tiny_engine.proposer("auto").control.values():
-            source.probe_every = source._interval = 1
+        calls = itertools.count()  # per step: propose start, propose end, observe -> 0, 0, +10 ms
+        tiny_engine.proposer("auto").clock = lambda: 0.01 * ((next(calls) + 1) // 3)
     for seed in range(draws):
         out = tiny_engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
                                    num_draft=3, controller=controller)
