@@ -33,8 +33,10 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The tests cover the torch backend too (tiny models), so the dev install takes the torch extra:
+# torch==2.13.0, the CPU build (a bare `torch` would pull a multi-GB CUDA build).
 $(VENV)/.installed-dev: pyproject.toml $(LLAMA_STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,server]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,server,torch]"
 	touch $@
 
 install: $(VENV)/.installed
