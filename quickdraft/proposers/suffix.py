@@ -98,9 +98,9 @@ class SuffixTrie:
     def continuation(self, context: Sequence[int], budget: int,
                      length_per_match: float = 1.0) -> tuple[list[int], list[float], int]:
         """Most frequent continuation of the longest match: (tokens, the empirical probability
-        of each token given the ones before, the length of the match it continues). Up to ``budget`` tokens and at
-        most ``length_per_match`` per matched token; when the trie's depth runs out it matches
-        again on the context extended by the draft so far.
+        of each token given the ones before, the length of the match it continues). Up to
+        ``budget`` tokens and at most ``length_per_match`` per matched token; when the trie's
+        depth runs out it matches again on the context extended by the draft so far.
 
         Example: after adding [1, 2, 3, 1, 2, 4, 1, 2, 3], context [7, 1, 2] matches [1, 2]
         (length 2); 3 followed it twice and 4 once, so the draft starts with 3 (probability 2/3).
