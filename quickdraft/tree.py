@@ -30,8 +30,9 @@ Example, the tree ``a -> (b -> d, c)`` (root a with children b and c, d under b)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -124,6 +125,49 @@ def best_subtree(scores: Sequence[float], parents: Sequence[int], n: int) -> tup
         if parents[c] >= 0 and parents[c] not in node:
             raise InvalidParameterError(f"candidate {c} scores above its parent {parents[c]}: scores must not grow down the tree")
     return tuple(best), tuple(node.get(parents[c], 0) for c in best)
+
+
+def grow_tree(children: Callable[[list[int], int, list[int], list[int]],
+                                 tuple[Sequence[Sequence[int]], Sequence[Sequence[float]]]],
+              budget: int, width: int, max_depth: int,
+              floor: float = -math.inf) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A draft tree grown level by level, EAGLE-2 style, then cut to the ``budget`` best nodes.
+
+    ``children(frontier, depth, tokens, parents)`` gives, for each frontier candidate (-1 is the
+    root), its next tokens and their log-probabilities, two nested lists [F][w] (rows may be
+    empty: no children, e.g. when the drafter has no room left); ``tokens`` and ``parents`` are
+    the candidates so far (parent -1: a child of the root), for a drafter that evaluates the
+    frontier nodes. A candidate scores its parent's score plus its own
+    log-probability; candidates below ``floor`` are dropped. Each level expands the ``width``
+    newest candidates with the highest score, and only those that can still be among the
+    ``budget`` best (a child never scores above its parent), in candidate order; growth stops at
+    ``max_depth`` or when no candidate is left to expand. Returns (tokens, parents) of the
+    ``budget`` best candidates (``best_subtree``) in the ``Draft`` convention.
+
+    Example: width 2, budget 3, root children a (-0.1), b (-2.0); a's children c (-0.2 in all),
+    d (-3.1) -> nodes a, b, c: tokens (a, b, c), parents (0, 0, 1).
+    """
+    tokens: list[int] = []
+    scores: list[float] = []
+    parents: list[int] = []
+    frontier = [-1]
+    for depth in range(1, max_depth + 1):
+        newest = len(tokens)
+        ids, logp = children(frontier, depth, tokens, parents)
+        for c, row_ids, row_logp in zip(frontier, ids, logp):
+            for token, lp in zip(row_ids, row_logp):
+                score = (scores[c] if c >= 0 else 0.0) + float(lp)
+                if score >= floor:
+                    tokens.append(int(token))
+                    scores.append(score)
+                    parents.append(c)
+        cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -math.inf
+        level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:width]
+        frontier = sorted(c for c in level if scores[c] > cut)
+        if not frontier:
+            break
+    kept, tree = best_subtree(scores, parents, budget)
+    return tuple(tokens[c] for c in kept), tree
 
 
 def trie(continuations: Sequence[Sequence[int]], budget: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -14,7 +14,7 @@ point masses and the output stays lossless at any temperature.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch
 from ..backends.base import common_prefix
 from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams
-from ..tree import best_subtree
+from ..tree import grow_tree
 from ..types import Acceptance, Draft
 from . import load_for_target
 from .eagle import KVCache
@@ -138,41 +138,6 @@ class EagleProposer:
         self.pending = rows if self.pending is None else torch.cat([self.pending, rows])
 
 
-def grow_tree(children: Callable[[list[int], int], tuple[torch.Tensor, torch.Tensor]], budget: int, width: int,
-              max_depth: int) -> Draft:
-    """A draft tree grown level by level, EAGLE-2 style, then cut to the ``budget`` best nodes.
-
-    ``children(frontier, depth)`` gives, for each frontier candidate (-1 is the root), its
-    ``width`` best next tokens and their log-probabilities, two tensors [F, width]. Each level
-    expands the ``width`` newest candidates with the highest cumulative log-probability, and
-    only those that can still be among the ``budget`` best (a child never scores above its
-    parent). The result keeps the ``budget`` best candidates (``best_subtree``); it is
-    deterministic given the context (top-k children), so ``q`` is None.
-
-    Example: width 2, budget 3, root children a (-0.1), b (-2.0); a's children c (-0.2 in all),
-    d (-3.1) -> nodes a, c, b: tokens (a, b, c), parents (0, 0, 1).
-    """
-    tokens: list[int] = []
-    scores: list[float] = []
-    parents: list[int] = []
-    frontier = [-1]
-    for depth in range(1, max_depth + 1):
-        newest = len(tokens)
-        ids, logp = children(frontier, depth)
-        for c, row_ids, row_logp in zip(frontier, ids.tolist(), logp.tolist()):
-            for token, lp in zip(row_ids, row_logp):
-                tokens.append(int(token))
-                scores.append((scores[c] if c >= 0 else 0.0) + lp)
-                parents.append(c)
-        cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
-        level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:width]
-        frontier = sorted(c for c in level if scores[c] > cut)
-        if not frontier:
-            break
-    kept, tree = best_subtree(scores, parents, budget)
-    return Draft(tuple(tokens[c] for c in kept), None, parents=tree)
-
-
 def _top(vocab, logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``width`` best full token ids and their log-probabilities: logits [F, Vd] -> 2 x [F, width]."""
     logp, index = torch.log_softmax(logits.float(), -1).topk(width, dim=-1)
@@ -199,10 +164,11 @@ class MedusaTreeProposer(MedusaProposer):
         with torch.no_grad():
             ids, logp = _top(self.vocab, self.vocab.logits(self.head(self.anchor)), self.tree_width)  # [K, w]
 
-        def children(frontier, depth):  # every node of a depth shares head depth - 1's guesses
-            return ids[depth - 1].expand(len(frontier), -1), logp[depth - 1].expand(len(frontier), -1)
+        def children(frontier, depth, tokens, parents):  # every node of a depth shares head depth - 1's guesses
+            return [ids[depth - 1].tolist()] * len(frontier), [logp[depth - 1].tolist()] * len(frontier)
 
-        return grow_tree(children, budget, self.tree_width, self.head.num_heads)
+        tokens, parents = grow_tree(children, budget, self.tree_width, self.head.num_heads)
+        return Draft(tokens, None, parents=parents)
 
 
 class EagleTreeProposer(EagleProposer):
@@ -223,10 +189,8 @@ class EagleTreeProposer(EagleProposer):
             self.pending = self.pending[:0]
             guess = {-1: root_guess}  # candidate -> its guess of the next feature
             entries: dict[int, list[int]] = {-1: []}  # candidate -> cache entries of it and its ancestors
-            tokens: list[int] = []
-            parents: list[int] = []
 
-            def children(frontier, depth):
+            def children(frontier, depth, tokens, parents):
                 if depth > 1:  # expand: feed (parent's guess, token) of each frontier node at once
                     start = len(self.cache)
                     mask = torch.zeros(len(frontier), start + len(frontier), dtype=torch.bool)
@@ -241,12 +205,10 @@ class EagleTreeProposer(EagleProposer):
                     guess.update(zip(frontier, out))
                 rows = torch.stack([guess[c] for c in frontier])
                 ids, logp = _top(self.vocab, self.vocab.logits(rows), self.tree_width)
-                for c, row in zip(frontier, ids.tolist()):
-                    tokens.extend(row)
-                    parents.extend([c] * len(row))
-                return ids, logp
+                return ids.tolist(), logp.tolist()
 
-            draft = grow_tree(children, budget, self.tree_width, budget)
+            tokens, parents = grow_tree(children, budget, self.tree_width, budget)
+            draft = Draft(tokens, None, parents=parents)
         self.cache.crop(m)
         self.seen = list(context)
         return draft

@@ -9,7 +9,7 @@ import numpy as np
 from ..backends.base import check_same_vocabulary, common_prefix
 from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams, sample, warp
-from ..tree import best_subtree, chain_parents
+from ..tree import chain_parents, grow_tree
 from ..types import Acceptance, Draft
 from .base import register
 
@@ -87,37 +87,32 @@ class DraftTreeProposer(DraftModelProposer):
             model.prefill(context[:-1])
         trunk = list(context[len(model.tokens):])  # catch up and predict in one forward
         rows = model.forward_tree(trunk, chain_parents(len(trunk)), rows=[len(trunk) - 1])
+        room = min(model.max_tree_nodes, model.n_ctx - len(model.tokens))
         evaluated = len(trunk)  # nodes in the draft model's pending tree
         node = {-1: len(trunk) - 1}  # candidate -> its node there (-1: the root)
-        frontier = [-1]  # the candidates ``rows`` belong to
         floor = np.log(self.min_confidence) if self.min_confidence else -np.inf
-        tokens: list[int] = []
-        scores: list[float] = []  # cumulative draft log-probability
-        parents: list[int] = []  # -1: a child of the root, else an earlier candidate
-        for depth in range(1, budget + 1):
-            newest = len(tokens)
-            for c, row in zip(frontier, rows):
+
+        def children(frontier: list[int], depth: int, tokens: list[int], parents: list[int]):
+            nonlocal rows, evaluated
+            if depth > 1:  # evaluate the frontier (the last level's best candidates) in one forward
+                if evaluated + len(frontier) > room:
+                    return [], []
+                node.update((c, evaluated + j) for j, c in enumerate(frontier))
+                rows = model.extend_tree([tokens[c] for c in frontier], [node[parents[c]] for c in frontier])
+                evaluated += len(frontier)
+            ids, logp = [], []
+            for row in rows:
                 top = np.argpartition(-row, self.tree_branch - 1)[:self.tree_branch]  # O(V), not a sort
+                top = top[np.argsort(-row[top], kind="stable")]
                 log_total = row.max() + np.log(np.exp(row - row.max()).sum())
-                for x in top[np.argsort(-row[top], kind="stable")]:
-                    score = (scores[c] if c >= 0 else 0.0) + float(row[x] - log_total)
-                    if score >= floor:
-                        tokens.append(int(x))
-                        scores.append(score)
-                        parents.append(c)
-            cut = sorted(scores, reverse=True)[budget - 1] if len(scores) >= budget else -np.inf
-            level = sorted(range(newest, len(tokens)), key=lambda c: -scores[c])[:self.tree_expand]
-            frontier = [c for c in level if scores[c] > cut]  # only these can have children in the best
-            room = min(model.max_tree_nodes, model.n_ctx - len(model.tokens))
-            if depth == budget or not frontier or evaluated + len(frontier) > room:
-                break
-            node.update((c, evaluated + j) for j, c in enumerate(frontier))
-            rows = model.extend_tree([tokens[c] for c in frontier], [node[parents[c]] for c in frontier])
-            evaluated += len(frontier)
+                ids.append(top.tolist())
+                logp.append((row[top] - log_total).tolist())
+            return ids, logp
+
+        tokens, tree = grow_tree(children, budget, self.tree_expand, budget, floor)
         model.keep(tuple(range(len(trunk))))
-        kept, tree = best_subtree(scores, parents, budget)
         chain = tree == tuple(range(len(tree)))  # a confident draft: send it the chain way
-        return Draft(tuple(tokens[c] for c in kept), None, parents=None if chain else tree)
+        return Draft(tokens, None, parents=None if chain else tree)
 
 
 def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,

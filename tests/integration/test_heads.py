@@ -226,20 +226,6 @@ def test_sampling_with_heads_runs(backend, trained):
     assert len(result.token_ids) == 20
 
 
-def test_grow_tree_keeps_the_best_nodes_by_cumulative_probability():
-    from quickdraft.heads.proposers import grow_tree
-
-    table = {-1: ([10, 11], [-0.1, -2.0]), 0: ([12, 13], [-0.1, -3.0])}  # candidate -> children
-
-    def children(frontier, depth):
-        rows = [table.get(c, ([20, 21], [-5.0, -6.0])) for c in frontier]
-        return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-
-    draft = grow_tree(children, budget=3, width=2, max_depth=4)
-    assert draft.tokens == (10, 11, 12) and draft.parents == (0, 0, 1)
-    assert grow_tree(children, budget=1, width=2, max_depth=4).tokens == (10,)
-
-
 @pytest.mark.parametrize("kind", ["medusa-tree", "eagle-tree"])
 @pytest.mark.parametrize("num_draft", [2, 6])
 def test_greedy_tree_drafting_equals_ar(backend, trained, kind, num_draft):

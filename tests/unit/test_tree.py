@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from quickdraft.errors import InvalidParameterError
-from quickdraft.tree import best_subtree, chain_parents, check_parents, check_path, layout, trie
+from quickdraft.tree import best_subtree, chain_parents, check_parents, check_path, grow_tree, layout, trie
 
 
 def test_docstring_example():
@@ -110,3 +110,22 @@ def test_ngram_continuations_best_first():
     # a shorter suffix adds new continuations after the longer suffix's ones
     assert ngram_continuations([7, 1, 2, 5, 2, 6, 1, 2], 1, max_ngram=2) == [[5], [6]]
     assert ngram_continuations([1, 2, 3], 4) == [] and ngram_continuations(context, 0) == []
+
+
+def test_grow_tree_keeps_the_best_nodes_by_cumulative_probability():
+    table = {-1: ([10, 11], [-0.1, -2.0]), 0: ([12, 13], [-0.1, -3.0])}  # candidate -> children
+    seen = []
+
+    def children(frontier, depth, tokens, parents):
+        seen.append([(tokens[c], parents[c]) for c in frontier if c >= 0])
+        rows = [table.get(c, ([20, 21], [-5.0, -6.0])) for c in frontier]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    assert grow_tree(children, budget=3, width=2, max_depth=4) == ((10, 11, 12), (0, 0, 1))
+    # level 2 expands both root children (fewer than 3 candidates yet); level 3 only 12: 13 (-3.1)
+    # and 11's children (-7.0, -8.0) cannot beat the 3rd best (11, -2.0)
+    assert seen[1] == [(10, -1), (11, -1)] and seen[2] == [(12, 0)]
+    assert grow_tree(children, budget=1, width=2, max_depth=4) == ((10,), (0,))
+    # a floor drops unlikely candidates; children the drafter cannot evaluate end the growth
+    assert grow_tree(children, budget=3, width=2, max_depth=4, floor=-1.0) == ((10, 12), (0, 1))
+    assert grow_tree(lambda f, d, t, p: ([[]] * len(f), [[]] * len(f)), budget=3, width=2, max_depth=4) == ((), ())
