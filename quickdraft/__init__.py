@@ -10,60 +10,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import proposers  # noqa: F401  (registers the methods)
-from .engine import Engine, Stream
+from .backends import BACKENDS, COMMON_SETTINGS, DEFAULT_BACKEND, backend_spec
+from .engine import Engine, Memory, Request, Stream
 from .errors import QuickdraftError
-from .models import DEFAULT_DRAFT, DEFAULT_TARGET
+from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from .proposers import METHODS
 from .sampling import SamplingParams
 from .types import Acceptance, Draft, GenerationResult, Piece
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT_DRAFT, *,
-         method: str | None = None, num_draft: int | None = None, min_confidence: float = 0.0, controller: str = "fixed",
-         n_ctx: int = 4096,
-         n_threads: int | None = None, n_gpu_layers: int = 0, precise: bool = False, chat: bool = True,
-         verbose: bool = False, backend: str = "llamacpp", dtype: str = "bfloat16", device: str | None = None,
-         **proposer_options) -> Engine:
-    """Load a target (bundled name or GGUF path) and optionally a draft model into an Engine.
+         backend: str = DEFAULT_BACKEND, method: str = "auto", num_draft: int | None = None,
+         controller: str = "fixed", chat: bool = True, default_max_tokens: int | None = None,
+         calibrate: bool = True, **settings) -> Engine:
+    """Load a target (bundled name or path) and optionally a draft model into an Engine.
 
     ``method`` defaults to ``auto``: per step the best of a suffix draft, a draft-model draft (when
-    ``draft`` is given) and a plain step. Other methods stay available per request:
-    ``engine.generate(prompt, method="ar")``. ``num_draft``: cap on draft tokens per step
-    (default 16 for ``auto``, 4 for the others). ``precise``: F32 KV
-    cache without flash attention (see LlamaCppBackend). ``controller``: ``fixed`` drafts
-    ``num_draft`` tokens every step; ``adaptive`` picks the length (0 included) that maximises
-    expected tokens per second. It and ``auto`` start from the target's forward cost curve,
-    measured in about 20 one-token steps the first time a model is loaded with a thread count
-    (and dtype, for torch), then cached (``quickdraft calibrate`` measures a careful one).
+    ``draft`` is given) and a plain step. Every registered method stays available per request:
+    ``engine.generate(prompt, method="ar")``. ``num_draft``: the draft cap per step (default: the
+    method's, 16 for ``auto``, 4 for the others). ``controller``: ``fixed`` drafts ``num_draft``
+    tokens every step; ``adaptive`` picks the length (0 included) that maximises expected tokens
+    per second. Both it and ``auto`` start from the target's forward cost curve and the draft's
+    cost per token, measured in a few steps the first time a model is loaded on this machine and
+    build, then cached (``calibrate=False`` skips that; ``quickdraft calibrate`` measures a
+    careful curve). ``default_max_tokens``: cap for requests that do not say (never beyond what
+    fits the context). The draft model is loaded when a method first uses it.
 
-    ``backend="torch"`` runs the models with transformers instead (``pip install
-    'quickdraft[torch]'``): ``target``/``draft`` are then transformers model directories or GGUF
-    files (dequantized on load), in ``dtype`` ("float32", "bfloat16", "float16") on ``device``
-    (default: cuda when present); it adds the ``layerskip``, ``medusa`` and ``eagle`` methods.
-    ``proposer_options`` go to the proposers (e.g. ``skip_layers=[...]`` for layerskip,
-    ``heads=DIR`` for medusa and eagle: heads made by ``quickdraft train``).
+    ``backend`` names the backend (``quickdraft.backends.BACKENDS``): ``llamacpp`` (GGUF; settings
+    ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``precise``, ...) or ``torch`` (``pip install
+    'quickdraft[torch]'``: transformers model directories or GGUF files, dequantized; settings
+    ``dtype``, ``device``, ...; it adds ``layerskip``, ``medusa`` and ``eagle``). Other keywords
+    are method options, each given to the methods that declare it (``min_confidence``,
+    ``skip_layers``, ``heads=DIR`` for the heads made by ``quickdraft train``, ...).
     """
-    from .calibrate import relative_cost
-
-    if backend == "torch":
-        from .backends.torch_hf import TorchBackend
-
-        model = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=n_threads, verbose=verbose)
-        tag = f"torch-{dtype}"
-    elif backend == "llamacpp":
-        from .backends.llamacpp import LlamaCppBackend
-
-        model = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                                precise=precise, verbose=verbose)
-        tag = ""
-    else:
-        raise QuickdraftError(f"unknown backend {backend!r}; choose llamacpp or torch")
-    return Engine(model, method=method or "auto", num_draft=num_draft, chat=chat, controller=controller,
-                  relative_cost=relative_cost(model, tag=tag), draft=str(draft) if draft else None,
-                  min_confidence=min_confidence, **proposer_options)
+    spec = backend_spec(backend)
+    backend_settings = {k: settings.pop(k) for k in list(settings) if k in COMMON_SETTINGS or k in spec.settings}
+    model = spec.open(resolve_model(str(target)), **backend_settings)
+    return Engine(model, draft=draft, method=method, num_draft=num_draft, controller=controller, chat=chat,
+                  calibrate=calibrate, default_max_tokens=default_max_tokens, **settings)
 
 
-__all__ = ["Acceptance", "Draft", "Engine", "GenerationResult", "Piece", "QuickdraftError",
-           "SamplingParams", "Stream", "load", "__version__"]
+__all__ = ["BACKENDS", "METHODS", "Acceptance", "Draft", "Engine", "GenerationResult", "Memory", "Piece",
+           "QuickdraftError", "Request", "SamplingParams", "Stream", "load", "__version__"]

@@ -3,10 +3,16 @@
 On a GPU the curve is nearly flat (verifying 8 tokens costs about one step); on a CPU it is not,
 and that decides whether speculation pays. Measurements are interleaved over k and repeated;
 each point reports median, min and max.
+
+Measured curves are cached in :func:`~quickdraft.system.calibration_dir`, keyed by the model,
+the backend and its build, the thread count, the context length and the CPU's instruction sets,
+so a curve is never read on a machine or build it was not measured on. The context is
+:data:`CONTEXT_TEXT`, cut to what fits the backend's context with room for the largest forward.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,7 +21,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .models import cache_dir
+from .errors import QuickdraftError
+from .system import calibration_dir, cpu_info
+
+# What the curve is measured after: a few hundred tokens of code (841 with Qwen's tokenizer).
+CONTEXT_TEXT = "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24
+MIN_CONTEXT = 16  # fewer tokens of context than this would not say much about a real request
+MAX_K = 16  # the curve covers forwards of 1 .. MAX_K + 1 new tokens (a pending token and MAX_K drafts)
 
 
 def time_forward(backend, context: Sequence[int], k: int) -> float:
@@ -38,6 +50,8 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
     times: dict[int, list[float]] = {k: [] for k in ks}
     draft_times: list[float] = []
     time_forward(target, context, 1)  # warm-up
+    if draft is not None:
+        time_forward(draft, context, 1)
     for _ in range(repeats):
         for k in rng.permutation(list(ks)):
             times[int(k)].append(time_forward(target, context, int(k)))
@@ -54,40 +68,73 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
     }
 
 
-# What the curve is measured after: a few hundred tokens of code.
-CONTEXT_TEXT = "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24
+def calibration_context(backend, largest: int = MAX_K + 1) -> list[int]:
+    """The tokens of :data:`CONTEXT_TEXT` to measure after: all that fit in the backend's context
+    with room for a forward of ``largest`` new tokens."""
+    room = backend.n_ctx - largest
+    if room < MIN_CONTEXT:
+        raise QuickdraftError(
+            f"a context of {backend.n_ctx} tokens is too small to measure the forward cost curve (a forward "
+            f"of up to {largest} new tokens after at least {MIN_CONTEXT} tokens of context): raise n_ctx to "
+            f"at least {largest + MIN_CONTEXT}", param="n_ctx")
+    return backend.tokenize(CONTEXT_TEXT, special=False)[:room]
 
 
-def relative_cost(backend, max_k: int = 16, repeats: int = 1, tag: str = "") -> list[float]:
-    """The backend's relative forward cost curve (index k: k + 1 new tokens), measured now and
-    cached for its model and thread count (and ``tag``: the backend kind and dtype when not
-    llama.cpp), unless a cached one exists. A one-repeat curve takes about 20 one-token steps;
+def cost_curve(backend, repeats: int = 1) -> list[float]:
+    """The backend's relative forward cost curve (index k: k + 1 new tokens, relative to one, for
+    k = 0 .. MAX_K), from the cache, or measured now (about 80 one-token steps' worth) and cached.
     ``quickdraft calibrate`` measures a careful one."""
-    cached = cached_relative_cost(backend.path, backend.n_threads, tag)
-    if cached is not None and len(cached) > max_k:
-        return cached
-    context = backend.tokenize(CONTEXT_TEXT, special=False)
-    result = calibrate(backend, context, ks=range(1, max_k + 2), repeats=repeats)
-    save_calibration(result, calibration_path(backend.path, backend.n_threads, tag))
+    context = calibration_context(backend)
+    path = calibration_path(backend, len(context))
+    cached = read_calibration(path)
+    if cached is not None and len(cached["target"]["relative"]) > MAX_K:
+        return cached["target"]["relative"]
+    result = calibrate(backend, context, ks=range(1, MAX_K + 2), repeats=repeats)
+    save_calibration(result, path)
     return result["target"]["relative"]
 
 
-def calibration_path(model_path: Path, n_threads: int | None, tag: str = "") -> Path:
-    """Where a model's curve is cached for this machine and thread count (``tag``: e.g.
-    ``torch-bfloat16`` for another backend; llama.cpp's curves have none)."""
-    tag = f"-{tag}" if tag else ""
-    return cache_dir() / "calibration" / f"{Path(model_path).stem}{tag}-threads{n_threads or 'default'}.json"
+def draft_cost(target, draft) -> float:
+    """The draft model's time per token relative to a target step (from the cache, or measured now
+    in a few steps of each and cached)."""
+    context = calibration_context(target)
+    path = calibration_path(target, len(context), draft)
+    cached = read_calibration(path)
+    if cached is not None and cached.get("draft"):
+        return cached["draft"]["relative_to_target_step"]
+    result = calibrate(target, context, draft, ks=[1], repeats=5)
+    save_calibration(result, path)
+    return result["draft"]["relative_to_target_step"]
+
+
+def calibration_path(backend, context_tokens: int, draft=None) -> Path:
+    """Where a curve measured on ``backend`` (and ``draft``) after ``context_tokens`` is cached on
+    this machine: the file name says the model and the settings, a digest covers the model's
+    size, the backend's build and the CPU's instruction sets."""
+    models = [backend] + ([draft] if draft is not None else [])
+    identity = " ".join(f"{Path(m.path).name}:{_size(m.path)}" for m in models)
+    digest = hashlib.sha256(f"{identity} {backend.build} {cpu_info().signature}".encode()).hexdigest()[:12]
+    name = "+".join(Path(m.path).stem for m in models)
+    return calibration_dir() / f"{name}-{backend.name}-threads{backend.n_threads or 'default'}-ctx{context_tokens}-{digest}.json"
+
+
+def _size(path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else 0
 
 
 def save_calibration(calibration: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calibration, indent=1))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(calibration, indent=1))
+    tmp.replace(path)
 
 
-def cached_relative_cost(model_path: Path, n_threads: int | None, tag: str = "") -> list[float] | None:
-    """The cached curve's relative costs (index k: k + 1 new tokens), or None if not calibrated."""
-    path = calibration_path(model_path, n_threads, tag)
+def read_calibration(path: Path) -> dict | None:
+    """A cached calibration, or None when there is none (or it is unreadable)."""
     try:
-        return json.loads(path.read_text())["target"]["relative"]
-    except (OSError, ValueError, KeyError):
+        result = json.loads(path.read_text())
+        result["target"]["relative"]
+        return result
+    except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -10,10 +10,12 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from . import models
 from .errors import QuickdraftError
+from .system import cache_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Lossless speculative decoding for local LLMs.")
@@ -39,32 +41,43 @@ Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target mode
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: bundled "
                           "name or .gguf path ('none': auto drafts without one).")
 Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
-                      "(torch backend) (default: auto, the best source per step: suffix match, draft model or none).")
+                      "| medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
+                      "step: suffix match, draft model or none).")
 Tree = typer.Option(False, "--tree", help="Draft token trees: --method draft -> draft-tree, ngram -> ngram-tree.")
 NumDraft = typer.Option(None, "--num-draft", "-k", help="Draft budget: at most this many tokens per step "
                         "(default: 16 for auto, 4 for the others).")
-MinConfidence = typer.Option(0.0, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
+MinConfidence = typer.Option(None, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
 ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
                              "adaptive (the length that maximises expected tokens/s, 0 included).")
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 Threads = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
-GpuLayers = typer.Option(0, "--n-gpu-layers", help="Layers to offload to a GPU (GPU builds of llama.cpp only).")
+GpuLayers = typer.Option(None, "--n-gpu-layers", help="llamacpp backend: layers to offload to a GPU (GPU builds only).")
 BackendOpt = typer.Option("llamacpp", "--backend", help="llamacpp (GGUF, the fast CPU path) or torch (transformers: "
                           "model directories or GGUF files dequantized on load; adds layerskip; runs on CUDA).")
-DtypeOpt = typer.Option("bfloat16", "--dtype", help="torch backend: bfloat16 (fast on AVX-512 BF16 and GPUs) | float32 | float16.")
+DtypeOpt = typer.Option(None, "--dtype", help="torch backend: bfloat16 (default; fast on AVX-512 BF16 and GPUs) | "
+                        "float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
 
 
-def load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw=False,
-                controller="fixed", tree=False, backend="llamacpp", dtype="bfloat16", device=None, heads=None):
-    from . import load
-    from .proposers import tree_variant
+def backend_settings(n_ctx: int, threads: int | None, gpu_layers: int | None = None,
+                     dtype: str | None = None, device: str | None = None) -> dict:
+    """The backend settings given on the command line (one the chosen backend lacks is an error
+    when it is opened)."""
+    given = {"n_ctx": n_ctx, "n_threads": threads, "n_gpu_layers": gpu_layers, "device": device, "dtype": dtype}
+    return {k: v for k, v in given.items() if v is not None}
 
-    method = tree_variant(method or "draft") if tree else method
-    return load(target, None if draft.lower() == "none" else draft, method=method, num_draft=num_draft,
-                min_confidence=min_confidence, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                chat=not raw, controller=controller, backend=backend, dtype=dtype, device=device, heads=heads)
+
+def load_engine(target, draft, method, num_draft, settings: dict, *, backend: str = "llamacpp", raw=False,
+                controller="fixed", tree=False, default_max_tokens=None, **options):
+    """``load()`` from command-line values; ``options`` (method options) that are None are left out."""
+    from . import load
+    from .proposers import METHODS
+
+    method = METHODS.tree_variant(method or "draft") if tree else (method or "auto")
+    return load(target, None if draft.lower() == "none" else draft, backend=backend, method=method,
+                num_draft=num_draft, chat=not raw, controller=controller, default_max_tokens=default_max_tokens,
+                **settings, **{k: v for k, v in options.items() if v is not None})
 
 
 @app.command()
@@ -81,13 +94,14 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
-    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
-    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
+    backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     heads: Optional[str] = Heads,
 ):
     """Generate text, streaming it, then print a stats line."""
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, raw,
-                         controller, tree, backend, dtype, device, heads)
+    engine = load_engine(target, draft, method, num_draft, backend_settings(n_ctx, threads, gpu_layers, dtype, device),
+                         backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
+                         heads=heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop)
     stream = engine.stream(prompt, **options)
@@ -96,7 +110,7 @@ def generate(
             sys.stdout.write(piece.text)
             sys.stdout.flush()
     result = stream.result
-    output = result.to_dict()
+    output = {**result.to_dict(), "method": stream.request.method, "system": engine.describe()}
     if not as_json:
         sys.stdout.write("\n")
         err.print(f"[dim]{engine.method}: {_stats_line(result.stats)}[/]", highlight=False, soft_wrap=True)
@@ -106,7 +120,7 @@ def generate(
         if temperature != 0:
             raise QuickdraftError("--check compares greedy outputs; use it with --temperature 0")
         ar = engine.generate(prompt, **options, method="ar")
-        verdict = check_against_ar(engine, engine.prompt_tokens(prompt), result.token_ids, ar.token_ids)
+        verdict = check_against_ar(engine, stream.request.tokens, result.token_ids, ar.token_ids)
         output["check"] = verdict.to_dict()
         if not as_json:
             err.print(f"check against AR: {verdict} (AR {ar.stats['tokens_per_second']:.1f} tok/s)", soft_wrap=True)
@@ -125,24 +139,82 @@ def _stats_line(s: dict) -> str:
                if s.get("draft_sources") else ""))
 
 
+def system_report() -> dict:
+    """This machine and the builds quickdraft would run on (``quickdraft info``)."""
+    import importlib.metadata
+    import platform
+
+    from . import __version__
+    from .system import calibration_dir, cpu_info, describe_llama_build
+
+    try:
+        from .backends.llamacpp import system_info
+
+        compiled = system_info()
+    except QuickdraftError as e:  # built for another CPU: say so instead of crashing
+        compiled = f"unusable here: {e}"
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    return {"quickdraft": __version__, "python": platform.python_version(), "cpu": cpu_info().to_dict(),
+            "llama_cpp": {"build": describe_llama_build(), "compiled_with": compiled}, "torch": torch_version,
+            "cache": str(cache_dir()), "calibration": str(calibration_dir())}
+
+
+@app.command()
+@friendly
+def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """The CPU, its instruction sets, the llama.cpp build in use and where caches live."""
+    report = system_report()
+    if as_json:
+        print(json.dumps(report))
+        return
+    cpu = report["cpu"]
+    table = Table(show_header=False, title=f"quickdraft {report['quickdraft']} (Python {report['python']})")
+    for key, value in (("CPU", f"{cpu['model']}, {cpu['cores']} cores available"),
+                       ("instruction sets", " ".join(cpu["instruction_sets"]) or "unknown"),
+                       ("CPU signature", cpu["signature"]),
+                       ("llama.cpp build", report["llama_cpp"]["build"]),
+                       ("llama.cpp compiled with", report["llama_cpp"]["compiled_with"]),
+                       ("torch", report["torch"] or "not installed (pip install 'quickdraft[torch]')"),
+                       ("model cache", report["cache"]), ("calibration cache", report["calibration"])):
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@app.command()
+def methods():
+    """The decoding methods: what each drafts from, what it needs and its options."""
+    from .proposers import METHODS
+
+    table = Table(title="decoding methods (--method)")
+    for column in ("method", "what it does", "draft model", "needs", "options"):
+        table.add_column(column)
+    for spec in METHODS:
+        table.add_row(spec.name, spec.summary, spec.draft_model, ", ".join(sorted(spec.requires)) or "-",
+                      ", ".join(spec.option_names()) or "-")
+    Console().print(table)
+
+
 @app.command("models")
 @friendly
 def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and verify missing bundled models "
                                            "(and make the Q4_0 variants from them).")):
     """List the bundled models and whether they are assembled in the cache."""
-    table = Table(title=f"bundled models (cache: {models.cache_dir()})")
+    table = Table(title=f"bundled models (cache: {cache_dir()})")
     for column in ("name", "size", "status", "path"):
         table.add_column(column)
     for model in models.BUNDLED.values():
         if fetch:
             models.ensure_model(model)
         table.add_row(model.name, f"{model.size / 1e6:,.0f} MB", models.model_status(model),
-                      str(models.cache_dir() / model.filename))
+                      str(cache_dir() / model.filename))
     for derived in models.DERIVED.values():
         if fetch:
             models.ensure_derived(derived)
         table.add_row(derived.name, f"made from {derived.base}", models.derived_status(derived),
-                      str(models.cache_dir() / derived.filename))
+                      str(cache_dir() / derived.filename))
     Console().print(table)
 
 
@@ -163,23 +235,27 @@ def bench(
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in --out."),
+    warm: bool = typer.Option(False, "--warm", help="Also run each method after the task's earlier prompts "
+                              "(rows '<method> (warm)'): what an engine that answered them knows."),
     peers: bool = typer.Option(False, "--peers", help="Also run llama-cpp-python and transformers on the same prompts."),
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
-    backend: str = BackendOpt, dtype: str = DtypeOpt,
+    threads: Optional[int] = Threads, backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt,
     heads: Optional[str] = Heads,
 ):
-    """Measure speedup over plain decoding (interleaved in one run), acceptance and peers."""
+    """Measure speedup over plain decoding (interleaved in one run, every sample from a fresh engine
+    state), acceptance and peers."""
     from .bench.runner import BenchConfig, run_bench
-    from .proposers import PROPOSERS
+    from .proposers import METHODS
 
     chosen = [m for m in methods.split(",") if m]
     if tree:  # each tree variant right after its chain method, so the report shows them side by side
-        chosen = list(dict.fromkeys(v for m in chosen for v in (m, f"{m}-tree") if v in PROPOSERS or v == m))
+        variants = {m: METHODS[m].tree_variant for m in chosen}
+        chosen = list(dict.fromkeys(v for m in chosen for v in (m, variants[m]) if v))
     config = BenchConfig(target=target, draft=draft, tasks=tuple(t for t in tasks.split(",") if t),
                          data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
                          peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype,
-                         heads=heads)
+                         heads=heads, warm=warm, threads=threads)
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:
@@ -194,27 +270,22 @@ def calibrate(
     target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
     repeats: int = typer.Option(5, "--repeats"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
-    backend_name: str = typer.Option("llamacpp", "--backend", help="llamacpp, or torch (not cached: the cache "
-                                     "holds the llama.cpp curves the adaptive controller starts from)."),
-    dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
-    """Measure the target's forward time for k = 1..17 new tokens and the draft's per-token time."""
-    from .calibrate import CONTEXT_TEXT, calibrate as measure, calibration_path, save_calibration
+    """Measure the target's forward time for k = 1..17 new tokens and the draft's per-token time, and
+    cache them for this machine (what auto and the adaptive controller start from)."""
+    from .backends import backend_spec
+    from .calibrate import MAX_K, calibrate as measure, calibration_context, calibration_path, save_calibration
 
-    if backend_name == "torch":
-        from .backends.torch_hf import TorchBackend
-
-        backend = TorchBackend(target, dtype=dtype, device=device, n_ctx=n_ctx, n_threads=threads)
-    else:
-        from .backends.llamacpp import LlamaCppBackend
-
-        backend = LlamaCppBackend(target, n_ctx=n_ctx, n_threads=threads)
-    draft_backend = backend.sibling(draft) if draft else None
-    context = backend.tokenize(CONTEXT_TEXT, special=False)
-    result = measure(backend, context, draft_backend, ks=range(1, 18), repeats=repeats)
-    where = f"torch {dtype} on {backend.device}" if backend_name == "torch" else "llama.cpp"
-    table = Table(title=f"forward cost after {len(context)} tokens ({backend.path.name}, {where}, "
-                        f"{backend.n_threads or 'default'} threads)")
+    model = backend_spec(backend).open(models.resolve_model(target), **backend_settings(n_ctx, threads, None, dtype, device))
+    draft_model = model.sibling(models.resolve_model(draft)) if draft and draft.lower() != "none" else None
+    context = calibration_context(model)
+    with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
+        task = bar.add_task("", total=repeats * (MAX_K + 1))
+        result = measure(model, context, draft_model, ks=range(1, MAX_K + 2), repeats=repeats,
+                         on_step=lambda: bar.advance(task))
+    table = Table(title=f"forward cost after {len(context)} tokens ({model.path.name}, {model.build}, "
+                        f"{model.n_threads or 'default'} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
         table.add_column(column, justify="right")
     t = result["target"]
@@ -222,14 +293,16 @@ def calibrate(
         table.add_row(str(k), f"{1e3 * t['median_s'][i]:.1f}", f"{1e3 * t['min_s'][i]:.1f}",
                       f"{1e3 * t['max_s'][i]:.1f}", f"{t['relative'][i]:.2f}x")
     Console().print(table)
+    saved = [calibration_path(model, len(context))]
     if result["draft"]:
         Console().print(f"draft {draft}: {1e3 * result['draft']['token_s']:.1f} ms per token "
                         f"({result['draft']['relative_to_target_step']:.2f} of a target step)")
+        saved.append(calibration_path(model, len(context), draft_model))
     if out:
-        save_calibration(result, Path(out) / "calibration.json")
-    path = calibration_path(backend.path, backend.n_threads, f"torch-{dtype}" if backend_name == "torch" else "")
-    save_calibration(result, path)
-    Console().print(f"saved {path}")
+        saved.append(Path(out) / "calibration.json")
+    for path in saved:
+        save_calibration(result, path)
+    Console().print("saved " + ", ".join(map(str, saved)))
 
 
 @app.command()
@@ -246,8 +319,8 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; more get HTTP 503."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
-    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: int = GpuLayers,
-    backend: str = BackendOpt, dtype: str = DtypeOpt, device: Optional[str] = DeviceOpt,
+    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
+    backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     heads: Optional[str] = Heads,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
@@ -255,15 +328,15 @@ def serve(
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
-    engine = load_engine(target, draft, method, num_draft, min_confidence, n_ctx, threads, gpu_layers, tree=tree,
-                         backend=backend, dtype=dtype, device=device, heads=heads)
+    engine = load_engine(target, draft, method, num_draft, backend_settings(n_ctx, threads, gpu_layers, dtype, device),
+                         backend=backend, tree=tree, default_max_tokens=default_max_tokens,
+                         min_confidence=min_confidence, heads=heads)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                   "this address can use the model", highlight=False)
     err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
-    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout,
-                   default_max_tokens=default_max_tokens), host=host, port=port)
+    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout), host=host, port=port)
 
 
 @app.command()
@@ -292,16 +365,17 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the heads in --out."),
 ):
     """Train Medusa or EAGLE draft heads on the frozen target (torch backend; use them with --heads DIR)."""
-    if kind not in ("medusa", "eagle"):
-        raise QuickdraftError(f"train what? choose medusa or eagle, not {kind!r}")
     try:
-        from .backends.torch_hf import TorchBackend
+        from .backends import backend_spec
+        from .heads import KINDS
         from .heads.train import TrainOptions, train_head
     except ImportError as e:
         raise QuickdraftError(f"training heads needs the torch extra: pip install 'quickdraft[torch]' ({e})") from None
-    out = out or models.cache_dir() / "heads" / kind
+    if kind not in KINDS:
+        raise QuickdraftError(f"train what? choose one of {', '.join(KINDS)}, not {kind!r}")
+    out = out or cache_dir() / "heads" / kind
     err.print(f"loading {target} ({dtype}) ...", highlight=False)
-    backend = TorchBackend(target, dtype=dtype, n_threads=threads)
+    backend = backend_spec("torch").open(models.resolve_model(target), dtype=dtype, n_threads=threads)
     options = TrainOptions(minutes=minutes, collect_share=collect_share, max_chunks=max_chunks, chunk=chunk,
                            draft_vocab=draft_vocab, num_heads=num_heads, intermediate_size=intermediate_size, lr=lr,
                            resume=resume, overwrite=overwrite)

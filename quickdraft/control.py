@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from .errors import InvalidParameterError
-from .types import Acceptance
+from .types import Acceptance, StepTimes
 
 
 class Controller(Protocol):
-    def begin(self) -> None:
-        """A new request starts (what was learned about costs and acceptance is kept)."""
-
     def budget(self) -> int:
         """Upper bound on draft tokens for the next step (0 = a plain step)."""
 
-    def observe(self, acceptance: Acceptance, draft_time: float, verify_time: float) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """The outcome and cost of the last step."""
 
 
@@ -34,13 +31,10 @@ class FixedBudget:
         if self.num_draft < 0:
             raise InvalidParameterError(f"num_draft must be >= 0, got {self.num_draft}")
 
-    def begin(self) -> None:
-        pass
-
     def budget(self) -> int:
         return self.num_draft
 
-    def observe(self, acceptance: Acceptance, draft_time: float, verify_time: float) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         pass
 
 
@@ -130,9 +124,9 @@ class AdaptiveBudget:
     drafting back on doubles the wait (up to 32 times), because a probe costs the proposer a
     catch-up over the skipped tokens. With ``positional`` False one acceptance rate is learned
     for all positions (a source whose tokens are equally likely right wherever they stand, such
-    as copied text); ``prior_accept`` is the rate assumed before any draft, weighted as one. ``decisions`` counts the budgets chosen in the current
-    request (reported in stats). The engine keeps one controller per method across requests, so
-    later requests start from what earlier ones learned.
+    as copied text); ``prior_accept`` is the rate assumed before any draft, weighted as one.
+    The engine keeps one controller per method and budget in its memory, so later requests start
+    from what earlier ones learned.
     """
 
     max_k: int = 8
@@ -145,7 +139,6 @@ class AdaptiveBudget:
     cost: ForwardCost | None = None
     positional: bool = True
     prior_accept: float = 0.5
-    decisions: dict[int, int] = field(default_factory=dict)
     _accept: list[list[float]] = field(default_factory=list)  # position -> [accepted, reached]
     _since_draft: int = 0
     _interval: int = 0  # plain steps before the next probe; doubles while probes fail
@@ -155,9 +148,6 @@ class AdaptiveBudget:
         self.cost = self.cost or ForwardCost(self.max_k, self.relative_cost, self.decay)
         self.relative_cost = self.cost.relative_cost
         self._accept = [[self.prior_accept, 1.0] for _ in range(self.max_k if self.positional else 1)]
-
-    def begin(self) -> None:
-        self.decisions = {}
 
     def acceptance(self) -> list[float]:
         """Probability that draft token i is accepted given the ones before were, i < max_k."""
@@ -192,18 +182,16 @@ class AdaptiveBudget:
         if k > 0 and self.cost.measured:
             pays = best_rate(self.acceptance(), self.draft_token_s, self.forward_s())[0] > 0
             self._interval = self.probe_every if pays else min(2 * self._interval, 32 * self.probe_every)
-        self.decisions[k] = self.decisions.get(k, 0) + 1
 
-    def observe(self, acceptance: Acceptance, draft_time: float, verify_time: float,
-                own_step: bool = True) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes, own_step: bool = True) -> None:
         """The last step's outcome. ``own_step`` False: a step drafted by another source sharing
         this forward cost (which that source learns); only the clock towards the next probe runs."""
         n = acceptance.drafted if own_step else 0
         self._since_draft = 0 if n else self._since_draft + 1
         if own_step:
-            self.cost.observe(acceptance.drafted, verify_time)
+            self.cost.observe(acceptance.drafted, times.verify_s)
         if n:
-            self.draft_token_s = _ewma(self.draft_token_s or None, draft_time / n, self.decay)
+            self.draft_token_s = _ewma(self.draft_token_s or None, times.draft_s / n, self.decay)
         for i in range(min(acceptance.positions if n else 0, self.max_k)):  # a tree: its depths
             stats = self._accept[i if self.positional else 0]
             stats[0] = self.decay * stats[0] + (i < acceptance.accepted)

@@ -1,4 +1,11 @@
-"""The engine: the speculative step loop, streaming, stopping, stats. Nothing model-specific."""
+"""The engine: prepares requests, then runs them one speculative step at a time.
+
+``Engine.prepare(prompt, **options)`` checks every parameter, tokenizes the prompt and fills in
+the defaults (the method, its draft budget, a ``max_tokens`` that fits the context), returning a
+:class:`Request`; ``Engine.stream(request)`` runs it. Errors name the parameter they are about
+(``QuickdraftError.param``), so callers (the CLI, the server, the bench) map them without knowing
+the engine's rules. Nothing here is model-specific.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,61 @@ import codecs
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
+from . import calibrate as calibration
 from . import verifiers
-from .backends.base import Backend
-from .control import Controller, create_controller
-from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError
-from .proposers.base import Proposer, create
+from .backends import BACKENDS
+from .backends.base import Backend, check_same_vocabulary
+from .control import CONTROLLERS, Controller, FixedBudget, create_controller
+from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, UnknownMethodError
+from .models import resolve_model
+from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
 from .sampling import SamplingParams
 from .stats import Stats
-from .types import Acceptance, Draft, GenerationResult, Piece
+from .system import cpu_info
+from .types import Acceptance, Draft, GenerationResult, Piece, StepTimes
 
 Prompt = str | Sequence[dict] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A prepared generation: every parameter checked, the prompt tokenized, nothing run yet.
+
+    tokens: the prompt's token ids. max_tokens: new tokens at most (prompt + max_tokens fits the
+    context). spec: the decoding method's declaration. budget: draft tokens per step at most.
+    controller: the budget policy's name ("fixed" for methods that decide their own lengths).
+    """
+
+    tokens: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...]
+    spec: ProposerSpec
+    budget: int
+    controller: str
+
+    @property
+    def method(self) -> str:
+        return self.spec.name
+
+
+class Memory:
+    """What an engine has learned across requests: each method's memory (``ProposerSpec.memory``)
+    and the adaptive controllers. A new Memory is a new user's engine (the bench gives every cold
+    sample one); what is cached on disk (the cost curve) is not part of it."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key not in self._items:
+            self._items[key] = make()
+        return self._items[key]
 
 
 @dataclass
@@ -27,6 +75,7 @@ class Stream:
     """Iterate to get :class:`Piece` s as they are produced; ``result`` is set once it is exhausted."""
 
     pieces: Iterator[Piece]
+    request: Request
     result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[Piece]:
@@ -71,96 +120,177 @@ class _TextOut:
 
 
 class Engine:
-    """Speculative generation with one target backend and named proposers.
+    """Speculative generation with one target backend and the registered methods.
 
-    ``method`` names a registered proposer (``ar``, ``draft``, ``ngram``, ...); ``proposer_options``
-    are passed to its factory (e.g. ``draft=<path>``). Proposers are created on first use and kept.
-    ``controller`` names the draft budget policy (``fixed`` or ``adaptive``, see control.py);
-    ``relative_cost`` is the target's calibrated forward cost curve the adaptive one starts from.
-    ``num_draft`` caps draft tokens per step (default: the proposer's ``default_budget``, else 4).
-    A proposer that ``decides_budget`` (``auto``) chooses its own lengths under that cap.
+    ``draft``: a draft model (a bundled name, a path, or an open backend), loaded when a method
+    first uses it. ``method``: the default method. ``num_draft``: the default draft budget
+    (else each method's declared default). ``controller``: the default budget policy (``fixed``
+    or ``adaptive``, control.py). ``cost_curve``: the target's calibrated forward cost relative to
+    one token (calibrate.py), ``draft_cost``: the draft model's per-token time relative to a
+    target step; both seed the cost models. ``default_max_tokens``: cap for requests that do not
+    say (always at most what fits the context). ``methods``: the registry (tests add methods to a
+    copy). ``clock``: what step timings are read from (tests pass a synthetic one). ``options``:
+    method options, each given to the methods that declare it.
     """
 
-    def __init__(self, target: Backend, *, method: str = "ar", num_draft: int | None = None, chat: bool = True,
-                 controller: str = "fixed", relative_cost: Sequence[float] | None = None,
-                 **proposer_options) -> None:
-        self.target = target
-        self.method = method
-        self.num_draft = num_draft
-        self.chat = chat
-        self.controller = controller
-        self.relative_cost = relative_cost
-        self.proposer_options = proposer_options
-        self._proposers: dict[str, Proposer] = {}
-        self._controllers: dict[tuple, Controller] = {}
+    def __init__(self, target: Backend, *, draft: str | Path | Backend | None = None, method: str = "auto",
+                 num_draft: int | None = None, controller: str = "fixed", chat: bool = True,
+                 calibrate: bool = False, cost_curve: Sequence[float] | None = None,
+                 draft_cost: float | None = None, default_max_tokens: int | None = None,
+                 methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter, **options) -> None:
+        self.target, self.methods, self.chat = target, methods, chat
+        self.method, self.num_draft, self.controller = method, num_draft, controller
+        self.calibrate = calibrate
+        self.cost_curve = calibration.cost_curve(target) if calibrate and cost_curve is None else cost_curve
+        self.draft_cost = draft_cost
+        self.default_max_tokens = default_max_tokens
+        self.clock = clock
+        self.options = options
+        self.memory = Memory()
+        self._draft = draft
+        self._parsed: dict[str, Any] = {}
         self._busy = threading.Lock()
-        create_controller(controller, num_draft or 0)  # validates
-        self.proposer(method)  # fail fast (missing draft, vocabulary mismatch)
+        declared = {name for spec in methods for name in spec.option_names()}
+        unknown = sorted(set(options) - declared)
+        if unknown:
+            raise InvalidParameterError(f"no method has an option {unknown[0]!r}; options: {', '.join(sorted(declared))}",
+                                        param=unknown[0])
+        if controller not in CONTROLLERS:
+            raise InvalidParameterError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}",
+                                        param="controller")
+        if num_draft is not None and num_draft < 0:
+            raise InvalidParameterError(f"num_draft must be >= 0, got {num_draft}", param="num_draft")
+        self._memory(self.spec(method))  # fail fast: unknown method, missing draft, bad options, mismatch
 
-    def proposer(self, method: str) -> Proposer:
-        if method not in self._proposers:
-            self._proposers[method] = create(method, target=self.target, relative_cost=self.relative_cost,
-                                             **self.proposer_options)
-        return self._proposers[method]
+    # --- methods and what they are given --------------------------------------------------------
+    def spec(self, method: str) -> ProposerSpec:
+        """The declaration of ``method``, checked against this engine: a draft model where it is
+        required, the backend capabilities it needs, valid options."""
+        spec = self.methods[method]
+        missing = sorted(spec.requires - self.target.capabilities)
+        if missing:
+            able = [b.name for b in BACKENDS.values() if spec.requires <= b.capabilities]
+            raise UnknownMethodError(f"method {method!r} needs a backend with {', '.join(missing)}, which the "
+                                     f"{self.target.name} backend lacks (use --backend {' or '.join(able) or '?'})")
+        if spec.draft_model == "required" and self._draft is None:
+            raise UnknownMethodError(f"method {method!r} needs a draft model (--draft NAME or PATH)")
+        if method not in self._parsed:
+            self._parsed[method] = parse_options(spec, {k: v for k, v in self.options.items()
+                                                        if k in spec.option_names()})
+        return spec
 
-    def draft_budget(self, method: str, num_draft: int | None = None) -> int:
-        """The cap on draft tokens per step: ``num_draft`` if given, else the engine's, else the
-        proposer's ``default_budget`` (4 when it has none)."""
-        defaults = (num_draft, self.num_draft, getattr(self.proposer(method), "default_budget", 4))
-        return next(n for n in defaults if n is not None)
+    def draft_model(self) -> Backend | None:
+        """The draft model's backend (opened and checked against the target on first use), or None."""
+        if not isinstance(self._draft, (str, Path)):  # None, or a backend already open
+            return self._draft
+        model = self.target.sibling(resolve_model(str(self._draft)))
+        check_same_vocabulary(self.target, model)
+        if self.calibrate and self.draft_cost is None:
+            self.draft_cost = calibration.draft_cost(self.target, model)
+        self._draft = model
+        return model
 
-    def _controller(self, name: str, method: str, num_draft: int) -> Controller:
-        """The controller for this method and budget, kept across requests so what it learned
-        about this proposer's acceptance and costs carries over."""
-        key = (name, method, num_draft)
-        if key not in self._controllers:
-            self._controllers[key] = create_controller(name, num_draft, self.relative_cost)
-        return self._controllers[key]
+    def resources(self, spec: ProposerSpec) -> Resources:
+        draft = self.draft_model() if spec.uses_draft_model else None
+        return Resources(self.target, draft, self.cost_curve, self.draft_cost)
 
+    def _memory(self, spec: ProposerSpec) -> Any:
+        if spec.memory is None:
+            return None
+        return self.memory.get(("method", spec.name),
+                               lambda: spec.memory(self.resources(spec), self._parsed[spec.name]))
+
+    def _controller(self, request: Request) -> Controller:
+        if request.controller == "fixed":
+            return FixedBudget(request.budget)
+        key = ("controller", request.controller, request.method, request.budget)
+        return self.memory.get(key, lambda: create_controller(request.controller, request.budget, self.cost_curve))
+
+    def describe(self) -> dict:
+        """What this engine runs on, for reports and ``--json``: the machine, the backend and its
+        build, the models (the draft only once loaded) and the calibration it starts from."""
+        from . import __version__
+
+        draft = self._draft
+        return {"quickdraft": __version__, "cpu": cpu_info().to_dict(), "backend": self.target.name,
+                "build": self.target.build, "threads": self.target.n_threads, "target": self.target.path.name,
+                "draft": None if draft is None else Path(draft).name if isinstance(draft, (str, Path))
+                else draft.path.name,
+                "cost_curve": [round(c, 3) for c in self.cost_curve] if self.cost_curve else None,
+                "draft_cost": round(self.draft_cost, 3) if self.draft_cost else None}
+
+    # --- requests -------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
         """Token ids for a prompt: ids as given; a message list or (unless ``chat`` is False) a
         string through the model's chat template when it has one; otherwise the raw text."""
         if not isinstance(prompt, str) and all(isinstance(t, (int, np.integer)) for t in prompt):
             bad = [t for t in prompt if not 0 <= t < self.target.vocab_size]
             if bad:
-                raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{self.target.vocab_size - 1})")
+                raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary "
+                                            f"(0..{self.target.vocab_size - 1})", param="prompt")
             return [int(t) for t in prompt]
         chat = self.chat if chat is None else chat
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         templated = self.target.chat_prompt(messages) if (chat or not isinstance(prompt, str)) else None
         if templated is None and not isinstance(prompt, str):
-            raise InvalidParameterError("this model has no chat template; pass a plain text prompt")
+            raise InvalidParameterError("this model has no chat template; pass a plain text prompt", param="prompt")
         return self.target.tokenize(templated if templated is not None else prompt,
                                     special=templated is not None)
 
-    def stream(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
-               method: str | None = None, num_draft: int | None = None, chat: bool | None = None,
-               controller: str | Controller | None = None) -> Stream:
-        """Generate, yielding :class:`Piece` s; see :meth:`generate` for the arguments."""
+    def prepare(self, prompt: Prompt, *, max_tokens: int | None = None, temperature: float = 0.0,
+                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
+                method: str | None = None, num_draft: int | None = None, controller: str | None = None,
+                chat: bool | None = None) -> Request:
+        """Check a generation's parameters and tokenize its prompt (text, chat messages or token
+        ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
+        at most ``default_max_tokens``."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        if max_tokens < 1:
-            raise InvalidParameterError(f"max_tokens must be >= 1, got {max_tokens}")
+        spec = self.spec(method or self.method)
+        stop = tuple(stop)
         if any(not s for s in stop):
-            raise InvalidParameterError("stop strings must not be empty")
+            raise InvalidParameterError("stop strings must not be empty", param="stop")
+        budget = next(n for n in (num_draft, self.num_draft, spec.default_budget) if n is not None)
+        if budget < 0:
+            raise InvalidParameterError(f"num_draft must be >= 0, got {budget}", param="num_draft")
+        controller = "fixed" if spec.decides_budget else controller or self.controller
+        if controller not in CONTROLLERS:
+            raise InvalidParameterError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}",
+                                        param="controller")
         tokens = self.prompt_tokens(prompt, chat=chat)
         if not tokens:
-            raise InvalidParameterError("the prompt is empty")
-        if len(tokens) + max_tokens > self.target.n_ctx:
+            raise InvalidParameterError("the prompt is empty", param="prompt")
+        room = self.target.n_ctx - len(tokens)
+        if max_tokens is None:
+            max_tokens = min(room, self.default_max_tokens or room)
+        elif max_tokens < 1:
+            raise InvalidParameterError(f"max_tokens must be >= 1, got {max_tokens}", param="max_tokens")
+        if room < 1 or max_tokens > room:  # about max_tokens when no prompt could leave it room
             raise ContextOverflowError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the context "
-                f"size ({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx")
-        method = method or self.method
-        proposer = self.proposer(method)
-        num_draft = self.draft_budget(method, num_draft)
-        if getattr(proposer, "decides_budget", False):
-            controller = "fixed"  # the engine's budget is only its cap
-        if not hasattr(controller, "budget"):
-            controller = self._controller(controller or self.controller, method, num_draft)
-        stream = Stream(iter(()))
-        stream.pieces = self._exclusive(self._run(tokens, max_tokens, sampling, tuple(stop), proposer, controller,
-                                                  stream))
+                f"prompt ({len(tokens)} tokens) + max_tokens ({max(max_tokens, 1)}) exceeds the context size "
+                f"({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx",
+                param="max_tokens" if max_tokens >= self.target.n_ctx else "prompt")
+        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller)
+
+    def stream(self, prompt: Prompt | Request, **options) -> Stream:
+        """Generate, yielding :class:`Piece` s; ``prompt`` is a prepared :class:`Request` or
+        anything :meth:`prepare` takes (with its keywords)."""
+        request = prompt if isinstance(prompt, Request) else self.prepare(prompt, **options)
+        stream = Stream(iter(()), request)
+        stream.pieces = self._exclusive(self._run(request, stream))
         return stream
+
+    def generate(self, prompt: Prompt | Request, **options) -> GenerationResult:
+        """Generate a completion of ``prompt`` (text, chat messages, token ids, or a Request).
+
+        Keywords: max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop (strings),
+        method (a registered method), num_draft (draft budget per step), controller (``fixed``
+        or ``adaptive``), chat (apply the chat template to a text prompt; default: the engine's).
+        """
+        stream = self.stream(prompt, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
 
     def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
         """Run one stream at a time: a second one started while another is unfinished (from
@@ -173,20 +303,7 @@ class Engine:
         finally:
             self._busy.release()
 
-    def generate(self, prompt: Prompt, **kwargs) -> GenerationResult:
-        """Generate a completion of ``prompt`` (text, chat messages, or token ids).
-
-        Keywords: max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop (strings),
-        method (a registered proposer name), num_draft (draft budget per step), controller
-        (``fixed`` or ``adaptive``), chat (apply the chat template to a text prompt; default: the
-        engine's setting).
-        """
-        stream = self.stream(prompt, **kwargs)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
-
+    # --- the step loop --------------------------------------------------------------------------
     def _verify(self, pending: int, draft: Draft, sampling: SamplingParams, rng: np.random.Generator) -> Acceptance:
         """One target forward over the pending token and the draft (a chain, or a tree), the
         acceptance rule, and a cache left holding the accepted tokens (the pending one included)."""
@@ -202,41 +319,37 @@ class Engine:
             self.target.keep(acceptance.kept_nodes())
         return acceptance
 
-    def _run(self, prompt: list[int], max_tokens: int, sampling: SamplingParams, stop: tuple[str, ...],
-             proposer: Proposer, controller: Controller, stream: Stream) -> Iterator[Piece]:
-        rng = sampling.rng()
-        stats, out = Stats(prompt_tokens=len(prompt)), _TextOut(self.target, stop)
-        start = time.perf_counter()
-        self.target.prefill(prompt[:-1])  # the last prompt token is fed with the first draft
-        proposer.begin(prompt)
-        controller.begin()
-        stats.prefill_time_s = time.perf_counter() - start
-        context, generated = list(prompt), []
-        while out.finish_reason is None and len(generated) < max_tokens:
-            # One step: propose -> verify (forward, accept, trim the cache) -> observe.
-            t0 = time.perf_counter()
-            budget = min(controller.budget(), max_tokens - len(generated) - 1)
-            draft = proposer.propose(context, budget, sampling, rng) if budget > 0 else Draft()
-            t1 = time.perf_counter()
-            acceptance = self._verify(context[-1], draft, sampling, rng)
-            t2 = time.perf_counter()
-            proposer.observe(acceptance)
-            controller.observe(acceptance, t1 - t0, t2 - t1)
-            kept = [t for t in acceptance.tokens[:max_tokens - len(generated)] if out.finish_reason is None
-                    and out.add(t)]
-            context += acceptance.tokens
-            generated += kept
-            stats.observe(acceptance, len(kept), t1 - t0, t2 - t1)
-            done = out.finish_reason is not None or len(generated) >= max_tokens
-            text = out.flush(final=done)
-            if kept or text:
-                yield Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
-        stats.total_time_s, stats.ended_on_eos = time.perf_counter() - start, out.eos
-        report = stats.to_dict()
-        if getattr(controller, "decisions", None) is not None:
-            report["budget_decisions"] = {str(k): n for k, n in sorted(controller.decisions.items())}
-        if getattr(proposer, "decisions", None) is not None:
-            report["draft_sources"] = dict(proposer.decisions)
-        stream.result = GenerationResult(text=out.text, token_ids=generated,
-                                         finish_reason=out.finish_reason or "length",
-                                         stats=report, prompt_tokens=len(prompt))
+    def _run(self, request: Request, stream: Stream) -> Iterator[Piece]:
+        spec, sampling = request.spec, request.sampling
+        proposer = spec.make(self.resources(spec), self._memory(spec), self._parsed[spec.name])
+        controller, rng = self._controller(request), sampling.rng()
+        context, generated = list(request.tokens), []
+        stats, out, clock = Stats(prompt_tokens=len(context)), _TextOut(self.target, request.stop), self.clock
+        start = clock()
+        self.target.prefill(context[:-1])  # the last prompt token is fed with the first draft
+        proposer.begin(context)
+        stats.prefill_time_s = clock() - start
+        try:
+            while out.finish_reason is None and len(generated) < request.max_tokens:
+                # One step: propose -> verify (forward, accept, trim the cache) -> observe.
+                t0 = clock()
+                budget = min(controller.budget(), request.max_tokens - len(generated) - 1)
+                draft = proposer.propose(context, budget, sampling, rng) if budget > 0 else Draft()
+                t1 = clock()
+                acceptance = self._verify(context[-1], draft, sampling, rng)
+                times = StepTimes(t1 - t0, clock() - t1)
+                proposer.observe(acceptance, times)
+                controller.observe(acceptance, times)
+                kept = [t for t in acceptance.tokens[:request.max_tokens - len(generated)]
+                        if out.finish_reason is None and out.add(t)]
+                context += acceptance.tokens
+                generated += kept
+                stats.observe(acceptance, len(kept), times, draft.source)
+                text = out.flush(final=out.finish_reason is not None or len(generated) >= request.max_tokens)
+                if kept or text:
+                    yield Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
+        finally:
+            proposer.end(context)
+        stats.total_time_s, stats.ended_on_eos = clock() - start, out.eos
+        stream.result = GenerationResult(text=out.text, token_ids=generated, finish_reason=out.finish_reason or "length",
+                                         stats=stats.to_dict(), prompt_tokens=len(request.tokens))

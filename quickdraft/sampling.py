@@ -29,13 +29,14 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise InvalidParameterError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise InvalidParameterError(f"temperature must be a finite number >= 0, got {self.temperature}",
+                                        param="temperature")
         if not (0 < self.top_p <= 1):
-            raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
         if self.top_k < 0:
-            raise InvalidParameterError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise InvalidParameterError(f"top_k must be >= 0 (0 disables it), got {self.top_k}", param="top_k")
         if self.seed is not None and self.seed < 0:
-            raise InvalidParameterError(f"seed must be >= 0, got {self.seed}")
+            raise InvalidParameterError(f"seed must be >= 0, got {self.seed}", param="seed")
 
     @property
     def greedy(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .types import Acceptance
+from .types import Acceptance, StepTimes
 
 
 @dataclass
@@ -16,6 +16,8 @@ class Stats:
     though it is not part of the output); acceptance rate is accepted / drafted draft tokens;
     acceptance_by_position[i] is the fraction of drafts with more than i tokens whose token i
     was accepted (for a tree draft: reaching depth i + 1, and its accepted path reaching it).
+    draft_lengths[k]: steps that drafted k tokens; draft_sources[s]: steps whose draft came from
+    source s (methods with several sources, such as auto; "plain" for its plain steps).
     """
 
     generated_tokens: int = 0
@@ -29,18 +31,24 @@ class Stats:
     prompt_tokens: int = 0
     ended_on_eos: bool = False
     accepted_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
+    draft_lengths: dict[int, int] = field(default_factory=dict)
+    draft_sources: dict[str, int] = field(default_factory=dict)
     _reached: list[int] = field(default_factory=list)  # drafts with > i tokens
     _kept: list[int] = field(default_factory=list)  # of those, token i accepted
 
-    def observe(self, acceptance: Acceptance, emitted: int, draft_time: float, verify_time: float) -> None:
-        """Record one step; ``emitted`` may be below len(acceptance.tokens) when a stop cut it short."""
+    def observe(self, acceptance: Acceptance, emitted: int, times: StepTimes, source: str = "") -> None:
+        """Record one step; ``emitted`` may be below len(acceptance.tokens) when a stop cut it
+        short; ``source``: where its draft came from, if the method says."""
         self.target_forwards += 1
         self.generated_tokens += emitted
         self.drafted_tokens += acceptance.drafted
         self.accepted_tokens += acceptance.accepted
-        self.draft_time_s += draft_time
-        self.verify_time_s += verify_time
+        self.draft_time_s += times.draft_s
+        self.verify_time_s += times.verify_s
         self.accepted_lengths.append(emitted)
+        self.draft_lengths[acceptance.drafted] = self.draft_lengths.get(acceptance.drafted, 0) + 1
+        if source:
+            self.draft_sources[source] = self.draft_sources.get(source, 0) + 1
         while len(self._reached) < acceptance.positions:
             self._reached.append(0)
             self._kept.append(0)
@@ -82,6 +90,8 @@ class Stats:
             "ended_on_eos": self.ended_on_eos,
             "tokens_per_second": round(self.tokens_per_second, 3),
             "accepted_lengths": list(self.accepted_lengths),
+            "draft_lengths": {str(k): n for k, n in sorted(self.draft_lengths.items())},
+            **({"draft_sources": dict(self.draft_sources)} if self.draft_sources else {}),
         }
 
     def summary(self) -> str:

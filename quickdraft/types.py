@@ -28,6 +28,7 @@ class Draft:
     tokens: tuple[int, ...] = ()
     q: np.ndarray | None = None
     parents: tuple[int, ...] | None = None
+    source: str = ""  # where the draft came from, when a method has several sources (auto); for stats
 
     def __post_init__(self) -> None:
         if self.q is not None and self.q.shape[0] != len(self.tokens):
@@ -77,6 +78,15 @@ class Acceptance:
     def positions(self) -> int:
         """How many draft positions (depths) the draft covered: ``depth`` or, for a chain, ``drafted``."""
         return self.drafted if self.depth is None else self.depth
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """What one step cost, in seconds: ``draft_s`` proposing, ``verify_s`` the target's forward
+    over the pending token and the draft, the acceptance rule and the cache trim."""
+
+    draft_s: float
+    verify_s: float
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
-"""Shared fixtures: tiny random-weight GGUF models the tests write themselves (no downloads)."""
+"""Shared fixtures: tiny random-weight GGUF models the tests write themselves (no downloads).
 
+The suite never depends on what a machine has cached: measured cost curves and tolerances go to
+an empty directory made for this run (models may stay in the shared cache, they are verified).
+"""
+
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from quickdraft.testing import make_tiny_pair
+os.environ["QUICKDRAFT_CALIBRATION"] = tempfile.mkdtemp(prefix="quickdraft-test-calibration-")
+
+from quickdraft.testing import make_tiny_pair  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,45 @@
 """The Backend protocol: how a model runs, independent of the method that drives it.
 
 A backend owns one KV cache holding a token sequence (``tokens``). ``forward`` appends to it,
-``rollback`` truncates it. Shapes: ``n`` new tokens, ``V`` vocabulary size.
+``rollback`` truncates it. Shapes: ``n`` new tokens, ``V`` vocabulary size, ``H`` hidden size.
+
+What a backend can do beyond the core protocol it declares in ``capabilities``; a proposer that
+needs more than the core declares it (``ProposerSpec.requires``) and reaches it only through
+the interface named here:
+
+- ``TREE``: :class:`TreeBackend`, a token tree in one forward.
+- ``HIDDEN_STATES``: :class:`HiddenStates`, the final hidden states of the cache (trained heads).
+- ``LAYER_SKIP``: :class:`LayerSkipping`, forwards through a subset of the layers (self-speculation).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import VocabularyMismatchError
 
+TREE = "tree"
+HIDDEN_STATES = "hidden_states"
+LAYER_SKIP = "layer_skip"
+
 
 class Backend(Protocol):
-    path: Path  # where the model came from (for messages)
+    name: str  # its registry name (backends/__init__.py)
+    path: Path  # the model file or directory (for messages)
+    build: str  # what computes, for reports: e.g. "llama-cpp-python 0.3.36, native build for ..."
+    capabilities: frozenset[str]
     vocab_size: int
     n_ctx: int
+    n_threads: int | None
     eos_token: int
     tokens: list[int]  # what the KV cache holds, in order
 
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix;
-        with ``last_logits``, return the logits after the last token [V]."""
+        with ``last_logits``, return the logits after the last token [V] (no other row is computed)."""
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         """Append ``tokens`` (n >= 1) after the cache; return logits for every new position [n, V]:
@@ -32,14 +48,36 @@ class Backend(Protocol):
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached tokens, drop the rest."""
 
-    # Token trees (see tree.py): N nodes, node 0 the pending token, parents in topological order.
+    def sibling(self, path: Path) -> "Backend":
+        """Another model (a resolved path) with this one's settings: a draft model."""
+
+    def close(self) -> None:
+        """Free the model and its cache now (otherwise when collected)."""
+
+    # The vocabulary side, which the engine needs to turn text into tokens and back.
+    def tokenize(self, text: str, *, special: bool) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes: ...
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary entry itself (for comparing vocabularies)."""
+    def is_end_of_generation(self, token: int) -> bool: ...
+    def chat_prompt(self, messages: list[dict]) -> str | None:
+        """The model's chat template applied to ``messages`` (with the assistant turn opened),
+        or None if the model has no template."""
+
+
+class TreeBackend(Backend, Protocol):
+    """``TREE``: token trees (see tree.py); N nodes, node 0 the pending token, parents in
+    topological order."""
+
+    max_tree_nodes: int
+
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
                      rows: Sequence[int] | None = None) -> np.ndarray:
         """Evaluate all N tree nodes after the cache in one forward; return [N, V]: row i is the
         prediction for the token after node i given the cache and node i's ancestors (node i at
         position len(cache) + depth). ``rows``: return only these nodes' rows, in this order
-        ([len(rows), V]; a backend may skip the others' output layer). Afterwards the cache holds
-        the nodes until :meth:`keep`."""
+        ([len(rows), V]; the others' output layer is skipped). Afterwards the cache holds the
+        nodes until :meth:`keep`."""
 
     def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
                     rows: Sequence[int] | None = None) -> np.ndarray:
@@ -53,19 +91,42 @@ class Backend(Protocol):
         down the tree) as the next cache entries, in order, and drop every other node; ``tokens``
         grows by len(path). For a chain, forward_tree + keep equals forward + rollback."""
 
-    # The vocabulary side, which the engine needs to turn text into tokens and back.
-    def tokenize(self, text: str, *, special: bool) -> list[int]: ...
-    def token_bytes(self, token: int) -> bytes: ...
-    def token_text(self, token: int) -> bytes:
-        """The vocabulary entry itself (for comparing vocabularies)."""
-    def is_end_of_generation(self, token: int) -> bool: ...
-    def chat_prompt(self, messages: list[dict]) -> str | None:
-        """The model's chat template applied to ``messages`` (with the assistant turn opened),
-        or None if the model has no template."""
+
+class HiddenStates(Protocol):
+    """``HIDDEN_STATES``: the target's final hidden states (the LM head's input), read-only."""
+
+    model: Any  # the framework's model (for its config, embeddings and a weight fingerprint)
+    lm_head: Any  # its output layer
+    last_hidden: Any  # [n, H] the rows of the latest forward (chain or tree), in input order
+
+    def hidden_states(self, start: int, stop: int) -> Any:
+        """Hidden states of cached positions ``start .. stop - 1`` [stop - start, H]."""
+
+
+class LayerSkipping(Protocol):
+    """``LAYER_SKIP``: forwards through a subset of the decoder layers, for self-speculation.
+    Rows they add live beside the cache until :meth:`drop_partial`; ``tokens`` never holds them."""
+
+    n_layers: int
+
+    def forward_layers(self, tokens: Sequence[int], layers: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` through ``layers`` only (sorted, layer 0 first) after the cache and the
+        partial rows so far; return logits [n, V]."""
+
+    def replay(self, count: int, layers: Sequence[int] | None = None, *, layer_states: bool = False):
+        """The last ``count`` cached tokens evaluated again through ``layers`` (all by default);
+        the cache is left as it was. Logits [count, V], and with ``layer_states`` also every
+        layer's output [n_layers + 1, count, H]."""
+
+    def drop_partial(self) -> None:
+        """Remove the rows :meth:`forward_layers` added."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
+    """Length of the longest common prefix of two token sequences.
+
+    Example: common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2.
+    """
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -79,9 +140,11 @@ def check_same_vocabulary(target: Backend, draft: Backend) -> None:
     if target.vocab_size != draft.vocab_size:
         raise VocabularyMismatchError(
             f"vocabulary mismatch: target {target.path.name} has {target.vocab_size} tokens, "
-            f"draft {draft.path.name} has {draft.vocab_size}; a draft model must share the target's tokenizer")
+            f"draft {draft.path.name} has {draft.vocab_size}; a draft model must share the target's tokenizer",
+            param="draft")
     for token in range(target.vocab_size):
         if target.token_text(token) != draft.token_text(token):
             raise VocabularyMismatchError(
                 f"vocabulary mismatch: token {token} is {target.token_text(token)!r} in the target "
-                f"{target.path.name} but {draft.token_text(token)!r} in the draft {draft.path.name}")
+                f"{target.path.name} but {draft.token_text(token)!r} in the draft {draft.path.name}",
+                param="draft")

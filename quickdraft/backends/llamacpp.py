@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
-import jinja2.sandbox
-import llama_cpp as ll
 import numpy as np
 
-from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
-from ..models import resolve_model
+from ..chat import render_chat
+from ..errors import BuildMismatchError, InvalidParameterError, ModelNotFoundError, QuickdraftError
+from ..system import cpu_info, default_threads, describe_llama_build, llama_build_mismatch
 from ..tree import check_path, layout
-from .base import common_prefix
+from .base import TREE, common_prefix
 
-
-def default_threads() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+# Checked before llama.cpp's code runs: a build for a CPU with more instruction sets would die of
+# "Illegal instruction" somewhere in it.
+if llama_build_mismatch():
+    raise BuildMismatchError(
+        f"llama-cpp-python in this environment was built for another CPU: this one ({cpu_info().model}) "
+        f"lacks {', '.join(llama_build_mismatch())}. Rebuild it here: `make install` (or `make test`) "
+        f"does, or delete the virtual environment and run make again.")
+import llama_cpp as ll  # noqa: E402
 
 
 class LlamaCppBackend:
@@ -45,10 +44,16 @@ class LlamaCppBackend:
     rely on it; on quantized models the matmul kernels still differ between batch sizes).
     """
 
-    def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+    name = "llamacpp"
+    capabilities = frozenset({TREE})
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
                  max_tree_nodes: int = 64, verbose: bool = False) -> None:
-        self.path = resolve_model(str(model))
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"no model file at {self.path}")
+        self.build = describe_llama_build()
         # llama-cpp-python maps ggml's WARN level to logging.ERROR, so only CRITICAL keeps load-time
         # warnings quiet; failures still reach the user as our own error messages.
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
@@ -92,9 +97,9 @@ class LlamaCppBackend:
         self.chat_template = template.decode("utf-8") if template else None
         self.tokens: list[int] = []
 
-    def sibling(self, model: str | Path) -> "LlamaCppBackend":
-        """Another model with this one's settings (used for a draft model)."""
-        return LlamaCppBackend(model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
+    def sibling(self, path: Path) -> "LlamaCppBackend":
+        """Another model (a resolved path) with this one's settings (used for a draft model)."""
+        return LlamaCppBackend(path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
                                n_gpu_layers=self.n_gpu_layers, precise=self.precise,
                                max_tree_nodes=self.max_tree_nodes)
 
@@ -287,19 +292,9 @@ class LlamaCppBackend:
         return self.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
 
 
-def render_chat(template: str, messages: list[dict], *, bos: str, eos: str) -> str:
-    """Apply a Hugging Face style Jinja chat template, opening the assistant's turn."""
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise QuickdraftError(f"a chat message needs 'role' and 'content', got {m!r}")
-
-    def raise_exception(message: str):
-        raise QuickdraftError(f"chat template: {message}")
-
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos,
-                                            eos_token=eos, raise_exception=raise_exception)
-
+def system_info() -> str:
+    """What llama.cpp was compiled with, as it says itself ("CPU : SSE3 = 1 | AVX = 1 | ...")."""
+    return ll.llama_print_system_info().decode(errors="replace").strip()
 
 
 def requantize(source: Path, dest: Path, quant_type: str, n_threads: int | None = None) -> None:

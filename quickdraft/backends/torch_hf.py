@@ -28,11 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InvalidParameterError, QuickdraftError
-from ..models import resolve_model
+from ..chat import render_chat
+from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..tree import check_path, layout
-from .base import common_prefix
-from .llamacpp import render_chat
+from .base import HIDDEN_STATES, LAYER_SKIP, TREE, common_prefix
 
 TORCH_HINT = "pip install 'quickdraft[torch]'"
 
@@ -54,15 +53,18 @@ def default_device() -> str:
 class TorchBackend:
     """One transformers causal LM and its KV cache (batch 1).
 
-    ``model``: a transformers model directory, or a GGUF file / bundled model name (dequantized).
+    ``model``: a transformers model directory, or a GGUF file (dequantized on load).
     ``max_tree_nodes`` bounds a token tree (as in the llama.cpp backend; here only the attention
-    mask grows with it). ``dtype``: "float32" (the default here: exact comparisons), "bfloat16" (what ``load`` and the
-    CLI default to: on these AVX-512 BF16 CPUs a forward of 1-16 tokens costs nearly the same,
-    while float32's cost grows several-fold from 1 to 4 tokens) or "float16". ``device``: "cpu", "cuda", ... (default: cuda
+    mask grows with it). ``dtype``: "bfloat16" (the default: on AVX-512 BF16 CPUs a forward of 1-16
+    tokens costs nearly the same, while float32's cost grows several-fold from 1 to 4 tokens),
+    "float32" (what the tests use for exact comparisons) or "float16". ``device``: "cpu", "cuda", ... (default: cuda
     when present). ``n_threads``: torch's intra-op threads (default: torch's own choice).
     """
 
-    def __init__(self, model: str | Path, *, dtype: str = "float32", device: str | None = None,
+    name = "torch"
+    capabilities = frozenset({TREE, HIDDEN_STATES, LAYER_SKIP})
+
+    def __init__(self, model: str | Path, *, dtype: str = "bfloat16", device: str | None = None,
                  n_ctx: int = 4096, n_threads: int | None = None, max_tree_nodes: int = 64,
                  verbose: bool = False) -> None:
         try:
@@ -76,12 +78,13 @@ class TorchBackend:
         self.max_tree_nodes = max_tree_nodes
         if n_threads:
             torch.set_num_threads(n_threads)
-        source = Path(model)
-        if source.is_dir():
-            self.path, where = source, dict(pretrained_model_name_or_path=str(source))
-        else:
-            self.path = resolve_model(str(model))
+        self.path = Path(model)
+        if self.path.is_dir():
+            where = dict(pretrained_model_name_or_path=str(self.path))
+        elif self.path.is_file():
             where = dict(pretrained_model_name_or_path=str(self.path.parent), gguf_file=self.path.name)
+        else:
+            raise ModelNotFoundError(f"no model directory or GGUF file at {self.path}")
         try:
             with _quiet(verbose, transformers):
                 self.tokenizer = AutoTokenizer.from_pretrained(**where)
@@ -94,7 +97,9 @@ class TorchBackend:
             raise QuickdraftError(f"{self.path.name}: only models whose layers all use full attention are "
                                   f"supported (this one has {sorted(set(config.layer_types))})")
         self.decoder = self.model.get_decoder()
+        self.n_layers = len(self.decoder.layers)
         self.lm_head = self.model.get_output_embeddings()
+        self.build = f"torch {torch.__version__}, transformers {transformers.__version__}, {dtype} on {self.device}"
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.n_ctx = min(n_ctx, getattr(config, "max_position_embeddings", n_ctx) or n_ctx)
         self._cache_factory = lambda: DynamicCache(config=config)
@@ -103,10 +108,15 @@ class TorchBackend:
         self.last_hidden: torch.Tensor | None = None
         self._load_vocabulary()
 
-    def sibling(self, model: str | Path) -> "TorchBackend":
-        """Another model with this one's settings (used for a draft model)."""
+    def sibling(self, model: Path) -> "TorchBackend":
+        """Another model (a resolved path) with this one's settings (used for a draft model)."""
         return TorchBackend(model, dtype=self.dtype, device=self.device, n_ctx=self.n_ctx,
                             n_threads=self.n_threads, max_tree_nodes=self.max_tree_nodes)
+
+    def close(self) -> None:
+        """Drop the cache (the weights go when the backend is collected)."""
+        self.cache = self._cache_factory()
+        self.tokens, self.last_hidden = [], None
 
     # --- the KV cache -------------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:

@@ -8,6 +8,8 @@ from statistics import median
 from typing import Iterable, Sequence
 
 CHECK_KINDS = ("exact", "near-tie", "real divergence")
+AR_METHOD = "ar"  # plain decoding: every speedup is against it
+WARM = " (warm)"  # the suffix of a method's warm rows: after the task's earlier prompt-turns
 
 
 def unit_key(sample: dict) -> tuple:
@@ -30,7 +32,7 @@ def with_speedups(samples: Sequence[dict]) -> list[dict]:
 
     Per-token times make the ratio fair when a near-tie made the two outputs differ in length.
     """
-    ar = {sample_key(s)[:-1]: s for s in samples if s["method"] == "ar"}
+    ar = {sample_key(s)[:-1]: s for s in samples if s["method"] == AR_METHOD}
     out = []
     for s in samples:
         base = ar.get(sample_key(s)[:-1])

@@ -27,9 +27,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from .metrics import CHECK_KINDS, geometric_mean
+from .metrics import AR_METHOD, CHECK_KINDS, geometric_mean
 
-AR_METHOD = "ar"
 DIVERGENCE = "real divergence"
 DPI = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -611,7 +610,57 @@ def write_plots(results: dict, out_dir: Path) -> tuple[list[tuple[str, Path]], l
 
 
 CONFIG_ORDER = ("models", "target", "draft", "tasks", "methods", "max_tokens", "repeat", "repeats",
-                "limit", "num_draft", "temperature", "date", "machine")
+                "limit", "num_draft", "temperature", "warm", "date", "system")
+
+
+def machine_line(config: dict) -> str:
+    """'AMD EPYC (2 cores), llama-cpp-python 0.3.36, native build for ..., 2 threads' from the
+    ``system`` a run recorded (or its older free-text ``machine``)."""
+    system = config.get("system")
+    if not isinstance(system, dict):
+        return str(config.get("machine") or "")
+    cpu = system.get("cpu") or {}
+    return (f"{cpu.get('model', '?')} ({cpu.get('cores', '?')} cores; {' '.join(cpu.get('instruction_sets', []))}), "
+            f"{system.get('build', '?')}, {system.get('threads', '?')} threads")
+
+
+def section_state(results: dict) -> list[str]:
+    """What every sample started from: the honest-bench statement, and what came from disk."""
+    config = _config(results)
+    system = config.get("system") if isinstance(config.get("system"), dict) else {}
+    lines = ["## How the samples ran", "",
+             "Every sample started from a fresh engine memory, the state a new user's engine has: no suffix "
+             "store of earlier outputs, no learned acceptance or costs (cold). Methods ran back to back per "
+             "prompt-turn, in an order rotated per repeat."]
+    if config.get("warm"):
+        lines.append("Rows named `<method> (warm)` ran the same method after the task's earlier prompt-turns, in "
+                     "order, with one memory per task, method and repeat fed only by those warm runs: what a server "
+                     "that had answered them would know. No prompt-turn ever followed itself.")
+    if system.get("cost_curve"):
+        curve = ", ".join(f"{c:.2f}" for c in system["cost_curve"][:9])
+        draft = f"; the draft model's token cost {system['draft_cost']:.2f} of a step" if system.get("draft_cost") else ""
+        lines.append(f"From the calibration cache (measured on this CPU and build): the target's forward cost "
+                     f"for 1..9 new tokens relative to one, {curve}{draft}. The target's KV cache kept the prompt "
+                     f"prefix between samples, which only prefill time sees (speedups are decode time).")
+    return lines + [""]
+
+
+def section_repeats(results: dict) -> list[str]:
+    """Every repeat's speedup, per prompt-turn and method."""
+    samples = [s for s in _rows(results, "samples") if s.get("method") != AR_METHOD]
+    if not samples:
+        return []
+    by_unit: dict[tuple, dict[str, list]] = {}
+    for s in samples:
+        unit = (s.get("task"), s.get("prompt_id"), s.get("turn"))
+        by_unit.setdefault(unit, {}).setdefault(str(s.get("method")), []).append((s.get("repeat"), s.get("speedup")))
+    methods = _methods(results, samples)
+    rows = [[f"{task} {pid}" + (f" turn {turn + 1}" if turn else ""),
+             *(" / ".join(fmt_num(v) for _, v in sorted(by_unit[unit].get(m, []), key=lambda rv: rv[0] or 0))
+               or "-" for m in methods)]
+            for unit in by_unit for task, pid, turn in [unit]]
+    return ["## Every repeat", "", "Speedup of each repeat (repeat 0 first), per prompt-turn.", "",
+            md_table(("prompt-turn", *methods), rows), ""]
 
 
 def section_config(results: dict) -> list[str]:
@@ -765,11 +814,11 @@ def render_markdown(results: dict, written: Sequence[tuple[str, Path]] = (),
     config = _config(results)
     lines = ["# quickdraft benchmark report", ""]
     if config.get("date") is not None:
-        machine = f" on {config['machine']}" if config.get("machine") else ""
-        lines += [f"Run of {config['date']}{machine}.", ""]
+        machine = machine_line(config)
+        lines += [f"Run of {config['date']}" + (f" on {machine}." if machine else "."), ""]
     lines += section_divergence_warning(results) + section_missing(results)
-    for section in (section_config, section_summary, section_acceptance_by_position,
-                    section_checks, section_calibration, section_peers):
+    for section in (section_config, section_state, section_summary, section_repeats,
+                    section_acceptance_by_position, section_checks, section_calibration, section_peers):
         lines += section(results)
     lines += section_plots(written, notes)
     return "\n".join(lines).rstrip() + "\n"

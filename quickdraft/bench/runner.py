@@ -5,6 +5,14 @@ repeat, so slow drift of the machine hits all methods alike. Multi-turn question
 earlier answer in the history (greedy speculative answers are the same text). Every finished
 sample is checkpointed to results.json, so ``--resume`` continues an interrupted run and Ctrl-C
 leaves a valid partial report.
+
+Every sample starts from the state a new user's engine has: a fresh engine memory (no suffix
+store of earlier outputs, nothing learned about acceptance or costs), so no sample sees another's
+answer, least of all an earlier answer to its own prompt. What is cached on disk (the cost curve
+auto starts from, the KV cache's prompt prefix, which only prefill time sees) is named in the
+report. ``warm`` adds rows "<method> (warm)": the same method after the task's earlier prompt-turns
+in order (one memory per task, method and repeat, fed by those warm runs), which is what a
+server that has answered them would know; a prompt-turn is never preceded by itself.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..check import check_against_ar
+from ..engine import Memory
 from ..errors import QuickdraftError
 from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
-from ..proposers import uses_draft_model
-from .metrics import geometric_mean, sample_key, summarize, with_speedups
+from ..proposers import METHODS
+from .metrics import AR_METHOD, WARM, geometric_mean, sample_key, summarize, with_speedups
 from .tasks import BenchPrompt, load_tasks
 
 
@@ -35,7 +44,7 @@ class BenchConfig:
     draft: str = DEFAULT_DRAFT
     tasks: tuple[str, ...] = ("humaneval", "mt-bench", "code-edit")
     data: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ("ar", "auto", "draft", "ngram", "suffix")
+    methods: tuple[str, ...] = (AR_METHOD, "auto", "draft", "ngram", "suffix")
     max_tokens: int = 128
     limit: int | None = 4
     repeat: int = 1
@@ -46,12 +55,14 @@ class BenchConfig:
     peer_limit: int = 2
     controller: str = "fixed"
     backend: str = "llamacpp"  # or "torch" (transformers), with its dtype
-    dtype: str = "bfloat16"
+    dtype: str | None = None  # torch's (default bfloat16)
     heads: str | None = None  # trained heads for medusa/eagle (a directory, or one holding medusa/ and eagle/)
+    warm: bool = False  # also each method after the task's earlier prompt-turns (rows "<method> (warm)")
+    threads: int | None = None
 
     def __post_init__(self) -> None:
-        if "ar" not in self.methods:  # the baseline every speedup is measured against
-            object.__setattr__(self, "methods", ("ar", *self.methods))
+        if AR_METHOD not in self.methods:  # the baseline every speedup is measured against
+            object.__setattr__(self, "methods", (AR_METHOD, *self.methods))
         if self.repeat < 1 or self.max_tokens < 1 or (self.limit is not None and self.limit < 1):
             raise QuickdraftError("--repeat, --max-tokens and --limit must be >= 1")
 
@@ -67,7 +78,7 @@ class Results:
     doc: dict = field(default_factory=dict)
 
     @classmethod
-    def start(cls, out: Path, config: BenchConfig, *, resume: bool, overwrite: bool) -> "Results":
+    def start(cls, out: Path, config: BenchConfig, system: dict, *, resume: bool, overwrite: bool) -> "Results":
         path = out / "results.json"
         if path.exists() and resume:
             doc = json.loads(path.read_text())
@@ -81,7 +92,7 @@ class Results:
                                   f"replace it, or --out DIR to write elsewhere")
         out.mkdir(parents=True, exist_ok=True)
         return cls(path, {"config": {**config.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                     "machine": _machine()},
+                                     "system": system},
                           "samples": [], "summary": [], "calibration": None, "peers": [], "peer_status": {}})
 
     def save(self) -> None:
@@ -94,34 +105,33 @@ class Results:
         os.replace(tmp, self.path)
 
 
-def _machine() -> str:
-    import platform
-
-    from ..backends.llamacpp import default_threads
-    return f"{platform.processor() or platform.machine()}, {default_threads()} cores, Python {platform.python_version()}"
-
-
 def rotate(methods: Sequence[str], by: int) -> list[str]:
     """Run order for repeat ``by``: rotate(["ar", "draft", "ngram"], 1) == ["draft", "ngram", "ar"]."""
     by %= len(methods)
     return [*methods[by:], *methods[:by]]
 
 
-def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, key: tuple) -> dict:
-    """Generate once and return the sample record (see the schema in quickdraft.bench)."""
+def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, key: tuple,
+               memory: Memory | None = None) -> dict:
+    """Generate once and return the sample record (see the schema in quickdraft.bench). The engine
+    runs with ``memory`` (a warm sample's), else with a fresh one (a cold sample)."""
     task, prompt_id, turn, repeat = key
-    start = time.perf_counter()
-    result = engine.generate(messages, method=method, max_tokens=config.max_tokens,
+    engine.memory = memory if memory is not None else Memory()
+    request = engine.prepare(messages, method=method, max_tokens=config.max_tokens, num_draft=config.num_draft,
                              temperature=config.temperature, seed=config.seed + repeat)
+    start = time.perf_counter()
+    result = engine.generate(request)
     elapsed = time.perf_counter() - start
     s = result.stats
     keep = ("target_forwards", "drafted_tokens", "accepted_tokens", "accepted_lengths", "acceptance_by_position",
             "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
             "tokens_per_second", "ended_on_eos")
-    return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": method,
-            "config": {"num_draft": engine.draft_budget(method, config.num_draft) if method != "ar" else 0,
-                       "temperature": config.temperature, "controller": config.controller,
-                       "budget_decisions": s.get("budget_decisions"), "draft_sources": s.get("draft_sources")},
+    label = method if memory is None else f"{method}{WARM}"
+    return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": label,
+            "mode": "cold" if memory is None else "warm",
+            "config": {"num_draft": request.budget if method != AR_METHOD else 0,
+                       "temperature": config.temperature, "controller": request.controller,
+                       "draft_lengths": s.get("draft_lengths"), "draft_sources": s.get("draft_sources")},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
             "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
             "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text}
@@ -129,9 +139,9 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
 
 def check_samples(engine, samples: list[dict], prompt_tokens: list[int]) -> None:
     """Set ``check`` on each greedy non-AR sample of one prompt-turn and repeat, against its AR."""
-    ar = next(s for s in samples if s["method"] == "ar")
+    ar = next(s for s in samples if s["method"] == AR_METHOD)
     for s in samples:
-        if s["method"] != "ar" and s["check"] is None and s["config"]["temperature"] == 0:
+        if s["method"] != AR_METHOD and s["check"] is None and s["config"]["temperature"] == 0:
             s["check"] = check_against_ar(engine, prompt_tokens, s["token_ids"], ar["token_ids"]).to_dict()
 
 
@@ -144,7 +154,7 @@ def running_status(samples: list[dict]) -> str:
     """'draft 1.12x, ngram 0.81x': geometric mean speedup so far per method."""
     per_method: dict[str, list[float]] = {}
     for s in with_speedups(samples):
-        if s["method"] != "ar" and s["speedup"]:
+        if s["method"] != AR_METHOD and s["speedup"]:
             per_method.setdefault(s["method"], []).append(s["speedup"])
     return ", ".join(f"{m} {geometric_mean(v):.2f}x" for m, v in per_method.items())
 
@@ -158,19 +168,19 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
 
     console = console or Console()
     prompts = load_tasks(config.tasks, [Path(p) for p in config.data], config.limit)
-    results = Results.start(out, config, resume=resume, overwrite=overwrite)
-    engine = load(config.target, config.draft if any(map(uses_draft_model, config.methods)) else None, method="ar",
-                  num_draft=config.num_draft, n_ctx=config.n_ctx, controller=config.controller,
-                  backend=config.backend, dtype=config.dtype, heads=config.heads)
+    drafting = any(METHODS[m].uses_draft_model for m in config.methods)
+    given = {"n_ctx": config.n_ctx, "n_threads": config.threads, "dtype": config.dtype, "heads": config.heads}
+    engine = load(config.target, config.draft if drafting else None, method=AR_METHOD, backend=config.backend,
+                  controller=config.controller, **{k: v for k, v in given.items() if v is not None})
     for method in config.methods:
-        engine.proposer(method)  # fail fast: unknown method, missing draft, vocabulary mismatch
+        engine.spec(method)  # fail fast: unknown method, missing draft, bad options
+    draft = engine.draft_model() if drafting else None  # loaded and checked now, and its cost calibrated
+    results = Results.start(out, config, engine.describe(), resume=resume, overwrite=overwrite)
     units: list[tuple[BenchPrompt, int, list[dict]]] = []
     context = engine.prompt_tokens([{"role": "user", "content": prompts[0].turns[0]}])
     try:
         with progress_bar(console) as progress:
             if results.doc["calibration"] is None:
-                drafting = [m for m in config.methods if uses_draft_model(m)]
-                draft = engine.proposer(drafting[0]).model if drafting else None
                 results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress)
                 results.save()
             _run_prompts(engine, prompts, config, results, progress, units)
@@ -198,8 +208,21 @@ def calibrate_engine(target, draft, context: list[int], progress: Progress, repe
 def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progress: Progress, units: list) -> None:
     samples = results.doc["samples"]
     done = {sample_key(s): s for s in samples}
-    total = sum(len(p.turns) for p in prompts) * config.repeat * len(config.methods)
+    warm = [m for m in config.methods if m != AR_METHOD] if config.warm else []
+    total = sum(len(p.turns) for p in prompts) * config.repeat * (len(config.methods) + len(warm))
     bar = progress.add_task("bench", total=total, completed=len(done), status=running_status(samples))
+    memories: dict[tuple, Memory] = {}  # (task, method, repeat) -> what the warm runs so far taught it
+
+    def sample(key: tuple, messages: list[dict], method: str, memory: Memory | None = None) -> dict:
+        if key not in done:
+            progress.update(bar, description=f"{key[0]} {key[1]} [{key[4]}]")
+            done[key] = run_sample(engine, messages, method, config, key[:4], memory)
+            samples.append(done[key])
+            progress.update(bar, advance=1, status=running_status(samples))
+        elif memory is not None:  # resumed: run it again unrecorded, so the chain learns what it did
+            run_sample(engine, messages, method, config, key[:4], memory)
+        return done[key]
+
     for prompt in prompts:
         messages: list[dict] = []
         for turn, question in enumerate(prompt.turns):
@@ -207,18 +230,13 @@ def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progres
             units.append((prompt, turn, messages))
             prompt_tokens = engine.prompt_tokens(messages)
             for repeat in range(config.repeat):
-                group = []
-                for method in rotate(config.methods, repeat):
-                    key = (prompt.task, prompt.prompt_id, turn, repeat, method)
-                    if (*key,) not in done:
-                        progress.update(bar, description=f"{prompt.task} {prompt.prompt_id} [{method}]")
-                        done[key] = run_sample(engine, messages, method, config, key[:4])
-                        samples.append(done[key])
-                        progress.update(bar, advance=1, status=running_status(samples))
-                    group.append(done[key])
+                unit = (prompt.task, prompt.prompt_id, turn, repeat)
+                group = [sample((*unit, m), messages, m) for m in rotate(config.methods, repeat)]
+                group += [sample((*unit, f"{m}{WARM}"), messages, m,
+                                 memories.setdefault((prompt.task, m, repeat), Memory())) for m in warm]
                 check_samples(engine, group, prompt_tokens)
                 results.save()
-            ar_answer = done[(prompt.task, prompt.prompt_id, turn, 0, "ar")]["text"]
+            ar_answer = done[(prompt.task, prompt.prompt_id, turn, 0, AR_METHOD)]["text"]
             messages = [*messages, {"role": "assistant", "content": ar_answer}]
 
 
@@ -230,7 +248,7 @@ def _run_peers(engine, config: BenchConfig, results: Results, progress: Progress
               for u in spread([u for u in units if u[0].task == task], config.peer_limit)]
     peer_prompts = []
     for prompt, turn, messages in chosen:
-        ar = next(s for s in results.doc["samples"] if s["method"] == "ar" and s["repeat"] == 0
+        ar = next(s for s in results.doc["samples"] if s["method"] == AR_METHOD and s["repeat"] == 0
                   and (s["task"], s["prompt_id"], s["turn"]) == (prompt.task, prompt.prompt_id, turn))
         peer_prompts.append(PeerPrompt(prompt.task, prompt.prompt_id, turn, engine.prompt_tokens(messages),
                                        ar["token_ids"]))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import packages
 from ..errors import QuickdraftError
-from ..models import cache_dir
+from ..system import cache_dir
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import HeadsMismatchError, QuickdraftError
+from ..system import cache_dir
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -164,8 +165,6 @@ def heads_dir(heads: Path | str | None, kind: str) -> Path:
     """Where the ``kind`` heads are: ``heads`` itself, its ``kind`` subdirectory (so one
     directory can hold both kinds), or, when ``heads`` is None, ``<cache>/heads/<kind>``, where
     ``quickdraft train`` saves by default."""
-    from ..models import cache_dir
-
     root = Path(heads).expanduser() if heads else cache_dir() / "heads"
     for candidate in (root, root / kind):
         if (candidate / CONFIG_FILE).is_file():

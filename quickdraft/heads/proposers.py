@@ -20,18 +20,11 @@ import numpy as np
 import torch
 
 from ..backends.base import common_prefix
-from ..errors import InvalidParameterError, QuickdraftError
+from ..proposers.base import BaseProposer
 from ..sampling import SamplingParams
 from ..tree import grow_tree
-from ..types import Acceptance, Draft
-from . import load_for_target
+from ..types import Acceptance, Draft, StepTimes
 from .eagle import KVCache
-
-
-def _check_backend(target, method: str) -> None:
-    if not all(hasattr(target, a) for a in ("last_hidden", "model", "lm_head")):
-        raise QuickdraftError(f"method '{method}' reads the target's hidden states: use the torch backend "
-                              "(--backend torch)")
 
 
 def prompt_features(target, prompt: Sequence[int], start: int) -> torch.Tensor:
@@ -54,13 +47,13 @@ def prompt_features(target, prompt: Sequence[int], start: int) -> torch.Tensor:
     return rows[len(rows) - (m - start):]
 
 
-class MedusaProposer:
-    """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring)."""
+class MedusaProposer(BaseProposer):
+    """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring).
+    ``loaded``: (head, draft vocabulary, config) from ``heads.load_for_target``."""
 
-    def __init__(self, target, heads: str | None = None, **_: object) -> None:
-        _check_backend(target, "medusa")
+    def __init__(self, target, loaded, options) -> None:
         self.target = target
-        self.head, self.vocab, self.config = load_for_target(heads, "medusa", target.model, target.lm_head)
+        self.head, self.vocab, self.config = loaded
         self.anchor: torch.Tensor | None = None  # [H] hidden state of the last cached position
 
     def begin(self, prompt: Sequence[int]) -> None:
@@ -76,11 +69,11 @@ class MedusaProposer:
             tokens = self.vocab.to_full(self.vocab.logits(features).argmax(-1))
         return Draft(tuple(int(t) for t in tokens))
 
-    def observe(self, acceptance: Acceptance) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         self.anchor = self.target.last_hidden[acceptance.kept_nodes()[-1]]
 
 
-class EagleProposer:
+class EagleProposer(BaseProposer):
     """EAGLE drafting: the head reads the target's true features of the whole context (its own
     KV cache), then extrapolates token by token from its own guesses (see heads/eagle.py).
 
@@ -91,10 +84,9 @@ class EagleProposer:
     that extends an earlier conversation reuses the entries of the common prefix.
     """
 
-    def __init__(self, target, heads: str | None = None, **_: object) -> None:
-        _check_backend(target, "eagle")
+    def __init__(self, target, loaded, options) -> None:
         self.target = target
-        self.head, self.vocab, self.config = load_for_target(heads, "eagle", target.model, target.lm_head)
+        self.head, self.vocab, self.config = loaded
         self.embed = target.model.get_input_embeddings()
         self.cache, self.pending, self.seen = KVCache(), None, []
 
@@ -133,7 +125,7 @@ class EagleProposer:
         self.seen = list(context)
         return Draft(tuple(tokens))
 
-    def observe(self, acceptance: Acceptance) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         rows = self.target.last_hidden[list(acceptance.kept_nodes())]
         self.pending = rows if self.pending is None else torch.cat([self.pending, rows])
 
@@ -144,19 +136,13 @@ def _top(vocab, logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.T
     return vocab.to_full(index), logp
 
 
-def _check_width(tree_width: int) -> int:
-    if tree_width < 1:
-        raise InvalidParameterError(f"tree_width must be >= 1, got {tree_width}")
-    return tree_width
-
-
 class MedusaTreeProposer(MedusaProposer):
     """Medusa's tree: the Cartesian product of each head's top ``tree_width`` tokens, pruned to
     the ``budget`` nodes of highest joint probability (the heads' probabilities multiplied)."""
 
-    def __init__(self, target, heads: str | None = None, tree_width: int = 3, **options: object) -> None:
-        super().__init__(target, heads, **options)
-        self.tree_width = _check_width(tree_width)
+    def __init__(self, target, loaded, options) -> None:
+        super().__init__(target, loaded, options)
+        self.tree_width = options.tree_width
 
     def propose(self, context, budget, sampling, rng) -> Draft:
         if self.anchor is None or budget <= 0:
@@ -176,9 +162,9 @@ class EagleTreeProposer(EagleProposer):
     nodes (a tree attention mask over its cache), each node proposing its ``tree_width`` most
     likely next tokens; the ``budget`` best nodes by cumulative probability form the draft."""
 
-    def __init__(self, target, heads: str | None = None, tree_width: int = 3, **options: object) -> None:
-        super().__init__(target, heads, **options)
-        self.tree_width = _check_width(tree_width)
+    def __init__(self, target, loaded, options) -> None:
+        super().__init__(target, loaded, options)
+        self.tree_width = options.tree_width
 
     def propose(self, context, budget, sampling, rng) -> Draft:
         m = len(context) - 1
@@ -212,3 +198,7 @@ class EagleTreeProposer(EagleProposer):
         self.cache.crop(m)
         self.seen = list(context)
         return draft
+
+
+PROPOSER_CLASSES = {("medusa", False): MedusaProposer, ("medusa", True): MedusaTreeProposer,
+                    ("eagle", False): EagleProposer, ("eagle", True): EagleTreeProposer}

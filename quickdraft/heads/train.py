@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import QuickdraftError
-from ..models import cache_dir
+from ..system import cache_dir
 from . import build_head
 from .common import DraftVocab, HeadConfig, describe_target, most_frequent, save_heads
 from .eagle import EagleHead

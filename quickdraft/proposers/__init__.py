@@ -1,6 +1,23 @@
-"""Proposers register themselves by method name on import."""
+"""The decoding methods, registered explicitly: a method is in this list or it does not exist.
 
-from . import draft_model, heads, hybrid, layerskip, ngram, suffix  # noqa: F401  (registration)
-from .base import PROPOSERS, NoProposer, Proposer, create, register, tree_variant, uses_draft_model
+To add one, write its proposer and its :class:`ProposerSpec` in a module here and list the spec
+below (docs/design.md, "Adding a method"); the registry test lists every name.
+"""
 
-__all__ = ["PROPOSERS", "NoProposer", "Proposer", "create", "register", "tree_variant", "uses_draft_model"]
+from . import ar, draft_model, heads, hybrid, layerskip, ngram, suffix
+from .base import BaseProposer, NoOptions, Proposer, ProposerSpec, Registry, Resources, parse_options
+
+METHODS = Registry([
+    hybrid.AUTO,
+    ar.AR,
+    draft_model.DRAFT,
+    draft_model.DRAFT_TREE,
+    ngram.NGRAM,
+    ngram.NGRAM_TREE,
+    suffix.SUFFIX,
+    layerskip.LAYERSKIP,
+    *heads.SPECS,
+])
+
+__all__ = ["METHODS", "BaseProposer", "NoOptions", "Proposer", "ProposerSpec", "Registry", "Resources",
+           "parse_options"]

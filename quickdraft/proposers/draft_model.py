@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import check_same_vocabulary, common_prefix
-from ..errors import InvalidParameterError, QuickdraftError
+from ..backends.base import TREE, Backend, common_prefix
+from ..errors import InvalidParameterError
 from ..sampling import SamplingParams, sample, warp
 from ..tree import chain_parents, grow_tree
-from ..types import Acceptance, Draft
-from .base import register
+from ..types import Draft
+from .base import BaseProposer, ProposerSpec
 
 
-@register("draft")
-class DraftModelProposer:
+@dataclass(frozen=True)
+class DraftOptions:
+    """``min_confidence``: stop drafting where the draft model's top probability is below this."""
+
+    min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise InvalidParameterError(f"min_confidence must be in [0, 1), got {self.min_confidence}",
+                                        param="min_confidence")
+
+
+@dataclass(frozen=True)
+class DraftTreeOptions(DraftOptions):
+    """``tree_branch``: children per expanded node; ``tree_expand``: nodes expanded per level."""
+
+    tree_branch: int = 3
+    tree_expand: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tree_branch < 1 or self.tree_expand < 1:
+            raise InvalidParameterError(f"tree_branch and tree_expand must be >= 1, got {self.tree_branch}, "
+                                        f"{self.tree_expand}", param="tree_branch")
+
+
+class DraftModelProposer(BaseProposer):
     """A chain drafted token by token by a small model with its own KV cache.
 
     Greedy requests draft the draft model's argmax (deterministic draft, q = None); sampled
@@ -28,16 +54,9 @@ class DraftModelProposer:
     prefix (``Backend.prefill``), which is the rollback after a rejection.
     """
 
-    needs_draft_model = True
-
-    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, **_: object) -> None:
-        if not draft:
-            raise QuickdraftError(f"method {self.name!r} needs a draft model (--draft NAME or PATH)")
-        if not 0.0 <= min_confidence < 1.0:
-            raise InvalidParameterError(f"min_confidence must be in [0, 1), got {min_confidence}")
-        self.model = target.sibling(draft)
-        check_same_vocabulary(target, self.model)
-        self.min_confidence = min_confidence
+    def __init__(self, model: Backend, options: DraftOptions) -> None:
+        self.model = model
+        self.min_confidence = options.min_confidence
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.model.prefill(prompt[:-1])
@@ -50,11 +69,7 @@ class DraftModelProposer:
         return draft_chain(logits, lambda token: self.model.forward([token])[0], budget, sampling, rng,
                            self.min_confidence)
 
-    def observe(self, acceptance: Acceptance) -> None:
-        pass
 
-
-@register("draft-tree")
 class DraftTreeProposer(DraftModelProposer):
     """A token tree grown by the draft model, EAGLE-2 style (Li et al. 2024, arXiv 2406.16858).
 
@@ -70,12 +85,9 @@ class DraftTreeProposer(DraftModelProposer):
     verifier's deterministic rule (``q`` is None).
     """
 
-    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0, tree_branch: int = 3,
-                 tree_expand: int = 1, **options: object) -> None:
-        super().__init__(target, draft=draft, min_confidence=min_confidence, **options)
-        if tree_branch < 1 or tree_expand < 1:
-            raise InvalidParameterError(f"tree_branch and tree_expand must be >= 1, got {tree_branch}, {tree_expand}")
-        self.tree_branch, self.tree_expand = tree_branch, tree_expand
+    def __init__(self, model: Backend, options: DraftTreeOptions) -> None:
+        super().__init__(model, options)
+        self.tree_branch, self.tree_expand = options.tree_branch, options.tree_expand
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
@@ -143,3 +155,11 @@ def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams,
             break
         logits = step(token)
     return Draft(tuple(tokens), np.stack(qs) if qs else None)
+
+
+DRAFT = ProposerSpec("draft", "a smaller model with the target's vocabulary drafts a chain (Leviathan et al. 2023)",
+                     make=lambda resources, memory, options: DraftModelProposer(resources.draft, options),
+                     options=DraftOptions, draft_model="required", tree_variant="draft-tree")
+DRAFT_TREE = ProposerSpec("draft-tree", "the draft model grows an EAGLE-2 style token tree",
+                          make=lambda resources, memory, options: DraftTreeProposer(resources.draft, options),
+                          options=DraftTreeOptions, draft_model="required", requires=frozenset({TREE}))

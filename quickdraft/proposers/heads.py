@@ -1,45 +1,58 @@
-"""Trained draft heads on the target's hidden states (torch backend): ``medusa`` and ``eagle``.
+"""Trained draft heads on the target's hidden states (torch backend): ``medusa``, ``eagle`` and
+their ``-tree`` variants.
 
-The implementations live in quickdraft.heads (torch); these factories import them only when a
-method is used, so ``import quickdraft`` stays free of torch.
+The implementations live in quickdraft.heads (torch), imported only when one of these methods is
+used, so ``import quickdraft`` stays free of torch. The heads are loaded once per engine (the
+method's memory) and every request's proposer drafts with them.
 """
 
 from __future__ import annotations
 
-from .base import register
+from dataclasses import dataclass
+
+from ..backends.base import HIDDEN_STATES, TREE
+from ..errors import InvalidParameterError
+from .base import ProposerSpec
 
 
-@register("medusa")
-def medusa(target, heads: str | None = None, **options):
-    """Medusa heads (arXiv 2401.10774) from ``heads`` (a directory made by ``quickdraft train``)."""
-    from ..heads.proposers import MedusaProposer
+@dataclass(frozen=True)
+class HeadsOptions:
+    """``heads``: the directory ``quickdraft train`` made (default: the cache's heads/<kind>)."""
 
-    return MedusaProposer(target, heads, **options)
-
-
-@register("eagle")
-def eagle(target, heads: str | None = None, **options):
-    """An EAGLE head (arXiv 2401.15077) from ``heads`` (a directory made by ``quickdraft train``)."""
-    from ..heads.proposers import EagleProposer
-
-    return EagleProposer(target, heads, **options)
+    heads: str | None = None
 
 
-@register("medusa-tree")
-def medusa_tree(target, heads: str | None = None, **options):
-    """Medusa drafting a tree: the Cartesian product of the heads' top-k, best nodes kept."""
-    from ..heads.proposers import MedusaTreeProposer
+@dataclass(frozen=True)
+class HeadsTreeOptions(HeadsOptions):
+    """``tree_width``: candidates per node (top-k of each head)."""
 
-    return MedusaTreeProposer(target, heads, **options)
+    tree_width: int = 3
 
-
-@register("eagle-tree")
-def eagle_tree(target, heads: str | None = None, **options):
-    """EAGLE drafting a dynamic tree (EAGLE-2)."""
-    from ..heads.proposers import EagleTreeProposer
-
-    return EagleTreeProposer(target, heads, **options)
+    def __post_init__(self) -> None:
+        if self.tree_width < 1:
+            raise InvalidParameterError(f"tree_width must be >= 1, got {self.tree_width}", param="tree_width")
 
 
-# these need the torch backend's hidden states
-medusa.requires = eagle.requires = medusa_tree.requires = eagle_tree.requires = "torch"
+def _spec(kind: str, tree: bool, summary: str) -> ProposerSpec:
+    def memory(resources, options):
+        from ..heads import load_for_target
+
+        return load_for_target(options.heads, kind, resources.target.model, resources.target.lm_head)
+
+    def make(resources, loaded, options):
+        from ..heads.proposers import PROPOSER_CLASSES
+
+        return PROPOSER_CLASSES[kind, tree](resources.target, loaded, options)
+
+    return ProposerSpec(f"{kind}-tree" if tree else kind, summary, make=make, memory=memory,
+                        options=HeadsTreeOptions if tree else HeadsOptions,
+                        requires=frozenset({HIDDEN_STATES, TREE} if tree else {HIDDEN_STATES}),
+                        tree_variant=None if tree else f"{kind}-tree")
+
+
+SPECS = (
+    _spec("medusa", False, "Medusa heads (arXiv 2401.10774) draft a chain from the target's last hidden state"),
+    _spec("eagle", False, "an EAGLE head (arXiv 2401.15077) extrapolates the target's features token by token"),
+    _spec("medusa", True, "Medusa drafting a tree: the heads' top-k, best nodes kept"),
+    _spec("eagle", True, "EAGLE drafting a dynamic tree (EAGLE-2)"),
+)

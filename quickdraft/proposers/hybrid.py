@@ -12,17 +12,18 @@ text (a stretch of copying starts) is noticed.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..control import AdaptiveBudget, ForwardCost, best_rate
+from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft
-from .base import register
-from .draft_model import DraftModelProposer
-from .suffix import SuffixProposer
+from ..types import Acceptance, Draft, StepTimes
+from .base import BaseProposer, ProposerSpec, Resources
+from .draft_model import DraftModelProposer, DraftOptions
+from .suffix import SuffixMemory, SuffixOptions, SuffixProposer
 
 # Suffix drafts by the length of the match they continue: (name, shortest match, acceptance
 # assumed before any was seen). One acceptance rate per class, the same at every position.
@@ -33,51 +34,66 @@ def match_strength(match_length: int) -> str:
     return next(name for name, shortest, _ in SUFFIX_CLASSES if match_length >= shortest)
 
 
-@register("auto")
-class AutoProposer:
-    """``auto``: a suffix drafter (this request and earlier outputs) plus, when ``draft`` names a
-    model, that draft model; per step the source with the highest expected tokens per second, or
-    none. It decides its own draft lengths (``decides_budget``): the engine's budget is only the
-    upper bound. ``decisions`` counts the chosen sources in the current request.
+@dataclass(frozen=True)
+class AutoOptions(SuffixOptions, DraftOptions):
+    """The suffix drafter's options, the draft model's ``min_confidence``, and ``max_draft``: the
+    longest draft auto considers (the engine's budget caps it further)."""
 
-    ``relative_cost``: the target's calibrated forward cost curve (see calibrate.py).
-    """
+    max_draft: int = 16
 
-    decides_budget = True
-    needs_draft_model = True  # uses one when given; drafts from suffixes alone without
-    default_budget = 16
+    def __post_init__(self) -> None:
+        SuffixOptions.__post_init__(self)
+        DraftOptions.__post_init__(self)
+        if self.max_draft < 1:
+            raise InvalidParameterError(f"max_draft must be >= 1, got {self.max_draft}", param="max_draft")
 
-    def __init__(self, target, draft: str | None = None, min_confidence: float = 0.0,
-                 relative_cost: Sequence[float] | None = None, max_draft: int = 16, **options) -> None:
-        self.suffix = SuffixProposer(**options)
-        self.drafter = DraftModelProposer(target, draft, min_confidence) if draft else None
-        self.cost = ForwardCost(max_draft, relative_cost)
-        self.control = {name: AdaptiveBudget(max_k=max_draft, cost=self.cost, positional=False, prior_accept=prior)
+    def suffix(self) -> SuffixOptions:
+        return SuffixOptions(self.depth, self.global_tokens, self.length_per_match, self.min_prob)
+
+
+class AutoMemory:
+    """What auto learns across requests: the suffix store of earlier outputs, and per source (the
+    suffix match classes and the draft model) an :class:`AdaptiveBudget`, all sharing one
+    estimate of the target's forward cost by size."""
+
+    def __init__(self, resources: Resources, options: AutoOptions) -> None:
+        self.suffix = SuffixMemory(options.suffix())
+        self.cost = ForwardCost(options.max_draft, resources.cost_curve)
+        self.control = {name: AdaptiveBudget(max_k=options.max_draft, cost=self.cost, positional=False,
+                                             prior_accept=prior)
                         for name, _, prior in SUFFIX_CLASSES}
-        if self.drafter:
-            self.control["draft"] = AdaptiveBudget(max_k=max_draft, cost=self.cost)
-        self.decisions: dict[str, int] = {}
-        self._source, self._draft_time, self._proposed_at = "plain", 0.0, None
-        self.clock = time.perf_counter
+        if resources.draft is not None:
+            self.control["draft"] = AdaptiveBudget(max_k=options.max_draft, cost=self.cost)
 
-    @property
-    def model(self):
-        """The draft model's backend, or None (as ``DraftModelProposer.model``)."""
-        return self.drafter.model if self.drafter else None
+
+class AutoProposer(BaseProposer):
+    """``auto``: a suffix drafter (this request and earlier outputs) plus, when the engine has a
+    draft model, that draft model; per step the source with the highest expected tokens per
+    second, or none. It decides its own draft lengths (the engine's budget is only the upper
+    bound); each draft names its source (``Draft.source``: a suffix class, "draft" or "plain")."""
+
+    def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
+        self.memory = memory
+        self.suffix = SuffixProposer(memory.suffix, options.suffix())
+        self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
+        self._source: str | None = None  # the last proposal's source, until observed
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
         if self.drafter:
             self.drafter.begin(prompt)
-        self.decisions = {}
+
+    def end(self, context: Sequence[int]) -> None:
+        self.suffix.end(context)
 
     def plan(self, context: Sequence[int], budget: int) -> tuple[str, int, list[int]]:
         """(source, k, suffix tokens): the choice for the next step."""
-        forward_s = self.cost.seconds()[:budget + 1]
+        memory = self.memory
+        forward_s = memory.cost.seconds()[:budget + 1]
         best = ("plain", 0, 1.0 / forward_s[0])
         candidate, match = self.suffix.candidate(context, budget)
         if candidate.tokens:
-            control = self.control[match_strength(match)]
+            control = memory.control[match_strength(match)]
             accept = [a * p for a, p in zip(control.acceptance(), candidate.probs)]
             k, rate = best_rate(accept, control.draft_token_s, forward_s)
             if k == 0 and control.probe_due():
@@ -85,33 +101,35 @@ class AutoProposer:
             if k and rate > best[2]:
                 best = (match_strength(match), k, rate)
         if self.drafter:
-            k, rate = self.control["draft"].plan()
+            k, rate = memory.control["draft"].plan()
             if k and rate > best[2]:
                 best = ("draft", min(k, budget), rate)
         return best[0], best[1], candidate.tokens
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
-        start = self.clock()
         self._source, k, suffix_tokens = self.plan(context, budget) if budget > 0 else ("plain", 0, [])
-        if self._source in self.control:
-            self.control[self._source].decide(k)
+        if self._source in self.memory.control:
+            self.memory.control[self._source].decide(k)
         if self._source == "draft":
             draft = self.drafter.propose(context, k, sampling, rng)
-        else:
-            draft = Draft(tuple(suffix_tokens[:k]))
-        self.decisions[self._source] = self.decisions.get(self._source, 0) + 1
-        self._proposed_at = self.clock()
-        self._draft_time = self._proposed_at - start
-        return draft
+            return Draft(draft.tokens, draft.q, source="draft")
+        return Draft(tuple(suffix_tokens[:k]), source=self._source)
 
-    def observe(self, acceptance: Acceptance) -> None:
-        """Learn from the step just verified; its forward cost is the time since ``propose``
-        returned (the engine verifies in between). Steps without a ``propose`` teach nothing."""
-        if self._proposed_at is None:  # the engine did not ask for a draft (no room left)
+    def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
+        """Learn from the step just verified (the engine's timings of it). A step the engine took
+        without asking for a draft (no room left) teaches nothing."""
+        source, self._source = self._source, None
+        if source is None:
             return
-        verify_time, self._proposed_at = self.clock() - self._proposed_at, None
-        if self._source == "plain":
-            self.cost.observe(0, verify_time)
-        for name, control in self.control.items():
-            control.observe(acceptance, self._draft_time, verify_time, own_step=name == self._source)
+        if source == "plain":
+            self.memory.cost.observe(0, times.verify_s)
+        for name, control in self.memory.control.items():
+            control.observe(acceptance, times, own_step=name == source)
+
+
+AUTO = ProposerSpec("auto", "per step the best of a suffix draft, a draft-model draft and a plain step, "
+                    "by expected tokens per second",
+                    make=lambda resources, memory, options: AutoProposer(resources, memory, options),
+                    memory=lambda resources, options: AutoMemory(resources, options),
+                    options=AutoOptions, draft_model="optional", decides_budget=True, default_budget=16)

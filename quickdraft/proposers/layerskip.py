@@ -23,14 +23,16 @@ is not touched and the kept layers' draft rows are dropped before the target ver
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import QuickdraftError
+from ..backends.base import LAYER_SKIP, LayerSkipping
+from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft
-from .base import register
+from ..types import Draft
+from .base import BaseProposer, ProposerSpec
 from .draft_model import draft_chain
 
 FRACTIONS = (0.2, 0.35, 0.5, 0.65)
@@ -60,11 +62,11 @@ def influence_order(states: np.ndarray) -> list[int]:
     return sorted(middle, key=lambda i: influence[i])
 
 
-def choose_layers(target, window: int, k: int, fractions: Sequence[float] = FRACTIONS
+def choose_layers(target: LayerSkipping, window: int, k: int, fractions: Sequence[float] = FRACTIONS
                   ) -> tuple[list[int] | None, int, dict]:
     """The layers to draft with (sorted, or None: do not draft), the draft length (<= k) and a
     report of the search."""
-    n_layers = len(target.decoder.layers)
+    n_layers = target.n_layers
     full, states = target.replay(window, layer_states=True)
     reference = full.argmax(-1)
     order = influence_order(states.float().cpu().numpy())
@@ -81,32 +83,40 @@ def choose_layers(target, window: int, k: int, fractions: Sequence[float] = FRAC
     return best, best_k, {"window": window, "candidates": tried, "layers": best, "num_draft": best_k}
 
 
-@register("layerskip")
-class LayerSkipProposer:
-    """Drafts with the target's own layers minus a skip set chosen per prompt (see module doc).
+@dataclass(frozen=True)
+class LayerSkipOptions:
+    """``num_draft``: the draft length the search tunes for; ``skip_window``: prompt tokens the
+    search replays; ``skip_layers``: a fixed set of layers to skip (no search); ``min_confidence``:
+    stop drafting below this top probability."""
 
-    Options: ``num_draft`` (draft length the choice is tuned for), ``skip_window`` (prompt tokens
-    the search replays), ``skip_layers`` (a fixed list of layer indices to skip: no search),
-    ``min_confidence`` (stop drafting below this top probability).
-    """
+    num_draft: int = 4
+    skip_window: int = 32
+    skip_layers: tuple[int, ...] | None = None
+    min_confidence: float = 0.0
 
-    requires = "torch"  # the backend it needs (methods without it run on any backend)
+    def __post_init__(self) -> None:
+        if self.num_draft < 1 or self.skip_window < 2:
+            raise InvalidParameterError(f"layerskip needs num_draft >= 1 and skip_window >= 2, got "
+                                        f"{self.num_draft} and {self.skip_window}", param="num_draft")
 
-    def __init__(self, target, num_draft: int = 4, skip_window: int = 32, skip_layers: Sequence[int] | None = None,
-                 min_confidence: float = 0.0, **_: object) -> None:
-        if not hasattr(target, "forward_layers"):
-            raise QuickdraftError("method 'layerskip' runs the target with some of its layers skipped, which "
-                                  "needs the torch backend (--backend torch)")
-        self.target, self.k, self.window, self.min_confidence = target, num_draft, skip_window, min_confidence
-        n_layers = len(target.decoder.layers)
-        if skip_layers is not None:
-            bad = [i for i in skip_layers if not 0 < i < n_layers]
+
+class LayerSkipProposer(BaseProposer):
+    """Drafts with the target's own layers minus a skip set chosen per prompt (see module doc),
+    through the backend's declared :class:`LayerSkipping` interface."""
+
+    def __init__(self, target: LayerSkipping, options: LayerSkipOptions) -> None:
+        self.target, self.k, self.window = target, options.num_draft, options.skip_window
+        self.min_confidence = options.min_confidence
+        n_layers = target.n_layers
+        skip = options.skip_layers
+        if skip is not None:
+            bad = [i for i in skip if not 0 < i < n_layers]
             if bad:
                 raise QuickdraftError(f"skip_layers: layer {bad[0]} cannot be skipped (the model has layers "
-                                      f"0..{n_layers - 1}; layer 0 always runs)")
-        self.fixed = None if skip_layers is None else [i for i in range(n_layers) if i not in set(skip_layers)]
+                                      f"0..{n_layers - 1}; layer 0 always runs)", param="skip_layers")
+        self.fixed = None if skip is None else [i for i in range(n_layers) if i not in set(skip)]
         self.layers: list[int] | None = self.fixed
-        self.length = num_draft  # draft at most this many tokens (the search may shorten it)
+        self.length = options.num_draft  # draft at most this many tokens (the search may shorten it)
         self.search: dict = {}
 
     def begin(self, prompt: Sequence[int]) -> None:
@@ -133,5 +143,7 @@ class LayerSkipProposer:
         finally:
             target.drop_partial()
 
-    def observe(self, acceptance: Acceptance) -> None:
-        pass
+
+LAYERSKIP = ProposerSpec("layerskip", "the target drafts with its least influential layers skipped (self-speculation)",
+                         make=lambda resources, memory, options: LayerSkipProposer(resources.target, options),
+                         options=LayerSkipOptions, requires=frozenset({LAYER_SKIP}))

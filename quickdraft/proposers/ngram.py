@@ -3,13 +3,16 @@ context's last few tokens."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from ..backends.base import TREE
+from ..errors import InvalidParameterError
 from ..tree import trie
-from ..types import Acceptance, Draft
-from .base import register
+from ..types import Draft
+from .base import BaseProposer, ProposerSpec
 
 
 def ngram_match(context: Sequence[int], budget: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
@@ -53,37 +56,62 @@ def ngram_continuations(context: Sequence[int], length: int, max_ngram: int = 3,
     return found
 
 
-@register("ngram")
-class NgramProposer:
+@dataclass(frozen=True)
+class NgramOptions:
+    """``max_ngram`` .. ``min_ngram``: the suffix lengths matched, longest first."""
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise InvalidParameterError(f"ngram lengths need 1 <= min_ngram <= max_ngram, got "
+                                        f"{self.min_ngram} and {self.max_ngram}", param="min_ngram")
+
+
+@dataclass(frozen=True)
+class NgramTreeOptions(NgramOptions):
+    """``branches``: how many earlier continuations are merged into one tree at most."""
+
+    branches: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.branches < 1:
+            raise InvalidParameterError(f"branches must be >= 1, got {self.branches}", param="branches")
+
+
+class NgramProposer(BaseProposer):
     """Deterministic drafts from the context itself; costs microseconds, no second model."""
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, **_: object) -> None:
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
-
-    def begin(self, prompt: Sequence[int]) -> None:
-        pass
+    def __init__(self, options: NgramOptions) -> None:
+        self.options = options
 
     def propose(self, context, budget, sampling, rng) -> Draft:
-        return Draft(tuple(ngram_match(context, budget, self.max_ngram, self.min_ngram)))
-
-    def observe(self, acceptance: Acceptance) -> None:
-        pass
+        return Draft(tuple(ngram_match(context, budget, self.options.max_ngram, self.options.min_ngram)))
 
 
-@register("ngram-tree")
-class NgramTreeProposer(NgramProposer):
+class NgramTreeProposer(BaseProposer):
     """Several earlier continuations of the context's suffix merged into one token tree
     (``ngram_continuations`` -> ``trie``): when the context repeated itself in more than one way,
     the target checks every way in the same forward. ``budget`` is the number of tree nodes; a
     single continuation gives a plain chain. Deterministic (q is None), siblings distinct."""
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, branches: int = 4, **options: object) -> None:
-        super().__init__(max_ngram=max_ngram, min_ngram=min_ngram, **options)
-        self.branches = branches
+    def __init__(self, options: NgramTreeOptions) -> None:
+        self.options = options
 
     def propose(self, context, budget, sampling, rng) -> Draft:
-        found = ngram_continuations(context, budget, self.max_ngram, self.min_ngram, self.branches)
+        o = self.options
+        found = ngram_continuations(context, budget, o.max_ngram, o.min_ngram, o.branches)
         if len(found) <= 1:
             return Draft(tuple(found[0]) if found else ())
         tokens, parents = trie(found, budget)
         return Draft(tokens, None, parents=parents)
+
+
+NGRAM = ProposerSpec("ngram", "prompt lookup: copies what followed the last 1-3 tokens earlier in the context",
+                     make=lambda resources, memory, options: NgramProposer(options), options=NgramOptions,
+                     tree_variant="ngram-tree")
+NGRAM_TREE = ProposerSpec("ngram-tree", "prompt lookup drafting a tree of several earlier continuations",
+                          make=lambda resources, memory, options: NgramTreeProposer(options),
+                          options=NgramTreeOptions, requires=frozenset({TREE}))

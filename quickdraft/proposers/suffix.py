@@ -15,8 +15,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..types import Acceptance, Draft
-from .base import register
+from ..errors import InvalidParameterError
+from ..types import Draft
+from .base import BaseProposer, ProposerSpec
 
 
 class _Node:
@@ -135,49 +136,71 @@ class Candidate:
         return total
 
 
-@register("suffix")
-class SuffixProposer:
-    """Deterministic drafts from a local trie (this request's prompt and output) and a global
-    one (earlier outputs of this engine, at most ``global_tokens`` tokens kept); the candidate
-    with more expected accepted tokens wins. ``min_prob``: stop a draft where its estimated
-    survival probability falls below this. Costs tens of microseconds per step, no second model.
-    """
+@dataclass(frozen=True)
+class SuffixOptions:
+    """``depth``: longest substring counted; ``global_tokens``: earlier outputs kept (tokens);
+    ``length_per_match``: draft tokens per matched token at most; ``min_prob``: stop a draft where
+    its estimated survival probability falls below this."""
 
-    def __init__(self, depth: int = 16, global_tokens: int = 20_000, length_per_match: float = 2.0,
-                 min_prob: float = 0.1, **_: object) -> None:
-        self.depth, self.length_per_match, self.min_prob = depth, length_per_match, min_prob
-        self.global_trie = SuffixTrie(depth, max_tokens=global_tokens)
-        self.local = SuffixTrie(depth)
+    depth: int = 16
+    global_tokens: int = 20_000
+    length_per_match: float = 2.0
+    min_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.depth < 2 or self.global_tokens < 0 or self.length_per_match <= 0 or not 0 <= self.min_prob <= 1:
+            raise InvalidParameterError(
+                f"suffix options need depth >= 2, global_tokens >= 0, length_per_match > 0 and min_prob in "
+                f"[0, 1]; got {self.depth}, {self.global_tokens}, {self.length_per_match}, {self.min_prob}")
+
+
+class SuffixMemory:
+    """What suffix drafting keeps across requests: a trie over earlier outputs, bounded in tokens
+    (the oldest outputs are evicted)."""
+
+    def __init__(self, options: SuffixOptions) -> None:
+        self.global_trie = SuffixTrie(options.depth, max_tokens=options.global_tokens)
+
+    def learn(self, output: Sequence[int]) -> None:
+        if output:
+            self.global_trie.extend(output)
+            self.global_trie.end()
+
+
+class SuffixProposer(BaseProposer):
+    """Deterministic drafts from a local trie (this request's prompt and output) and the global
+    one of :class:`SuffixMemory` (earlier outputs); the candidate with more expected accepted
+    tokens wins. Costs tens of microseconds per step, no second model."""
+
+    def __init__(self, memory: SuffixMemory, options: SuffixOptions) -> None:
+        self.memory, self.options = memory, options
+        self.local = SuffixTrie(options.depth)
         self._prompt_len = 0
-        self._seen: list[int] = []
+        self._seen = 0  # context tokens already in the local trie
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self._learn_output()
-        self.local = SuffixTrie(self.depth)
         self.local.extend(prompt)
-        self._seen, self._prompt_len = list(prompt), len(prompt)
+        self._seen = self._prompt_len = len(prompt)
 
-    def _learn_output(self) -> None:
-        """Move the previous request's output into the global trie."""
-        if len(self._seen) > self._prompt_len:
-            self.global_trie.extend(self._seen[self._prompt_len:])
-            self.global_trie.end()
+    def end(self, context: Sequence[int]) -> None:
+        """Move this request's output into the global trie."""
+        self.memory.learn(context[self._prompt_len:])
 
     def candidate(self, context: Sequence[int], budget: int) -> tuple[Candidate, int]:
         """The best continuation of ``context`` (no tokens when nothing matches) and the length
         of the context suffix it continues."""
-        self.local.extend(context[len(self._seen):])
-        self._seen = list(context)
+        self.local.extend(context[self._seen:])
+        self._seen = len(context)
         best, match = Candidate([], []), 0
-        for trie in (self.local, self.global_trie):
-            tokens, probs, size = trie.continuation(context, budget, self.length_per_match)
+        for trie in (self.local, self.memory.global_trie):
+            tokens, probs, size = trie.continuation(context, budget, self.options.length_per_match)
             found = Candidate(tokens, probs)
             if found.expected_accepted() > best.expected_accepted():
                 best, match = found, size
         survive, keep = 1.0, 0
         for p in best.probs:
             survive *= p
-            if survive < self.min_prob:
+            if survive < self.options.min_prob:
                 break
             keep += 1
         return Candidate(best.tokens[:keep], best.probs[:keep]), match
@@ -185,5 +208,7 @@ class SuffixProposer:
     def propose(self, context, budget, sampling, rng) -> Draft:
         return Draft(tuple(self.candidate(context, budget)[0].tokens))
 
-    def observe(self, acceptance: Acceptance) -> None:
-        pass
+
+SUFFIX = ProposerSpec("suffix", "suffix drafting (SuffixDecoding): copies from this request and earlier outputs",
+                      make=lambda resources, memory, options: SuffixProposer(memory, options),
+                      memory=lambda resources, options: SuffixMemory(options), options=SuffixOptions)

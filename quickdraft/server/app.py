@@ -26,7 +26,7 @@ from .completions import Completions
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .middleware import ApiKeyAuth, BodySizeLimit, RequestCounter
 from .protocol import APIError, internal_error, validation_error
-from .scheduler import DEFAULT_MAX_TOKENS, Scheduler
+from .scheduler import Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 DEFAULT_MAX_QUEUE = 64
@@ -39,8 +39,7 @@ OPEN_PATHS = ("/health",)  # reachable without the API key
 
 def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, api_key: str | None = None, *,
                max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               default_max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """An OpenAI-compatible app serving ``model_name``.
 
     engine_or_engines: one Engine, or several replicas of the same model pair (each has its own
@@ -50,12 +49,12 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
     timeout_s: per request, from arrival (queueing included) to the last token; then 504 (or an
         error event in a stream that already started).
     max_body_bytes: larger request bodies get 413.
-    default_max_tokens: cap for requests that do not set ``max_tokens``.
+    Requests without ``max_tokens`` get the engine's default (``load(default_max_tokens=...)``,
+    never beyond what fits the context).
     """
     engines = list(engine_or_engines) if isinstance(engine_or_engines, (list, tuple)) else [engine_or_engines]
     metrics = Metrics()
-    scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics, default_max_tokens=default_max_tokens)
-    n_ctx = min(e.target.n_ctx for e in engines)
+    scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -103,7 +102,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
     async def _unexpected(_: Request, exc: Exception):
         return error_response(internal_error())
 
-    complete = Completions(scheduler, model_name=model_name, n_ctx=n_ctx, timeout_s=timeout_s, on_error=count_error)
+    complete = Completions(scheduler, engines[0], model_name=model_name, timeout_s=timeout_s, on_error=count_error)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):

@@ -1,9 +1,9 @@
 """Serving one completion request (chat or text, streamed or not) through the scheduler.
 
-The request's task submits a :class:`~quickdraft.server.scheduler.Job` and waits for its events.
-It answers errors found before generation starts (bad prompt, context overflow, unknown method)
-as plain 4xx JSON, even for ``stream: true``: the stream is only opened once the engine has
-accepted the request. While waiting, a non-streaming request polls its connection, and a
+The request's task prepares the request (``Engine.prepare``: bad prompt, context overflow,
+unknown method and bad values are answered at once as plain 4xx JSON, even for ``stream:
+true``), submits a :class:`~quickdraft.server.scheduler.Job` and waits for its events; the stream
+is only opened once an engine has begun the request. While waiting, a non-streaming request polls its connection, and a
 streaming one is cancelled by Starlette when the client goes; either way the job is cancelled, so
 the engine drops it after its current step.
 """
@@ -15,13 +15,15 @@ import time
 import uuid
 from typing import AsyncIterator, Callable
 
-from fastapi import Request
+from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ..engine import Engine, Request
+from ..errors import QuickdraftError
 from ..types import Piece
-from .protocol import (SSE_DONE, APIError, Reply, engine_prompt, sampling_options, speculative_summary, sse,
-                       timeout_error, usage)
-from .scheduler import Failed, Finished, Job, Scheduler, Started
+from .protocol import (SSE_DONE, APIError, Reply, engine_error, engine_prompt, generation_options,
+                       speculative_summary, sse, timeout_error, usage)
+from .scheduler import Failed, Finished, Job, Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 DISCONNECT_POLL_S = 0.2  # how often a waiting non-streaming request checks that its client is still there
@@ -41,17 +43,22 @@ class Completions:
     errors raised as :class:`APIError` are counted by the app's exception handler).
     """
 
-    def __init__(self, scheduler: Scheduler, *, model_name: str, n_ctx: int, timeout_s: float,
+    def __init__(self, scheduler: Scheduler, engine: Engine, *, model_name: str, timeout_s: float,
                  on_error: Callable[[APIError], None]) -> None:
-        self.scheduler, self.model_name, self.n_ctx = scheduler, model_name, n_ctx
+        self.scheduler, self.engine, self.model_name = scheduler, engine, model_name
         self.timeout_s, self.on_error = timeout_s, on_error
 
-    async def __call__(self, body: ChatCompletionRequest | CompletionRequest, request: Request, kind: str):
-        self._check(body)
+    async def __call__(self, body: ChatCompletionRequest | CompletionRequest, request: HTTPRequest, kind: str):
+        if body.model != self.model_name:
+            raise APIError(404, f"the model '{body.model}' does not exist: this server serves '{self.model_name}'",
+                           param="model", code="model_not_found")
+        prompt_param = "messages" if kind == "chat" else "prompt"
         prompt, chat = engine_prompt(body)
-        job = Job(prompt, chat=chat, options=sampling_options(body), max_tokens=body.max_tokens,
-                  timeout_s=self.timeout_s, loop=asyncio.get_running_loop(),
-                  prompt_param="messages" if kind == "chat" else "prompt")
+        try:
+            prepared = self.engine.prepare(prompt, chat=chat, **generation_options(body))
+        except QuickdraftError as e:
+            raise engine_error(e, prompt_param=prompt_param) from None
+        job = Job(prepared, timeout_s=self.timeout_s, loop=asyncio.get_running_loop(), prompt_param=prompt_param)
         self.scheduler.submit(job)  # 503 when the queue is full
         reply = Reply(kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()),
                       self.model_name)
@@ -61,7 +68,7 @@ class Completions:
                 raise started.error
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._stream(job, reply, started, include_usage),
+                return StreamingResponse(self._stream(job, reply, include_usage),
                                          media_type="text/event-stream", headers=SSE_HEADERS)
             while not isinstance(event := await self._next_event(job, request), (Finished, Failed)):
                 pass
@@ -74,19 +81,10 @@ class Completions:
             raise event.error
         result = event.result
         return JSONResponse(reply.response(result.text, result.finish_reason,
-                                           usage(started.prompt_tokens, len(result.token_ids)),
-                                           speculative_summary(started.method, started.num_draft, result.stats)))
+                                           usage(len(prepared.tokens), len(result.token_ids)),
+                                           summary(prepared, result.stats)))
 
-    def _check(self, body: ChatCompletionRequest | CompletionRequest) -> None:
-        """What can be refused before queueing: another model, max_tokens beyond the context."""
-        if body.model != self.model_name:
-            raise APIError(404, f"the model '{body.model}' does not exist: this server serves '{self.model_name}'",
-                           param="model", code="model_not_found")
-        if body.max_tokens is not None and body.max_tokens >= self.n_ctx:
-            raise APIError(400, f"max_tokens ({body.max_tokens}) must be below the context size ({self.n_ctx} "
-                                "tokens, prompt included)", param="max_tokens", code="context_length_exceeded")
-
-    async def _next_event(self, job: Job, request: Request | None):
+    async def _next_event(self, job: Job, request: HTTPRequest | None):
         """The job's next event; watches the client (``request``, if given) and the deadline meanwhile."""
         while True:
             remaining = job.deadline + TIMEOUT_GRACE_S - time.monotonic()
@@ -101,7 +99,7 @@ class Completions:
                     self.scheduler.cancel(job)
                     raise ClientGone from None
 
-    async def _stream(self, job: Job, reply: Reply, started: Started, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format, ``data: [DONE]`` last; an error after the
         stream started is sent as one ``data: {"error": ...}`` event (OpenAI clients raise it)."""
         done = False
@@ -119,10 +117,9 @@ class Completions:
                 elif isinstance(event, Finished):
                     done = True
                     result = event.result
-                    spec = speculative_summary(started.method, started.num_draft, result.stats)
-                    yield sse(reply.chunk(finish_reason=result.finish_reason, speculative=spec))
+                    yield sse(reply.chunk(finish_reason=result.finish_reason, speculative=summary(job.request, result.stats)))
                     if include_usage:
-                        yield sse(reply.usage_chunk(usage(started.prompt_tokens, len(result.token_ids))))
+                        yield sse(reply.usage_chunk(usage(len(job.request.tokens), len(result.token_ids))))
                     yield SSE_DONE
                 elif isinstance(event, Failed):
                     done = True
@@ -131,3 +128,8 @@ class Completions:
         finally:
             if not done:  # the client went away (Starlette cancelled us): stop the engine too
                 self.scheduler.cancel(job)
+
+
+def summary(request: Request, stats: dict) -> dict:
+    """The response's ``speculative`` field for a finished request."""
+    return speculative_summary(request.method, request.budget, stats)

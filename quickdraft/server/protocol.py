@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError
+from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 # OpenAI's default sampling is temperature 1, top_p 1 (pass temperature=0 for greedy).
@@ -34,18 +34,22 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# The engine's parameter names -> the request fields they come from.
+_PARAMS = {"method": "speculative.method", "num_draft": "speculative.num_draft"}
+
+
 def engine_error(exc: QuickdraftError, *, prompt_param: str = "messages") -> APIError:
-    """A user-caused engine error as a 400 (context overflow gets OpenAI's own code)."""
+    """A user-caused engine error as a 400 naming the request field it is about (``exc.param``;
+    the engine's ``prompt`` is the request's ``messages`` or ``prompt``). Context overflow gets
+    OpenAI's own code."""
+    param = prompt_param if exc.param == "prompt" else _PARAMS.get(exc.param, exc.param)
     if isinstance(exc, ContextOverflowError):
-        return APIError(400, str(exc), param=prompt_param, code="context_length_exceeded")
+        return APIError(400, str(exc), param=param, code="context_length_exceeded")
+    if isinstance(exc, UnknownMethodError):
+        return APIError(400, str(exc), param=param, code="invalid_method")
     if isinstance(exc, InvalidParameterError):
-        return APIError(400, str(exc), code="invalid_value")
-    return APIError(400, str(exc), code="invalid_request")
-
-
-def method_error(exc: QuickdraftError) -> APIError:
-    """The requested decoding method cannot be used (unknown name, no draft model loaded)."""
-    return APIError(400, str(exc), param="speculative.method", code="invalid_method")
+        return APIError(400, str(exc), param=param, code="invalid_value")
+    return APIError(400, str(exc), param=param, code="invalid_request")
 
 
 def busy_error(max_queue: int) -> APIError:
@@ -97,18 +101,19 @@ def error_param(loc: Sequence) -> str | None:
 # --- requests -> engine ------------------------------------------------------------------------
 
 def engine_prompt(request: ChatCompletionRequest | CompletionRequest) -> tuple[Any, bool]:
-    """``(prompt, chat)`` for ``Engine.prompt_tokens``: chat messages are always templated; a
+    """``(prompt, chat)`` for ``Engine.prepare``: chat messages are always templated; a
     completion prompt is raw text (``chat=False``) or token ids."""
     if isinstance(request, ChatCompletionRequest):
         return [m.as_dict() for m in request.messages], True
     return request.prompt, False
 
 
-def sampling_options(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-    """Keyword arguments for ``Engine.stream`` (all but the prompt and ``max_tokens``, which
-    depends on the prompt's length when the request leaves it out)."""
+def generation_options(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """Keyword arguments for ``Engine.prepare`` besides the prompt (``max_tokens`` None: the
+    engine's default, what fits the context up to its cap)."""
     spec = request.speculative
     return {
+        "max_tokens": request.max_tokens,
         "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         "top_p": DEFAULT_TOP_P if request.top_p is None else request.top_p,
         "top_k": request.top_k or 0,
@@ -117,12 +122,6 @@ def sampling_options(request: ChatCompletionRequest | CompletionRequest) -> dict
         "method": spec.method if spec else None,
         "num_draft": spec.num_draft if spec else None,
     }
-
-
-def default_max_tokens(prompt_tokens: int, n_ctx: int, cap: int) -> int:
-    """``max_tokens`` for a request that did not set one: what fits in the context, at most ``cap``
-    (at least 1, so a prompt that fills the context gets the engine's overflow message)."""
-    return max(1, min(cap, n_ctx - prompt_tokens))
 
 
 # --- engine -> responses -----------------------------------------------------------------------

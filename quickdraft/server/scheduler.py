@@ -6,9 +6,11 @@ workers take requests from the same first-in first-out queue, so requests are se
 order. The queue is bounded: :meth:`Scheduler.submit` refuses a request at once (503) when
 ``max_queue`` requests are already waiting, instead of letting clients hang.
 
-Events flow back to the request's asyncio task through an ``asyncio.Queue`` fed with
-``loop.call_soon_threadsafe``: :class:`Started` once the request is accepted by the engine (its
-prompt tokenized and checked), then one :class:`~quickdraft.Piece` per step, then
+A job carries a :class:`~quickdraft.engine.Request` the HTTP side prepared (``Engine.prepare``:
+prompt tokenized, every parameter checked, defaults filled in) before queueing it, so a bad
+request is refused at once and the worker only runs what is ready. Events flow back to the
+request's asyncio task through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``:
+:class:`Started` once an engine begins it, then one :class:`~quickdraft.Piece` per step, then
 :class:`Finished` or :class:`Failed`.
 
 Cancellation and timeouts: the engine's stream is a generator that runs one speculative step per
@@ -26,27 +28,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
-from ..engine import Engine
+from ..engine import Engine, Request
 from ..errors import QuickdraftError
 from ..types import GenerationResult, Piece
 from .metrics import Metrics
-from .protocol import (APIError, busy_error, default_max_tokens, engine_error, internal_error, method_error,
-                       timeout_error)
+from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
 
 log = logging.getLogger("quickdraft.server")
-
-DEFAULT_MAX_TOKENS = 1024  # for requests that do not say (OpenAI's chat default is "until the context ends")
 
 
 @dataclass(frozen=True)
 class Started:
-    """The engine accepted the request: prompt tokenized, parameters checked, generation begins."""
-
-    prompt_tokens: int
-    method: str
-    num_draft: int
+    """An engine began the request."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +58,12 @@ Event = Started | Piece | Finished | Failed
 
 
 class Job:
-    """One request on its way through the queue and an engine.
+    """One prepared request on its way through the queue and an engine. prompt_param: the request
+    field an error about the prompt names (``messages`` or ``prompt``)."""
 
-    prompt, chat: what ``Engine.prompt_tokens`` takes. options: ``Engine.stream`` keywords (method
-    and num_draft may be None: the engine's default). max_tokens: None = what fits, up to the
-    scheduler's default. prompt_param: the request field named in a context-overflow error.
-    """
-
-    def __init__(self, prompt: Any, *, chat: bool, options: dict[str, Any], max_tokens: int | None,
-                 timeout_s: float, loop: asyncio.AbstractEventLoop, prompt_param: str = "messages") -> None:
-        self.prompt, self.chat, self.options, self.max_tokens = prompt, chat, options, max_tokens
+    def __init__(self, request: Request, *, timeout_s: float, loop: asyncio.AbstractEventLoop,
+                 prompt_param: str = "messages") -> None:
+        self.request = request
         self.prompt_param = prompt_param
         self.timeout_s = timeout_s
         self.arrived = time.monotonic()
@@ -106,11 +97,9 @@ class Scheduler:
     """Runs jobs on ``engines`` (one worker thread each) in arrival order.
 
     max_queue: how many requests may wait for an engine (the ones running are not counted).
-    default_max_tokens: the cap for requests without ``max_tokens``.
     """
 
-    def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+    def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics) -> None:
         if not engines:
             raise ValueError("the scheduler needs at least one engine")
         if max_queue < 0:
@@ -118,7 +107,6 @@ class Scheduler:
         self.engines = list(engines)
         self.max_queue = max_queue
         self.metrics = metrics
-        self.default_max_tokens = default_max_tokens
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._active: set[Job] = set()  # being generated now
@@ -173,7 +161,7 @@ class Scheduler:
                 self._pending.remove(job)
             except ValueError:
                 return  # running or done: the worker sees the flag
-        self.metrics.generations.labels(job.options.get("method") or self.engines[0].method, reason).inc()
+        self.metrics.generations.labels(job.request.method, reason).inc()
 
     def _idle_workers(self) -> int:
         return len(self.engines) - len(self._active)
@@ -199,23 +187,18 @@ class Scheduler:
     def _run(self, engine: Engine, job: Job) -> None:
         start = time.monotonic()
         self.metrics.queue_wait.observe(start - job.arrived)
-        method = job.options.get("method") or engine.method
-        prompt_tokens = completion_tokens = 0
+        method, prompt_tokens, completion_tokens = job.request.method, len(job.request.tokens), 0
         finish, stats = "error", None
         if job.cancelled:  # cancelled between leaving the queue and here
             self.metrics.observe_generation(method, job.cancel_reason or "cancelled", 0, 0, None)
             return
-        try:
-            if job.expired():
-                finish = "timeout"
-                raise timeout_error(job.timeout_s)
-            stream, prompt_tokens = self._open(engine, job, method)
-        except APIError as error:
-            job.emit(Failed(error))
-            self.metrics.observe_generation(method, finish, prompt_tokens, 0, None)
+        if job.expired():
+            job.emit(Failed(timeout_error(job.timeout_s)))
+            self.metrics.observe_generation(method, "timeout", prompt_tokens, 0, None)
             return
-        job.emit(Started(prompt_tokens, method, engine.draft_budget(method, job.options.get("num_draft"))))
+        stream = engine.stream(job.request)
         pieces = iter(stream)
+        job.emit(Started())
         try:
             for piece in pieces:
                 if completion_tokens == 0:
@@ -242,25 +225,3 @@ class Scheduler:
             pieces.close()  # a no-op when exhausted; otherwise stops the engine at this step
             self.metrics.request_duration.observe(time.monotonic() - job.arrived)
             self.metrics.observe_generation(method, finish, prompt_tokens, completion_tokens, stats)
-
-    def _open(self, engine: Engine, job: Job, method: str):
-        """Tokenize and check the prompt and start the engine's stream; raises :class:`APIError`."""
-        try:
-            engine.proposer(method)
-        except QuickdraftError as e:
-            raise method_error(e) from None
-        try:
-            tokens = engine.prompt_tokens(job.prompt, chat=job.chat)  # checks token ids too
-        except QuickdraftError as e:
-            raise APIError(400, str(e), param=job.prompt_param, code="invalid_value") from None
-        try:
-            max_tokens = job.max_tokens or default_max_tokens(len(tokens), engine.target.n_ctx,
-                                                              self.default_max_tokens)
-            return engine.stream(tokens, max_tokens=max_tokens, **job.options), len(tokens)
-        except QuickdraftError as e:
-            raise engine_error(e, prompt_param=job.prompt_param) from None
-        except APIError:
-            raise
-        except Exception:
-            log.exception("could not start a generation")
-            raise internal_error() from None

@@ -6,13 +6,53 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from quickdraft.control import AdaptiveBudget
-from quickdraft.proposers import PROPOSERS
+from quickdraft import Engine, Memory
+from quickdraft.backends.llamacpp import LlamaCppBackend
+from quickdraft.proposers import METHODS
 from quickdraft.sampling import SamplingParams, warp
 
 PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
-# every method that runs on the llama.cpp backend (``requires = "torch"`` marks the others)
-SPECULATIVE = sorted(m for m in set(PROPOSERS) - {"ar"} if getattr(PROPOSERS[m], "requires", None) is None)
+# every method that runs on the llama.cpp backend (the others declare capabilities it lacks)
+SPECULATIVE = [s.name for s in METHODS if s.name != "ar" and s.requires <= LlamaCppBackend.capabilities]
+
+
+class SimulatedTime:
+    """A clock that only moves when a :class:`Timed` backend runs a forward."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Timed:
+    """A backend whose every forward takes ``step_s`` of simulated time, whatever its size."""
+
+    def __init__(self, backend, clock: SimulatedTime, step_s: float) -> None:
+        self._backend, self._clock, self._step_s = backend, clock, step_s
+
+    def __getattr__(self, name):  # everything but the forwards is the backend's own
+        return getattr(self._backend, name)
+
+    def forward(self, *args, **kwargs):
+        self._clock.now += self._step_s
+        return self._backend.forward(*args, **kwargs)
+
+    def forward_tree(self, *args, **kwargs):
+        self._clock.now += self._step_s
+        return self._backend.forward_tree(*args, **kwargs)
+
+    def extend_tree(self, *args, **kwargs):
+        self._clock.now += self._step_s
+        return self._backend.extend_tree(*args, **kwargs)
+
+
+def simulated_engine(tiny_engine):
+    """An engine of its own on the tiny pair whose timings are synthetic: a flat verifier of 40 ms
+    and 1 ms draft tokens, so budgets follow the acceptance history, not this machine."""
+    clock = SimulatedTime()
+    return Engine(Timed(tiny_engine.target, clock, 0.04), draft=Timed(tiny_engine.draft_model(), clock, 0.001),
+                  chat=False, clock=clock)
 
 
 @pytest.mark.parametrize("method", SPECULATIVE)
@@ -39,11 +79,8 @@ def test_draft_model_drafts_get_accepted(tiny_engine):
 def test_confidence_stop_drafts_less_and_stays_exact(tiny_engine):
     ar = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="ar")
     full = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="draft", num_draft=6)
-    tiny_engine.proposer("draft").min_confidence = 0.9
-    try:
-        cautious = tiny_engine.generate(PROMPTS[1], max_tokens=40, method="draft", num_draft=6)
-    finally:
-        tiny_engine.proposer("draft").min_confidence = 0.0
+    engine = Engine(tiny_engine.target, draft=tiny_engine.draft_model(), method="draft", chat=False, min_confidence=0.9)
+    cautious = engine.generate(PROMPTS[1], max_tokens=40, num_draft=6)
     assert cautious.token_ids == ar.token_ids
     assert cautious.stats["drafted_tokens"] < full.stats["drafted_tokens"]
 
@@ -97,13 +134,6 @@ def test_sampling_is_reproducible_with_a_seed(tiny_engine):
     assert a.token_ids == b.token_ids
 
 
-class FlatCostBudget(AdaptiveBudget):
-    """The adaptive controller fed synthetic costs: a flat verifier (40 ms) and 1 ms drafts."""
-
-    def observe(self, acceptance, draft_time, verify_time, own_step=True):
-        super().observe(acceptance, 0.001 * acceptance.drafted, 0.04, own_step)
-
-
 @pytest.mark.parametrize("method, controller", [("draft", "fixed"), ("ngram", "fixed"), ("draft", "adaptive"),
                                                 ("auto", "fixed"), ("draft-tree", "fixed"), ("ngram-tree", "fixed")])
 def test_sampled_output_follows_the_target_distribution(tiny_engine, method, controller):
@@ -126,19 +156,13 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
     draws = 1500
     counts, drafted = dict.fromkeys(exact, 0), 0
     # The budgets must follow the acceptance history, not this machine's timings: the adaptive
-    # controller and auto (a fresh one, so no state leaks) see a flat verifier with cheap drafts.
-    if controller == "adaptive":
-        controller = FlatCostBudget(max_k=3)
-    if method == "auto":
-        tiny_engine._proposers.pop("auto", None)
-        calls = itertools.count()  # per step: propose start, propose end, observe -> 0, 0, +10 ms
-        tiny_engine.proposer("auto").clock = lambda: 0.01 * ((next(calls) + 1) // 3)
+    # controller and auto (in an engine of their own) see synthetic costs.
+    engine = simulated_engine(tiny_engine)
     for seed in range(draws):
-        out = tiny_engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
-                                   num_draft=3, controller=controller)
+        out = engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
+                              num_draft=3, controller=controller)
         counts[tuple(out.token_ids[:2])] += 1
         drafted += out.stats["drafted_tokens"]
-    tiny_engine._proposers.pop("auto", None)
     assert drafted > draws / 2, "too few drafts: the test would not exercise verification"
     keys = sorted(exact)
     result = chisquare([counts[k] for k in keys], [exact[k] * draws for k in keys])
@@ -175,20 +199,20 @@ def test_adaptive_controller_stays_exact_and_reports_its_decisions(tiny_engine, 
         ar = tiny_engine.generate(prompt, max_tokens=40, method="ar")
         spec = tiny_engine.generate(prompt, max_tokens=40, method=method, controller="adaptive", num_draft=5)
         assert spec.token_ids == ar.token_ids
-        if getattr(PROPOSERS[method], "decides_budget", False):  # auto: it chooses, the budget is its cap
+        lengths = spec.stats["draft_lengths"]
+        assert sum(lengths.values()) == spec.stats["target_forwards"]
+        assert set(lengths) <= {str(k) for k in range(6)}
+        if METHODS[method].decides_budget:  # auto: it chooses (and names the source), the budget is its cap
             # every step but a last one with no room for a draft (the engine skips propose then)
             assert 0 <= spec.stats["target_forwards"] - sum(spec.stats["draft_sources"].values()) <= 1
-            continue
-        decisions = spec.stats["budget_decisions"]
-        assert sum(decisions.values()) == spec.stats["target_forwards"]
-        assert set(decisions) <= {str(k) for k in range(6)}
 
 
-def test_the_engine_keeps_one_adaptive_controller_per_method(tiny_engine):
+def test_the_engine_memory_keeps_one_adaptive_controller_per_method(tiny_engine):
+    tiny_engine.memory = Memory()
     tiny_engine.generate(PROMPTS[0], max_tokens=8, method="ngram", controller="adaptive", num_draft=3)
-    first = tiny_engine._controllers[("adaptive", "ngram", 3)]
+    first = tiny_engine.memory.get(("controller", "adaptive", "ngram", 3), lambda: None)
     tiny_engine.generate(PROMPTS[1], max_tokens=8, method="ngram", controller="adaptive", num_draft=3)
-    assert tiny_engine._controllers[("adaptive", "ngram", 3)] is first
+    assert first is not None and tiny_engine.memory.get(("controller", "adaptive", "ngram", 3), lambda: None) is first
 
 
 def test_one_stream_at_a_time_per_engine(tiny_engine):

@@ -37,7 +37,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(tiny) -> TorchBackend:
-    return TorchBackend(tiny)
+    return TorchBackend(tiny, dtype="float32")
 
 
 def random_chunks(n: int, length: int, seed: int) -> list[list[int]]:
@@ -292,7 +292,7 @@ def test_save_load_round_trip_with_reduced_vocabulary(backend, tmp_path):
 
 
 def test_heads_trained_on_another_model_are_refused(backend, tmp_path, tiny):
-    other = TorchBackend(write_tiny_hf(tmp_path / "other", n_layer=2, seed=3))
+    other = TorchBackend(write_tiny_hf(tmp_path / "other", n_layer=2, seed=3), dtype="float32")
     heads = save_untrained(other, "medusa", tmp_path / "h")
     with pytest.raises(HeadsMismatchError, match="trained on another model"):
         Engine(backend, method="medusa", heads=str(heads), chat=False)

@@ -4,7 +4,9 @@ and the tree proposers really propose trees (so the tests exercise tree verifica
 import numpy as np
 import pytest
 
-from quickdraft.proposers import create
+from quickdraft import Engine
+from quickdraft.proposers.draft_model import DraftTreeOptions, DraftTreeProposer
+from quickdraft.proposers.ngram import NgramTreeOptions, NgramTreeProposer
 from quickdraft.sampling import SamplingParams
 from quickdraft.tree import layout
 
@@ -14,20 +16,17 @@ PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world
 @pytest.mark.parametrize("branch, expand", [(1, 1), (3, 1), (2, 2), (4, 3)])
 @pytest.mark.parametrize("num_draft", [2, 8, 16])
 def test_draft_tree_greedy_equals_ar(tiny_pair, tiny_engine, branch, expand, num_draft):
-    proposer = tiny_engine.proposer("draft-tree")
-    proposer.tree_branch, proposer.tree_expand = branch, expand
-    try:
-        for prompt in PROMPTS:
-            ar = tiny_engine.generate(prompt, max_tokens=40, method="ar")
-            tree = tiny_engine.generate(prompt, max_tokens=40, method="draft-tree", num_draft=num_draft)
-            assert tree.token_ids == ar.token_ids, (prompt, branch, expand, num_draft)
-            assert tree.stats["target_forwards"] < ar.stats["target_forwards"]
-    finally:
-        proposer.tree_branch, proposer.tree_expand = 3, 1
+    engine = Engine(tiny_engine.target, draft=tiny_engine.draft_model(), method="draft-tree", chat=False,
+                    tree_branch=branch, tree_expand=expand)
+    for prompt in PROMPTS:
+        ar = tiny_engine.generate(prompt, max_tokens=40, method="ar")
+        tree = engine.generate(prompt, max_tokens=40, num_draft=num_draft)
+        assert tree.token_ids == ar.token_ids, (prompt, branch, expand, num_draft)
+        assert tree.stats["target_forwards"] < ar.stats["target_forwards"]
 
 
 def test_draft_tree_is_a_tree_within_budget(tiny_engine):
-    proposer = tiny_engine.proposer("draft-tree")
+    proposer = DraftTreeProposer(tiny_engine.draft_model(), DraftTreeOptions())
     context = tiny_engine.target.tokenize("def main(): return the", special=False)
     proposer.begin(context)
     for budget in (1, 5, 16):
@@ -47,7 +46,7 @@ def test_draft_tree_is_a_tree_within_budget(tiny_engine):
 def test_ngram_tree_proposes_a_tree_and_stays_exact(tiny_engine):
     # "the" is followed by three different words earlier in the prompt
     prompt = "so the cat is here, the dog is there, the bird is gone, the"
-    proposer = create("ngram-tree")
+    proposer = NgramTreeProposer(NgramTreeOptions())
     context = tiny_engine.target.tokenize(prompt, special=False)
     draft = proposer.propose(context, 8, SamplingParams(), np.random.default_rng(0))
     assert draft.parents is not None and len(layout(draft.tree_parents()).leaves) >= 3

@@ -12,7 +12,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import quickdraft
-from quickdraft.proposers import PROPOSERS, NoProposer
+from quickdraft.proposers import METHODS, ProposerSpec, Registry
+from quickdraft.proposers.ar import NoProposer
 from quickdraft.types import Draft
 
 MODEL = "tiny-test"
@@ -22,7 +23,6 @@ SLOW = "test-slow"  # see slow_engine
 class SlowProposer(NoProposer):
     """Plain decoding that takes ``STEP_S`` per token."""
 
-    name = SLOW
     STEP_S = 0.01
 
     def propose(self, context, budget, sampling, rng) -> Draft:
@@ -30,25 +30,24 @@ class SlowProposer(NoProposer):
         return Draft()
 
 
-def make_engine(tiny_pair, n_ctx: int = 512, method: str = "draft"):
+def make_engine(tiny_pair, n_ctx: int = 512, method: str = "draft", **kwargs):
     """The engine a test server runs, and (built the same way) the reference its output must equal.
     ``precise`` (F32 KV cache, no flash attention), so prefix reuse cannot flip a near-tie.
     One thread: on a busy 2-core machine llama.cpp's spinning thread pools otherwise stall each
     other (target, draft, the event loop and the test client all want a core)."""
     target, draft = tiny_pair
     return quickdraft.load(str(target), str(draft), chat=True, n_ctx=n_ctx, n_threads=1,
-                          method=method, precise=True)
+                          method=method, precise=True, **kwargs)
 
 
 def slow_engine(tiny_pair, n_ctx: int = 2048):
     """An engine whose default method ``test-slow`` takes 10 ms per token, so a long generation is
     long on any machine: the tests of disconnects, timeouts and the queue act on it while it runs.
-    The method is registered only while the engine is built (other tests list the registry)."""
-    PROPOSERS[SLOW] = SlowProposer
-    try:
-        return make_engine(tiny_pair, n_ctx=n_ctx, method=SLOW)
-    finally:
-        del PROPOSERS[SLOW]
+    The method lives in this engine's own copy of the registry (other tests list the real one)."""
+    methods = Registry([*METHODS, ProposerSpec(SLOW, "plain decoding, 10 ms a token",
+                                               make=lambda resources, memory, options: SlowProposer(),
+                                               default_budget=1)])
+    return make_engine(tiny_pair, n_ctx=n_ctx, method=SLOW, methods=methods)
 
 
 @contextmanager

@@ -7,26 +7,25 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from quickdraft.errors import ContextOverflowError, InvalidParameterError, QuickdraftError
-from quickdraft.server.protocol import (APIError, Reply, default_max_tokens, engine_error, engine_prompt,
-                                        error_param, sampling_options, speculative_summary, sse, usage,
-                                        validation_error)
+from quickdraft.errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
+from quickdraft.server.protocol import (APIError, Reply, engine_error, engine_prompt, error_param,
+                                        generation_options, speculative_summary, sse, usage, validation_error)
 from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_defaults_follow_openai_and_the_engine():
-    options = sampling_options(ChatCompletionRequest(**CHAT))
-    assert options == {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": [], "method": None,
-                       "num_draft": None}
+    options = generation_options(ChatCompletionRequest(**CHAT))
+    assert options == {"max_tokens": None, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": [],
+                       "method": None, "num_draft": None}
 
 
 def test_speculative_and_sampling_fields_map_to_engine_keywords():
-    request = ChatCompletionRequest(**CHAT, temperature=0, top_p=0.5, top_k=3, seed=9, stop="END",
+    request = ChatCompletionRequest(**CHAT, temperature=0, top_p=0.5, top_k=3, seed=9, stop="END", max_tokens=5,
                                     speculative={"method": "ngram", "num_draft": 6})
-    assert sampling_options(request) == {"temperature": 0, "top_p": 0.5, "top_k": 3, "seed": 9, "stop": ["END"],
-                                         "method": "ngram", "num_draft": 6}
+    assert generation_options(request) == {"max_tokens": 5, "temperature": 0, "top_p": 0.5, "top_k": 3, "seed": 9,
+                                           "stop": ["END"], "method": "ngram", "num_draft": 6}
 
 
 def test_chat_prompt_is_templated_messages_and_completion_prompt_is_raw():
@@ -57,16 +56,16 @@ def test_neutral_values_of_unsupported_features_are_accepted():
                           logit_bias={}, response_format={"type": "text"}, user="someone")
 
 
-def test_default_max_tokens_fits_the_context():
-    assert default_max_tokens(100, 4096, 1024) == 1024
-    assert default_max_tokens(4000, 4096, 1024) == 96
-    assert default_max_tokens(5000, 4096, 1024) == 1  # the engine then reports the overflow
-
-
-def test_engine_errors_become_400s():
-    overflow = engine_error(ContextOverflowError("too long"), prompt_param="prompt")
+def test_engine_errors_become_400s_naming_the_request_field():
+    overflow = engine_error(ContextOverflowError("too long", param="prompt"), prompt_param="prompt")
     assert (overflow.status, overflow.param, overflow.code) == (400, "prompt", "context_length_exceeded")
-    assert engine_error(InvalidParameterError("bad top_p")).code == "invalid_value"
+    chat_overflow = engine_error(ContextOverflowError("too long", param="prompt"), prompt_param="messages")
+    assert chat_overflow.param == "messages"
+    assert engine_error(ContextOverflowError("too long", param="max_tokens")).param == "max_tokens"
+    bad = engine_error(InvalidParameterError("bad top_p", param="top_p"))
+    assert (bad.code, bad.param) == ("invalid_value", "top_p")
+    method = engine_error(UnknownMethodError("no such method"))
+    assert (method.code, method.param) == ("invalid_method", "speculative.method")
     assert engine_error(QuickdraftError("no")).body() == {
         "error": {"message": "no", "type": "invalid_request_error", "param": None, "code": "invalid_request"}}
 

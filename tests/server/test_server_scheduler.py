@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from quickdraft.engine import Stream
+from quickdraft.engine import Request, Stream
+from quickdraft.proposers import METHODS
+from quickdraft.sampling import SamplingParams
 from quickdraft.server.metrics import Metrics
 from quickdraft.server.protocol import APIError
 from quickdraft.server.scheduler import Finished, Job, Scheduler, Started
@@ -20,27 +21,15 @@ from quickdraft.types import GenerationResult, Piece
 class GatedEngine:
     """Engine stand-in: each generation emits one piece, then waits for ``gate`` before finishing."""
 
-    method, num_draft = "fake", 0
-    target = SimpleNamespace(vocab_size=100, n_ctx=64)
-
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.started: list = []
 
-    def proposer(self, method):
-        return None
-
-    def draft_budget(self, method, num_draft=None):
-        return self.num_draft if num_draft is None else num_draft
-
-    def prompt_tokens(self, prompt, chat=None):
-        return [1, 2]
-
-    def stream(self, tokens, **options) -> Stream:
-        stream = Stream(iter(()))
+    def stream(self, request: Request) -> Stream:
+        stream = Stream(iter(()), request)
 
         def pieces():
-            self.started.append(options["seed"])
+            self.started.append(request.sampling.seed)
             yield Piece("x", (3,), (False,))
             assert self.gate.wait(10)
             stream.result = GenerationResult("x", [3], "length", {}, prompt_tokens=2)
@@ -57,8 +46,8 @@ def loop():
 
 
 def job(loop, seed: int) -> Job:
-    return Job("p", chat=False, options={"seed": seed, "method": None, "num_draft": None}, max_tokens=1,
-               timeout_s=30, loop=loop)
+    request = Request((1, 2), 1, SamplingParams(seed=seed), (), METHODS["ar"], 0, "fixed")
+    return Job(request, timeout_s=30, loop=loop)
 
 
 def until(condition, timeout_s: float = 5.0) -> None:

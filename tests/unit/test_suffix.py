@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from quickdraft.proposers.suffix import SuffixProposer, SuffixTrie
+from quickdraft.proposers.suffix import SuffixMemory, SuffixOptions, SuffixProposer, SuffixTrie
 from quickdraft.sampling import SamplingParams
 
 GREEDY, RNG = SamplingParams(), np.random.default_rng(0)
@@ -65,23 +65,36 @@ def _shape(node):
     return {t: (c.count, _shape(c)) for t, c in node.children.items()}
 
 
+def proposer(memory=None, **options):
+    options = SuffixOptions(**options)
+    return SuffixProposer(memory or SuffixMemory(options), options)
+
+
 def test_proposer_learns_within_a_request_and_across_requests():
-    p = SuffixProposer(depth=8, length_per_match=4)
+    memory = SuffixMemory(SuffixOptions(depth=8))
+    p = proposer(memory, depth=8, length_per_match=4)
     prompt = [1, 2, 3, 4, 5, 6]
     p.begin(prompt)
     assert p.propose([*prompt, 9, 1, 2], 4, GREEDY, RNG).tokens == (3, 4, 5, 6)  # copy from the prompt
-    p.propose([*prompt, 9, 1, 2, 3, 8, 8, 8, 7], 4, GREEDY, RNG)  # output so far: 9 1 2 3 8 8 8 7
-    p.begin([40, 41])  # a new request: the previous output moves into the global trie
-    assert p.propose([40, 41, 8, 8, 7], 4, GREEDY, RNG).tokens == ()  # 7 ended that output
-    assert p.propose([40, 41, 9, 1], 3, GREEDY, RNG).tokens == (2, 3, 8)
+    context = [*prompt, 9, 1, 2, 3, 8, 8, 8, 7]  # output: 9 1 2 3 8 8 8 7
+    p.propose(context, 4, GREEDY, RNG)
+    p.end(context)  # the request is over: its output moves into the memory's global trie
+    q = proposer(memory, depth=8, length_per_match=4)  # the next request's proposer
+    q.begin([40, 41])
+    assert q.propose([40, 41, 8, 8, 7], 4, GREEDY, RNG).tokens == ()  # 7 ended that output
+    assert q.propose([40, 41, 9, 1], 3, GREEDY, RNG).tokens == (2, 3, 8)
+    fresh = proposer(depth=8, length_per_match=4)  # another engine memory: nothing learned
+    fresh.begin([40, 41])
+    assert fresh.propose([40, 41, 9, 1], 3, GREEDY, RNG).tokens == ()
 
 
 def test_proposer_stops_where_the_estimated_survival_is_too_low():
-    p = SuffixProposer(depth=8, length_per_match=8, min_prob=0.6)
     prompt = [1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 5, 0, 1]
+    p = proposer(depth=8, length_per_match=8, min_prob=0.6)
     p.begin(prompt)
     candidate, match = p.candidate(prompt, 8)
     # [0, 1] matched twice before, both times followed by 2; then 4 or 5 at 1/2 each: below 0.6
     assert match == 2 and candidate.tokens == [2] and candidate.probs == [1.0]
-    p.min_prob = 0.4
-    assert p.candidate(prompt, 8)[0].tokens[:3] == [2, 4, 0]
+    lenient = proposer(depth=8, length_per_match=8, min_prob=0.4)
+    lenient.begin(prompt)
+    assert lenient.candidate(prompt, 8)[0].tokens[:3] == [2, 4, 0]

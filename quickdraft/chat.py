@@ -1,0 +1,26 @@
+"""Chat templates: Hugging Face style Jinja templates, rendered the same way for every backend."""
+
+from __future__ import annotations
+
+import jinja2.sandbox
+
+from .errors import QuickdraftError
+
+
+def render_chat(template: str, messages: list[dict], *, bos: str, eos: str) -> str:
+    """Apply a Hugging Face style Jinja chat template to ``messages``, opening the assistant's turn.
+
+    ``bos``/``eos``: how the model's control tokens are written (the template may use them).
+    Example: a ChatML template with ``[{"role": "user", "content": "hi"}]`` renders
+    ``<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n``.
+    """
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise QuickdraftError(f"a chat message needs 'role' and 'content', got {m!r}", param="messages")
+
+    def raise_exception(message: str):
+        raise QuickdraftError(f"chat template: {message}", param="messages")
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos,
+                                            eos_token=eos, raise_exception=raise_exception)

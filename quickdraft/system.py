@@ -1,0 +1,174 @@
+"""What machine this is: the CPU and its instruction sets, the cores we may use, where caches live.
+
+A neutral module: it imports nothing else of quickdraft (the Makefile runs it as a script before
+anything is installed: ``python3 quickdraft/system.py signature``), and every layer may import it.
+
+Instruction sets matter because llama.cpp is compiled for the machine it is built on (see the
+Makefile): a build is only safe on a CPU that has every instruction set the build machine had.
+:func:`cpu_info` reads them from ``/proc/cpuinfo``; :data:`ISA_FLAGS` lists the ones a compiler
+may use, and ``CpuInfo.signature`` names that set, so a build (or a cached measurement) made on
+another kind of CPU is never mistaken for this one's.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# x86 instruction-set extensions as /proc/cpuinfo names them, the ones `gcc -march=native` may
+# enable (ordered roughly by age). Flags not listed (vmx, hypervisor, ...) do not change code.
+ISA_FLAGS = (
+    "sse", "sse2", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "aes", "pclmulqdq", "avx", "f16c",
+    "fma", "fma4", "xop", "sse4a", "abm", "bmi1", "bmi2", "movbe", "adx", "rdrand", "rdseed", "sha_ni", "avx2",
+    "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi", "avx512_vbmi2",
+    "avx512_vnni", "avx512_bitalg", "avx512_vpopcntdq", "avx512_bf16", "avx512_vp2intersect",
+    "avx512_fp16", "gfni", "vaes", "vpclmulqdq", "avx_vnni", "avx_vnni_int8", "avx_ifma", "avx_ne_convert",
+    "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "avx10",
+)
+# The ones worth naming to a user (what llama.cpp's kernels are chosen by).
+NOTABLE_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni",
+                 "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """``model``: the CPU's marketing name; ``flags``: every flag the kernel reports."""
+
+    model: str
+    vendor: str
+    flags: frozenset[str]
+    cores: int  # cores this process may run on
+
+    @property
+    def isa(self) -> tuple[str, ...]:
+        """The instruction-set extensions of :data:`ISA_FLAGS` this CPU has, in that order."""
+        return tuple(f for f in ISA_FLAGS if f in self.flags)
+
+    @property
+    def notable(self) -> tuple[str, ...]:
+        return tuple(f for f in NOTABLE_FLAGS if f in self.flags)
+
+    @property
+    def signature(self) -> str:
+        """A short name for the instruction-set set: equal for CPUs a build can be shared by.
+        Example: ``x86_64-5f3a9c1e2b``."""
+        digest = hashlib.sha256(" ".join(self.isa).encode()).hexdigest()[:10]
+        return f"{platform.machine()}-{digest}"
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "vendor": self.vendor, "cores": self.cores, "signature": self.signature,
+                "instruction_sets": list(self.notable)}
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's CPU (from /proc/cpuinfo on Linux; elsewhere only its name, no flags)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not line.strip():
+                break  # the first processor is enough
+            fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return CpuInfo(model=model, vendor=fields.get("vendor_id", ""), flags=frozenset(fields.get("flags", "").split()),
+                   cores=default_threads())
+
+
+def cache_dir() -> Path:
+    """Where assembled models and other downloads live: ``$QUICKDRAFT_CACHE``, else ``~/.cache/quickdraft``."""
+    return Path(os.environ.get("QUICKDRAFT_CACHE") or "~/.cache/quickdraft").expanduser()
+
+
+def calibration_dir() -> Path:
+    """Where measured cost curves and tolerances live: ``$QUICKDRAFT_CALIBRATION``, else
+    ``<cache>/calibration``. They are keyed by CPU and build, so another machine never reads them;
+    the test suite points this at an empty directory."""
+    override = os.environ.get("QUICKDRAFT_CALIBRATION")
+    return Path(override).expanduser() if override else cache_dir() / "calibration"
+
+
+# --- the llama.cpp build ------------------------------------------------------------------------
+# `make` compiles llama-cpp-python for the CPU at hand and then writes this stamp into the installed
+# package (see the Makefile): which CPU, which instruction sets, which CMake arguments.
+LLAMA_STAMP = "quickdraft-build.json"
+
+
+def llama_package_dir() -> Path | None:
+    """Where llama_cpp is installed (found, not imported: importing it runs its code), or None."""
+    spec = importlib.util.find_spec("llama_cpp")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def llama_version() -> str | None:
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def llama_build() -> dict | None:
+    """The stamp of quickdraft's build of llama.cpp, or None (a build from elsewhere)."""
+    where = llama_package_dir()
+    try:
+        return json.loads((where / LLAMA_STAMP).read_text()) if where else None
+    except (OSError, ValueError):
+        return None
+
+
+def describe_llama_build() -> str:
+    """One line for reports: the version and what the build is for."""
+    stamp, version = llama_build(), llama_version()
+    if stamp is None:
+        return f"llama-cpp-python {version} (not built by quickdraft's Makefile: instruction sets unknown)"
+    return (f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} "
+            f"({stamp['signature']})")
+
+
+def llama_build_mismatch() -> list[str]:
+    """The instruction sets quickdraft's llama.cpp build was compiled with that this CPU lacks
+    (empty when it is safe to run, or when there is no stamp)."""
+    stamp = llama_build()
+    if stamp is None:
+        return []
+    return [flag for flag in stamp["instruction_sets"] if flag not in cpu_info().flags]
+
+
+def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:
+    """Record that the installed llama_cpp was just built on this CPU (run by the Makefile)."""
+    where = llama_package_dir()
+    if where is None:
+        raise SystemExit("llama_cpp is not installed in this environment")
+    cpu = cpu_info()
+    stamp = {"variant": variant, "cpu_model": cpu.model, "signature": cpu.signature,
+             "instruction_sets": list(cpu.isa), "cmake_args": cmake_args, "llama_cpp_python": llama_version()}
+    (where / LLAMA_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    return where / LLAMA_STAMP
+
+
+if __name__ == "__main__":  # used by the Makefile, before quickdraft itself is installed
+    if sys.argv[1:] == ["signature"]:
+        print(cpu_info().signature)
+    elif sys.argv[1:2] == ["stamp-llama"] and len(sys.argv) == 4:
+        print(f"wrote {write_llama_build_stamp(sys.argv[2], sys.argv[3])}")
+    else:
+        sys.exit("usage: python3 quickdraft/system.py signature | stamp-llama VARIANT CMAKE_ARGS")
