@@ -38,14 +38,42 @@ NOTABLE_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"
                  "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
+# (vendor, family, models) -> microarchitecture, for the CPUs we meet (a guess for reports only).
+_MICROARCHITECTURES = (
+    ("AuthenticAMD", 25, range(0x10, 0x20), "Zen 4"), ("AuthenticAMD", 25, range(0x60, 0x80), "Zen 4"),
+    ("AuthenticAMD", 25, range(0xA0, 0xB0), "Zen 4"), ("AuthenticAMD", 25, range(0x00, 0x60), "Zen 3"),
+    ("AuthenticAMD", 26, range(0x00, 0x100), "Zen 5"), ("AuthenticAMD", 23, range(0x00, 0x100), "Zen 1/2"),
+    ("GenuineIntel", 6, (143,), "Sapphire Rapids"), ("GenuineIntel", 6, (207,), "Emerald Rapids"),
+    ("GenuineIntel", 6, (173, 174), "Granite Rapids"), ("GenuineIntel", 6, (106, 108), "Ice Lake"),
+    ("GenuineIntel", 6, (85,), "Skylake/Cascade Lake"),
+)
+
+
 @dataclass(frozen=True)
 class CpuInfo:
-    """``model``: the CPU's marketing name; ``flags``: every flag the kernel reports."""
+    """``model``: the CPU's marketing name; ``flags``: every flag the kernel reports; ``family`` and
+    ``model_number``: what cpuid says (None where unknown)."""
 
     model: str
     vendor: str
     flags: frozenset[str]
     cores: int  # cores this process may run on
+    family: int | None = None
+    model_number: int | None = None
+
+    @property
+    def microarchitecture(self) -> str | None:
+        return next((name for vendor, family, models, name in _MICROARCHITECTURES
+                     if (vendor, family) == (self.vendor, self.family) and self.model_number in models), None)
+
+    @property
+    def name(self) -> str:
+        """'AMD EPYC (Zen 5, family 26 model 2)': the marketing name, which says little in a VM, and
+        what cpuid says."""
+        if self.family is None:
+            return self.model
+        arch = f"{self.microarchitecture}, " if self.microarchitecture else ""
+        return f"{self.model} ({arch}family {self.family} model {self.model_number})"
 
     @property
     def isa(self) -> tuple[str, ...]:
@@ -64,7 +92,7 @@ class CpuInfo:
         return f"{platform.machine()}-{digest}"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "vendor": self.vendor, "cores": self.cores, "signature": self.signature,
+        return {"model": self.name, "vendor": self.vendor, "cores": self.cores, "signature": self.signature,
                 "instruction_sets": list(self.notable)}
 
 
@@ -90,8 +118,9 @@ def cpu_info() -> CpuInfo:
     except OSError:
         pass
     model = fields.get("model name") or platform.processor() or platform.machine()
+    number = lambda key: int(fields[key]) if fields.get(key, "").isdigit() else None  # noqa: E731
     return CpuInfo(model=model, vendor=fields.get("vendor_id", ""), flags=frozenset(fields.get("flags", "").split()),
-                   cores=default_threads())
+                   cores=default_threads(), family=number("cpu family"), model_number=number("model"))
 
 
 def cache_dir() -> Path:
@@ -140,8 +169,7 @@ def describe_llama_build() -> str:
     stamp, version = llama_build(), llama_version()
     if stamp is None:
         return f"llama-cpp-python {version} (not built by quickdraft's Makefile: instruction sets unknown)"
-    return (f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} "
-            f"({stamp['signature']})")
+    return f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} ({stamp['signature']})"
 
 
 def llama_build_mismatch() -> list[str]:
@@ -153,13 +181,26 @@ def llama_build_mismatch() -> list[str]:
     return [flag for flag in stamp["instruction_sets"] if flag not in cpu_info().flags]
 
 
+def check_llama_build() -> None:
+    """Refuse a llama.cpp build made for a CPU with instruction sets this one lacks: run before any
+    of llama.cpp's code, which would otherwise die of "Illegal instruction" somewhere in it."""
+    missing = llama_build_mismatch()
+    if missing:
+        from .errors import BuildMismatchError
+
+        raise BuildMismatchError(
+            f"llama-cpp-python in this environment was built for another CPU ({llama_build()['cpu_model']}): "
+            f"this one ({cpu_info().name}) lacks {', '.join(missing)}. Rebuild it here: `make install` (or "
+            f"`make test`) does, or delete the virtual environment and run make again.")
+
+
 def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:
     """Record that the installed llama_cpp was just built on this CPU (run by the Makefile)."""
     where = llama_package_dir()
     if where is None:
         raise SystemExit("llama_cpp is not installed in this environment")
     cpu = cpu_info()
-    stamp = {"variant": variant, "cpu_model": cpu.model, "signature": cpu.signature,
+    stamp = {"variant": variant, "cpu_model": cpu.name, "signature": cpu.signature,
              "instruction_sets": list(cpu.isa), "cmake_args": cmake_args, "llama_cpp_python": llama_version()}
     (where / LLAMA_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return where / LLAMA_STAMP

@@ -16,18 +16,12 @@ from typing import Sequence
 import numpy as np
 
 from ..chat import render_chat
-from ..errors import BuildMismatchError, InvalidParameterError, ModelNotFoundError, QuickdraftError
-from ..system import cpu_info, default_threads, describe_llama_build, llama_build_mismatch
+from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
+from ..system import check_llama_build, default_threads, describe_llama_build
 from ..tree import check_path, layout
 from .base import TREE, common_prefix
 
-# Checked before llama.cpp's code runs: a build for a CPU with more instruction sets would die of
-# "Illegal instruction" somewhere in it.
-if llama_build_mismatch():
-    raise BuildMismatchError(
-        f"llama-cpp-python in this environment was built for another CPU: this one ({cpu_info().model}) "
-        f"lacks {', '.join(llama_build_mismatch())}. Rebuild it here: `make install` (or `make test`) "
-        f"does, or delete the virtual environment and run make again.")
+check_llama_build()  # before any of llama.cpp's code runs
 import llama_cpp as ll  # noqa: E402
 
 
@@ -67,12 +61,14 @@ class LlamaCppBackend:
             raise ModelNotFoundError(f"llama.cpp could not load {self.path}: is it a valid GGUF model file?")
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = cparams.n_ubatch = self.n_batch = n_batch
+        # llama.cpp caps a batch at the context (and asserts n_seq_max <= n_batch below), so a tiny
+        # context must shrink them here rather than abort the process there.
+        cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         # Token trees: one sequence per node, all sharing one KV buffer (unified), so a node on
         # several paths is stored once and n_ctx is not split between sequences. llama.cpp
         # asserts n_seq_max <= n_batch (it reserves an output row per sequence).
-        cparams.n_seq_max = self.max_tree_nodes = min(max_tree_nodes, n_batch)
+        cparams.n_seq_max = self.max_tree_nodes = min(max_tree_nodes, self.n_batch)
         cparams.kv_unified = True
         self.precise = precise
         if precise:

@@ -8,6 +8,8 @@ from quickdraft.bench.metrics import geometric_mean, summarize, with_speedups
 from quickdraft.bench.runner import BenchConfig, rotate, run_bench
 from quickdraft.bench.tasks import load_jsonl, spread
 from quickdraft.errors import QuickdraftError
+from quickdraft.proposers import METHODS, BaseProposer, ProposerSpec
+from quickdraft.types import Draft
 
 SUMMARY_KEYS = {"task", "method", "speedup", "mean_accepted_length", "acceptance_rate", "tokens_per_second",
                 "speedup_min", "speedup_max", "speedup_median", "acceptance_by_position", "checks"}
@@ -23,7 +25,7 @@ def prompts_file(tmp_path):
 
 def config_for(tiny_pair, prompts_file, methods=("draft", "ngram"), **kw):
     return BenchConfig(target=str(tiny_pair[0]), draft=str(tiny_pair[1]), tasks=(), data=(str(prompts_file),),
-                       methods=methods, max_tokens=16, limit=None, repeat=2, **kw)
+                       methods=methods, **{"max_tokens": 16, "limit": None, "repeat": 2, **kw})
 
 
 def test_bench_end_to_end(tiny_pair, prompts_file, tmp_path):
@@ -134,3 +136,55 @@ def test_speedup_is_paired_per_repeat_and_geometric_over_prompts():
     assert rows["x"]["speedup"] == pytest.approx(geometric_mean([3.0, 1.0]))
     assert (rows["x"]["speedup_min"], rows["x"]["speedup_max"]) == (1.0, 3.0)
     assert rows["ar"]["speedup"] == pytest.approx(1.0)
+
+
+class SpyProposer(BaseProposer):
+    """Never drafts; records how many requests its method's memory had served when it began."""
+
+    seen: list[int] = []
+
+    def __init__(self, memory: dict) -> None:
+        memory["requests"] += 1
+        SpyProposer.seen.append(memory["requests"])
+
+    def propose(self, context, budget, sampling, rng) -> Draft:
+        return Draft()
+
+
+@pytest.fixture()
+def spy():
+    """A method ``spy`` in the registry for the length of one test."""
+    METHODS.add(ProposerSpec("spy", "records the memory it gets", make=lambda r, memory, o: SpyProposer(memory),
+                             memory=lambda r, o: {"requests": 0}))
+    SpyProposer.seen = []
+    yield SpyProposer.seen
+    METHODS.remove("spy")
+
+
+def test_no_sample_sees_another_samples_state(tiny_pair, prompts_file, tmp_path, spy):
+    """Every cold sample starts from a fresh engine memory: its method has served no request before."""
+    run_bench(config_for(tiny_pair, prompts_file, methods=("spy",)), tmp_path / "out")
+    assert len(spy) == 3 * 2 and set(spy) == {1}  # 3 prompt-turns x 2 repeats, each its memory's first request
+
+
+def test_warm_rows_follow_the_earlier_prompt_turns_and_never_themselves(tiny_pair, prompts_file, tmp_path, spy):
+    results = run_bench(config_for(tiny_pair, prompts_file, methods=("spy",), warm=True), tmp_path / "out")
+    warm = [s for s in results["samples"] if s["method"] == "spy (warm)"]
+    assert len(warm) == 6 and all(s["mode"] == "warm" for s in warm)
+    assert {s["method"] for s in results["summary"]} == {"ar", "spy", "spy (warm)"}
+    # Cold samples saw 1 request each; per repeat, the warm chain of task "mine" saw 1, 2, 3 (its
+    # three prompt-turns in order), so no prompt-turn ever came after itself.
+    assert sorted(spy) == sorted([1] * 6 + [1, 2, 3] * 2)
+
+
+def test_suffix_repeats_are_identical_because_nothing_carries_over(tiny_pair, prompts_file, tmp_path):
+    """Suffix drafting learns from earlier outputs: a second repeat that saw the first one's answer
+    would draft it back. Cold samples must not."""
+    results = run_bench(config_for(tiny_pair, prompts_file, methods=("suffix",), max_tokens=40), tmp_path / "out")
+    by_unit = {}
+    for s in results["samples"]:
+        if s["method"] == "suffix":
+            by_unit.setdefault((s["prompt_id"], s["turn"]), []).append(s)
+    for first, second in by_unit.values():
+        assert (first["target_forwards"], first["accepted_lengths"]) == (second["target_forwards"],
+                                                                          second["accepted_lengths"])
