@@ -68,6 +68,52 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
     }
 
 
+TOLERANCE_POSITIONS = 48  # positions whose logits are compared between evaluation shapes
+TOLERANCE_SIZES = (2, 3, 4, 5, 8, 12, 16)  # forward sizes verification uses
+TOLERANCE_TOP = 8  # candidates per position whose logit differences count
+
+
+def logit_spread(backend, context: Sequence[int], positions: int = TOLERANCE_POSITIONS,
+                 sizes: Sequence[int] = TOLERANCE_SIZES, top: int = TOLERANCE_TOP) -> float:
+    """How far the backend's arithmetic alone moves a near-tie: over the last ``positions`` tokens
+    of ``context``, the largest change in the difference of two of a position's ``top`` candidate
+    logits between a one-token forward (plain decoding's shape) and forwards of ``sizes`` tokens
+    (verification's shapes). Kernels and caches differ between the shapes (batched matmul
+    kernels, f16 KV cache), so greedy plain and speculative decoding may part where two logits are
+    closer than this; never where they are farther apart."""
+    start = len(context) - positions
+    backend.prefill(context[:start])
+    single = np.stack([backend.forward([t])[0] for t in context[start:]])  # [positions, V]
+    worst = 0.0
+    for size in sizes:
+        for first in range(start, len(context), size):
+            chunk = list(context[first:first + size])
+            backend.rollback(first)
+            batched = backend.forward(chunk)  # [len(chunk), V]
+            for row, one in zip(batched, single[first - start:]):
+                cand = np.unique(np.concatenate([np.argpartition(-one, top)[:top], np.argpartition(-row, top)[:top]]))
+                gaps = (row[cand, None] - row[None, cand]) - (one[cand, None] - one[None, cand])
+                worst = max(worst, float(np.abs(gaps).max()))
+    backend.rollback(start)
+    return worst
+
+
+def near_tie_tolerance(backend) -> float:
+    """The largest logit gap that the numerics alone explain for this backend and model
+    (:func:`logit_spread`), from the calibration cache or measured now (about two seconds on a
+    1.5B model) and cached. ``check`` certifies a divergence as a near-tie only within it."""
+    context = calibration_context(backend, TOLERANCE_POSITIONS + 1)
+    path = calibration_path(backend, len(context)).with_suffix(".tolerance.json")
+    try:
+        return float(json.loads(path.read_text())["near_tie_tolerance"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    spread = logit_spread(backend, context)
+    save_calibration({"near_tie_tolerance": spread, "context_tokens": len(context),
+                      "positions": TOLERANCE_POSITIONS, "sizes": list(TOLERANCE_SIZES), "top": TOLERANCE_TOP}, path)
+    return spread
+
+
 def calibration_context(backend, largest: int = MAX_K + 1) -> list[int]:
     """The tokens of :data:`CONTEXT_TEXT` to measure after: all that fit in the backend's context
     with room for a forward of ``largest`` new tokens."""
@@ -124,6 +170,7 @@ def _size(path) -> int:
 
 
 def save_calibration(calibration: dict, path: Path) -> None:
+    """Write atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(calibration, indent=1))

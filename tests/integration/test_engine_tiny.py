@@ -224,3 +224,19 @@ def test_one_stream_at_a_time_per_engine(tiny_engine):
         tiny_engine.generate(PROMPTS[1], max_tokens=4)
     first.close()  # an abandoned stream frees the engine
     assert tiny_engine.generate(PROMPTS[1], max_tokens=4).token_ids
+
+
+def test_the_check_certifies_exact_output_and_catches_a_forged_divergence(tiny_engine):
+    """check_against_ar on the tiny models: the measured spread is tiny (F32 cache), so a token the
+    target did not prefer is a real divergence, even after the witness search over every shape."""
+    from quickdraft.check import check_against_ar
+
+    prompt = tiny_engine.prompt_tokens(PROMPTS[1])
+    ar = tiny_engine.generate(prompt, max_tokens=12, method="ar").token_ids
+    assert check_against_ar(tiny_engine, prompt, ar, ar).kind == "exact"
+    tiny_engine.target.prefill(prompt[:-1])
+    row = tiny_engine.target.forward(prompt[-1:])[0]
+    forged = [int(np.argsort(row)[-2]), *ar[1:]]  # the target's second choice at the first token
+    verdict = check_against_ar(tiny_engine, prompt, forged, ar)
+    assert verdict.kind == "real divergence" and verdict.index == 0 and verdict.witness is None
+    assert 0 <= verdict.tolerance < 1e-2 < verdict.margin
