@@ -16,7 +16,7 @@ from quickdraft.heads import DraftVocab, EagleHead, MedusaHeads, describe_target
 from quickdraft.heads.common import HeadConfig, most_frequent, save_heads  # noqa: E402
 from quickdraft.heads.eagle import KVCache  # noqa: E402
 from quickdraft.heads.train import TrainOptions, new_head, target_rows, train_head, windows  # noqa: E402
-from quickdraft.proposers import METHODS, Registry, Resources  # noqa: E402
+from quickdraft.proposers import METHODS, Registry, Resources, parse_options  # noqa: E402
 from quickdraft.testing_torch import write_tiny_hf  # noqa: E402
 
 PROMPTS = ["def add(a, b):", "the user asked the assistant", "for i in range(len(data)):", "x"]
@@ -169,7 +169,7 @@ def made(backend, method: str, **options):
     """A proposer of ``method`` for one request on ``backend``, built from its declaration (with a
     fresh memory), as the engine builds it."""
     spec = METHODS[method]
-    resources, parsed = Resources(backend), spec.options(**options)
+    resources, parsed = Resources(backend), parse_options(spec, options)
     return spec.make(resources, spec.memory(resources, parsed), parsed)
 
 
