@@ -87,6 +87,7 @@ __all__ = [
     "DRAFT_PERTURB",
     "TinyVocab",
     "make_tiny_pair",
+    "seeded_tensor",
     "write_tiny_gguf",
 ]
 
@@ -219,6 +220,21 @@ def _draw(seed: int, name: str, shape: tuple[int, ...], std: float) -> np.ndarra
     return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
 
 
+def seeded_tensor(name: str, shape: tuple[int, ...], std: float | None, *, seed: int,
+                  base_seed: int | None = None, perturb: float = 0.0) -> np.ndarray:
+    """One float32 tensor of the tiny-model recipe (see "Draft models" above): ones when ``std``
+    is None (a norm weight), else a normal draw of that std from its own stream, seeded by
+    ``seed`` and ``name``; with ``base_seed``, the base model's draw plus ``perturb`` x this one."""
+    if std is None:
+        return np.ones(shape, dtype=np.float32)
+    if base_seed is None:
+        return _draw(seed, name, shape, std)
+    data = _draw(base_seed, name, shape, std)
+    if perturb > 0:
+        data += np.float32(perturb) * _draw(seed, name, shape, std)
+    return data
+
+
 def write_tiny_gguf(
     path: str | os.PathLike[str],
     *,
@@ -293,14 +309,7 @@ def write_tiny_gguf(
 
         specs = _tensor_specs(arch, n_vocab, n_layer, n_embd, n_head, n_head_kv, n_ff, logit_scale)
         for name, shape, std in specs:
-            if std is None:
-                data = np.ones(shape, dtype=np.float32)
-            elif base_seed is not None:
-                data = _draw(base_seed, name, shape, std)
-                if perturb > 0:
-                    data += np.float32(perturb) * _draw(seed, name, shape, std)
-            else:
-                data = _draw(seed, name, shape, std)
+            data = seeded_tensor(name, shape, std, seed=seed, base_seed=base_seed, perturb=perturb)
             if name == "output.weight":
                 data = data * _row_scales(pieces, eog_row_scale)[:, None]
             if f16 and data.ndim == 2:

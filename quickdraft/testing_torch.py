@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .testing import DEFAULT_TINY_CHAT_TEMPLATE, DEFAULT_WORDS, DRAFT_PERTURB, _draw
+from .testing import DEFAULT_TINY_CHAT_TEMPLATE, DEFAULT_WORDS, DRAFT_PERTURB, seeded_tensor
 
 __all__ = ["TINY_VOCAB_SIZE", "make_tiny_hf_pair", "tiny_tokenizer", "write_tiny_hf"]
 
@@ -71,9 +71,9 @@ def _std(name: str, hidden: int, ff: int, logit_scale: float) -> float | None:
 def _row_scales(tokenizer, eog_row_scale: float) -> np.ndarray:
     """Output-row factors: end-of-generation rows ``eog_row_scale``, <|im_start|> and tokens
     with unprintable bytes 0.25 (rarely chosen), the rest 1."""
-    from .backends.torch_hf import _piece_decoder
+    from .backends.torch_hf import piece_decoder
 
-    to_bytes = _piece_decoder(tokenizer)
+    to_bytes = piece_decoder(tokenizer)
     scale = np.ones(len(tokenizer), dtype=np.float32)
     for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
         if piece in SPECIALS:
@@ -109,22 +109,15 @@ def write_tiny_hf(path: str | os.PathLike[str], *, arch: str = "qwen2", n_layer:
     rows = _row_scales(tokenizer, eog_row_scale)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            std = _std(name, hidden, ff, logit_scale)
-            if std is None:
-                data = np.ones(tuple(param.shape), dtype=np.float32)
-            else:
-                data = _draw(seed if base_seed is None else base_seed, name, tuple(param.shape), std)
-                if perturb > 0:
-                    data += np.float32(perturb) * _draw(seed, name, tuple(param.shape), std)
+            data = seeded_tensor(name, tuple(param.shape), _std(name, hidden, ff, logit_scale), seed=seed,
+                                 base_seed=base_seed, perturb=perturb)
             if name == "lm_head.weight":
                 data = data * rows[:, None]
             param.copy_(torch.from_numpy(data))
     path = Path(path)
-    import transformers
+    from .backends.torch_hf import quiet_transformers
 
-    from .backends.torch_hf import _quiet
-
-    with _quiet(False, transformers):  # no "Writing model shards" bar
+    with quiet_transformers():  # no "Writing model shards" bar
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return path

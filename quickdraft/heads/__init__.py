@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import QuickdraftError
 from .common import DraftVocab, HeadConfig, describe_target, heads_dir, load_heads, read_config, save_heads
 from .eagle import EagleHead
 from .medusa import MedusaHeads
@@ -19,8 +20,15 @@ from .medusa import MedusaHeads
 KINDS: dict[str, type[nn.Module]] = {"medusa": MedusaHeads, "eagle": EagleHead}
 
 
+def check_kind(kind: str) -> None:
+    """Refuse a head kind that is not in :data:`KINDS`."""
+    if kind not in KINDS:
+        raise QuickdraftError(f"unknown head kind {kind!r}; choose one of: {', '.join(KINDS)}")
+
+
 def build_head(kind: str, shape: dict) -> nn.Module:
     """A fresh head of ``kind`` with the constructor arguments ``shape``."""
+    check_kind(kind)
     return KINDS[kind](**shape)
 
 
@@ -36,5 +44,5 @@ def load_for_target(directory: str | Path | None, kind: str, model: nn.Module, l
     return head, DraftVocab(lm_head, vocab_ids), config
 
 
-__all__ = ["DraftVocab", "EagleHead", "HeadConfig", "KINDS", "MedusaHeads", "build_head", "describe_target",
-           "heads_dir", "load_for_target", "load_heads", "read_config", "save_heads"]
+__all__ = ["DraftVocab", "EagleHead", "HeadConfig", "KINDS", "MedusaHeads", "build_head", "check_kind",
+           "describe_target", "heads_dir", "load_for_target", "load_heads", "read_config", "save_heads"]

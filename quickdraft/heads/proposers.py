@@ -1,12 +1,19 @@
-"""Medusa and EAGLE proposers: draft from the target's own hidden states (torch backend).
+"""Medusa and EAGLE proposers: draft from the target's own hidden states.
 
-Which hidden state. The engine keeps one pending token (the last emitted, not yet in the
-target's cache) and feeds ``[pending, *draft]``; row i of ``target.last_hidden`` is the final
-hidden state after input i. After verification the cache keeps the root (pending) and the
-accepted nodes, ``acceptance.kept_nodes()``, and their rows are the true features of the new
-cache positions. The last of them is the hidden state whose LM-head token is the *new* pending
-token (the bonus or recovered token), so it is the Medusa anchor: head k on it drafts the
-(k+1)-th token after the pending one. EAGLE appends all of them to its own context.
+They read the target only through the declared :class:`~quickdraft.backends.base.HiddenStates`
+interface (``model``, ``lm_head``, ``last_hidden``, ``hidden_states``) and never run it: the
+target's cache is the engine's.
+
+Which hidden state. When a request begins, the target holds the prompt minus its last token
+(m = len(prompt) - 1 positions), and ``hidden_states(start, m)`` gives the prompt's features
+whether the prefill evaluated them or found them cached. Then the engine keeps one pending token
+(the last emitted, not yet in the target's cache) and feeds ``[pending, *draft]``; row i of
+``target.last_hidden`` is the final hidden state after input i. After verification the cache
+keeps the root (pending) and the accepted nodes, ``acceptance.kept_nodes()``, and their rows are
+the true features of the new cache positions. The last of them is the hidden state whose LM-head
+token is the *new* pending token (the bonus or recovered token), so it is the Medusa anchor:
+head k on it drafts the (k+1)-th token after the pending one. EAGLE appends all of them to its
+own context.
 
 Drafts are deterministic (top-1 per position, ``q = None``), so the verifiers treat them as
 point masses and the output stays lossless at any temperature.
@@ -14,51 +21,59 @@ point masses and the output stays lossless at any temperature.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..backends.base import common_prefix
+from ..backends.base import HiddenStates, common_prefix
 from ..proposers.base import BaseProposer
 from ..sampling import SamplingParams
 from ..tree import grow_tree
 from ..types import Acceptance, Draft, StepTimes
+from . import load_for_target
+from .common import DraftVocab, HeadConfig
 from .eagle import KVCache
 
 
-def prompt_features(target, prompt: Sequence[int], start: int) -> torch.Tensor:
-    """The target's final hidden states for prompt positions ``start .. m - 1`` [m - start, H],
-    called right after the engine's ``target.prefill(prompt[:-1])`` (m = len(prompt) - 1).
+@dataclass
+class HeadsMemory:
+    """What a heads method keeps across requests (its memory, see proposers/base.py): the loaded
+    heads, and EAGLE's own KV cache with the tokens its entries read (``seen``), so a prompt that
+    extends an earlier conversation reuses the entries of the common prefix."""
 
-    The prefill leaves the rows of the positions it evaluated in ``last_hidden`` (the trailing
-    ones: a cached prefix is not evaluated again). Rows it did not evaluate are recomputed by
-    rolling the target back to ``start`` and prefilling again.
-    """
-    m = len(prompt) - 1
-    start = max(0, start)
-    if start >= m:
-        return torch.empty(0, target.model.config.hidden_size)
-    rows = target.last_hidden
-    if rows is None or len(rows) < m - start or list(target.tokens) != list(prompt[:-1]):
-        target.rollback(min(start, len(target.tokens)))
-        target.prefill(prompt[:-1])
-        rows = target.last_hidden
-    return rows[len(rows) - (m - start):]
+    head: nn.Module
+    vocab: DraftVocab
+    config: HeadConfig
+    cache: KVCache = field(default_factory=KVCache)
+    seen: list[int] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, target: HiddenStates, kind: str, directory: str | Path | None) -> "HeadsMemory":
+        """The ``kind`` heads from ``directory`` (see heads.heads_dir), checked against ``target``."""
+        return cls(*load_for_target(directory, kind, target.model, target.lm_head))
 
 
-class MedusaProposer(BaseProposer):
-    """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring).
-    ``loaded``: (head, draft vocabulary, config) from ``heads.load_for_target``."""
+class HeadsProposer(BaseProposer):
+    """What every heads proposer holds: the target (read through ``HiddenStates``), the method's
+    memory with the loaded head, and its options (proposers/heads.py)."""
 
-    def __init__(self, target, loaded, options) -> None:
-        self.target = target
-        self.head, self.vocab, self.config = loaded
-        self.anchor: torch.Tensor | None = None  # [H] hidden state of the last cached position
+    def __init__(self, target: HiddenStates, memory: HeadsMemory, options) -> None:
+        self.target, self.memory, self.options = target, memory, options
+        self.head, self.vocab, self.config = memory.head, memory.vocab, memory.config
+
+
+class MedusaProposer(HeadsProposer):
+    """A chain of up to K tokens, head k's top-1 on the anchor (see the module docstring)."""
+
+    anchor: torch.Tensor | None = None  # [H] hidden state of the last cached position
 
     def begin(self, prompt: Sequence[int]) -> None:
-        rows = prompt_features(self.target, prompt, len(prompt) - 2)
-        self.anchor = rows[-1] if len(rows) else None
+        m = len(prompt) - 1  # cached positions
+        self.anchor = self.target.hidden_states(m - 1, m)[0] if m > 0 else None
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
@@ -73,30 +88,31 @@ class MedusaProposer(BaseProposer):
         self.anchor = self.target.last_hidden[acceptance.kept_nodes()[-1]]
 
 
-class EagleProposer(BaseProposer):
+class EagleProposer(HeadsProposer):
     """EAGLE drafting: the head reads the target's true features of the whole context (its own
     KV cache), then extrapolates token by token from its own guesses (see heads/eagle.py).
 
     State: the head's cache holds positions ``0 .. fed - 1`` (true features only; draft
     positions are cropped after each proposal) and ``pending`` [P, H] holds the true features of
     positions ``fed .. fed + P - 1`` not yet fed (feeding position t needs token x_{t+1}).
-    ``seen`` are the tokens the cache entries read (entry t read x_0..x_{t+1}), so a new prompt
-    that extends an earlier conversation reuses the entries of the common prefix.
+    The cache and ``seen``, the tokens its entries read (entry t read x_0..x_{t+1}), are the
+    method's memory: a new prompt that extends an earlier conversation reuses the entries of the
+    common prefix.
     """
 
-    def __init__(self, target, loaded, options) -> None:
-        self.target = target
-        self.head, self.vocab, self.config = loaded
+    def __init__(self, target: HiddenStates, memory: HeadsMemory, options) -> None:
+        super().__init__(target, memory, options)
         self.embed = target.model.get_input_embeddings()
-        self.cache, self.pending, self.seen = KVCache(), None, []
+        self.cache, self.pending = memory.cache, None
 
     @property
     def fed(self) -> int:
         return len(self.cache)
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self.cache.crop(max(0, min(self.fed, common_prefix(self.seen, prompt) - 1)))
-        self.pending = prompt_features(self.target, prompt, self.fed)
+        m = len(prompt) - 1  # cached positions
+        self.cache.crop(max(0, min(self.fed, common_prefix(self.memory.seen, prompt) - 1)))
+        self.pending = self.target.hidden_states(self.fed, m)
 
     def _feed(self, features: torch.Tensor, next_tokens: Sequence[int], start: int) -> torch.Tensor:
         """Run the head on features [T, H] at positions start.. with the tokens that follow them;
@@ -122,7 +138,7 @@ class EagleProposer(BaseProposer):
                     break
                 guess = self._feed(guess[None], tokens[-1:], m + len(tokens) - 1)
         self.cache.crop(m)  # forget the draft positions: their features were guesses
-        self.seen = list(context)
+        self.memory.seen = list(context)
         return Draft(tuple(tokens))
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
@@ -140,20 +156,17 @@ class MedusaTreeProposer(MedusaProposer):
     """Medusa's tree: the Cartesian product of each head's top ``tree_width`` tokens, pruned to
     the ``budget`` nodes of highest joint probability (the heads' probabilities multiplied)."""
 
-    def __init__(self, target, loaded, options) -> None:
-        super().__init__(target, loaded, options)
-        self.tree_width = options.tree_width
-
     def propose(self, context, budget, sampling, rng) -> Draft:
         if self.anchor is None or budget <= 0:
             return Draft()
+        width = self.options.tree_width
         with torch.no_grad():
-            ids, logp = _top(self.vocab, self.vocab.logits(self.head(self.anchor)), self.tree_width)  # [K, w]
+            ids, logp = _top(self.vocab, self.vocab.logits(self.head(self.anchor)), width)  # [K, w]
 
         def children(frontier, depth, tokens, parents):  # every node of a depth shares head depth - 1's guesses
             return [ids[depth - 1].tolist()] * len(frontier), [logp[depth - 1].tolist()] * len(frontier)
 
-        tokens, parents = grow_tree(children, budget, self.tree_width, self.head.num_heads)
+        tokens, parents = grow_tree(children, budget, width, self.head.num_heads)
         return Draft(tokens, None, parents=parents)
 
 
@@ -162,12 +175,8 @@ class EagleTreeProposer(EagleProposer):
     nodes (a tree attention mask over its cache), each node proposing its ``tree_width`` most
     likely next tokens; the ``budget`` best nodes by cumulative probability form the draft."""
 
-    def __init__(self, target, loaded, options) -> None:
-        super().__init__(target, loaded, options)
-        self.tree_width = options.tree_width
-
     def propose(self, context, budget, sampling, rng) -> Draft:
-        m = len(context) - 1
+        m, width = len(context) - 1, self.options.tree_width
         if budget <= 0 or self.pending is None or not len(self.pending):
             return Draft()
         with torch.no_grad():
@@ -190,13 +199,13 @@ class EagleTreeProposer(EagleProposer):
                     out = self.head(features, self.embed(ids), positions, self.cache, mask.to(features.device))[0]
                     guess.update(zip(frontier, out))
                 rows = torch.stack([guess[c] for c in frontier])
-                ids, logp = _top(self.vocab, self.vocab.logits(rows), self.tree_width)
+                ids, logp = _top(self.vocab, self.vocab.logits(rows), width)
                 return ids.tolist(), logp.tolist()
 
-            tokens, parents = grow_tree(children, budget, self.tree_width, budget)
+            tokens, parents = grow_tree(children, budget, width, budget)
             draft = Draft(tokens, None, parents=parents)
         self.cache.crop(m)
-        self.seen = list(context)
+        self.memory.seen = list(context)
         return draft
 
 

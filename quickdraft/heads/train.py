@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import QuickdraftError
 from ..system import cache_dir
-from . import build_head
+from . import build_head, check_kind
 from .common import DraftVocab, HeadConfig, describe_target, most_frequent, save_heads
 from .eagle import EagleHead
 from .medusa import MedusaHeads
@@ -173,11 +173,10 @@ def new_head(kind: str, model: nn.Module, *, num_heads: int = 4, intermediate_si
     """An untrained head of ``kind`` shaped for the transformers ``model``: Medusa with
     ``num_heads`` heads (identity blocks: each drafts the LM head's own token), EAGLE as one
     decoder layer of the target (``intermediate_size`` overrides its MLP width)."""
+    check_kind(kind)
     if kind == "medusa":
         return MedusaHeads(model.config.hidden_size, num_heads=num_heads)
-    if kind == "eagle":
-        return EagleHead.for_target(model.config, intermediate_size)
-    raise QuickdraftError(f"unknown head kind {kind!r}; choose medusa or eagle")
+    return EagleHead.for_target(model.config, intermediate_size)
 
 
 def windows(data: Data, size: int, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -237,8 +236,7 @@ def train_head(kind: str, model: nn.Module, tokenize: Callable[[str], list[int]]
     """Train ``kind`` heads ("medusa" or "eagle") for the frozen transformers ``model`` and save
     them to ``out``. ``chunks`` replaces the corpus (token lists, for tests)."""
     out = Path(out).expanduser()
-    if kind not in ("medusa", "eagle"):
-        raise QuickdraftError(f"unknown head kind {kind!r}; choose medusa or eagle")
+    check_kind(kind)
     state_path = out / "train_state.pt"
     if options.resume and not state_path.exists():
         raise QuickdraftError(f"nothing to resume in {out} (no train_state.pt)")

@@ -3,7 +3,8 @@ their ``-tree`` variants.
 
 The implementations live in quickdraft.heads (torch), imported only when one of these methods is
 used, so ``import quickdraft`` stays free of torch. The heads are loaded once per engine (the
-method's memory) and every request's proposer drafts with them.
+method's memory, :class:`~quickdraft.heads.proposers.HeadsMemory`) and every request's proposer
+drafts with them; they read the target through its declared ``HIDDEN_STATES`` interface.
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ class HeadsTreeOptions(HeadsOptions):
 
 def _spec(kind: str, tree: bool, summary: str) -> ProposerSpec:
     def memory(resources, options):
-        from ..heads import load_for_target
+        from ..heads.proposers import HeadsMemory
 
-        return load_for_target(options.heads, kind, resources.target.model, resources.target.lm_head)
+        return HeadsMemory.load(resources.target, kind, options.heads)
 
-    def make(resources, loaded, options):
+    def make(resources, memory, options):
         from ..heads.proposers import PROPOSER_CLASSES
 
-        return PROPOSER_CLASSES[kind, tree](resources.target, loaded, options)
+        return PROPOSER_CLASSES[kind, tree](resources.target, memory, options)
 
     return ProposerSpec(f"{kind}-tree" if tree else kind, summary, make=make, memory=memory,
                         options=HeadsTreeOptions if tree else HeadsOptions,

@@ -17,8 +17,11 @@ Choosing the layers (``choose_layers``, a short search on the current prompt, in
    With the agreement a small model reaches (about 0.65-0.7 with 20-50% of the 28 layers of
    Qwen2.5-Coder 1.5B skipped), short drafts win.
 
-Drafting runs ``TorchBackend.forward_layers`` from the pending token; the skipped layers' cache
-is not touched and the kept layers' draft rows are dropped before the target verifies.
+Beyond the core Backend protocol, the proposer uses only the declared ``LayerSkipping``
+interface (backends/base.py: ``n_layers``, ``replay``, ``forward_layers``, ``drop_partial``):
+the search replays without changing the cache, and drafting runs ``forward_layers`` from the
+pending token; the skipped layers' cache is not touched and the kept layers' draft rows are
+dropped before the target verifies.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ class LayerSkipProposer(BaseProposer):
     def begin(self, prompt: Sequence[int]) -> None:
         if self.fixed is not None:
             return
-        window = min(self.window, len(self.target.tokens))
+        window = min(self.window, len(prompt) - 1)  # the target holds prompt[:-1]
         if window < 2:
             self.layers, self.search = None, {"window": window, "candidates": [], "layers": None}
             return

@@ -1,6 +1,7 @@
 """Trained draft heads (Medusa, EAGLE) on tiny random-weight transformers models: offsets,
 losslessness, training, save/load and the wrong-target error. No downloads."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from quickdraft.heads import DraftVocab, EagleHead, MedusaHeads, describe_target
 from quickdraft.heads.common import HeadConfig, most_frequent, save_heads  # noqa: E402
 from quickdraft.heads.eagle import KVCache  # noqa: E402
 from quickdraft.heads.train import TrainOptions, new_head, target_rows, train_head, windows  # noqa: E402
+from quickdraft.proposers import METHODS, Registry, Resources, parse_options  # noqa: E402
 from quickdraft.testing_torch import write_tiny_hf  # noqa: E402
 
 PROMPTS = ["def add(a, b):", "the user asked the assistant", "for i in range(len(data)):", "x"]
@@ -55,6 +57,19 @@ def own_text_chunks(backend: TorchBackend, n: int, length: int) -> list[list[int
     for start in TRAINED_STARTS[:n]:
         out.append(start + engine.generate(start, max_tokens=length - 3).token_ids)
     return [c for c in out if len(c) == length]
+
+
+def same_as_ar(engine, prompts, max_tokens: int, **options) -> dict[str, int]:
+    """Generate every prompt with AR and with the engine's method (keywords ``options``), assert
+    the same tokens, and return the drafted and accepted tokens summed over the prompts."""
+    totals = {"drafted_tokens": 0, "accepted_tokens": 0}
+    for prompt in prompts:
+        ar = engine.generate(prompt, max_tokens=max_tokens, method="ar")
+        spec = engine.generate(prompt, max_tokens=max_tokens, **options)
+        assert spec.token_ids == ar.token_ids, (engine.method, options, prompt)
+        for key in totals:
+            totals[key] += spec.stats[key]
+    return totals
 
 
 def save_untrained(backend, kind: str, directory: Path, **options) -> Path:
@@ -137,17 +152,42 @@ def fresh_hidden(backend, tokens) -> torch.Tensor:
     return target_rows(backend.model, tokens)[0]
 
 
+def watching(method: str, watch) -> Registry:
+    """The registered methods, with ``watch(proposer)`` called on each proposer of ``method`` the
+    engine makes (one per request), before it is used."""
+    spec = METHODS[method]
+
+    def make(resources, memory, options):
+        proposer = spec.make(resources, memory, options)
+        watch(proposer)
+        return proposer
+
+    return Registry(dataclasses.replace(s, make=make) if s is spec else s for s in METHODS)
+
+
+def made(backend, method: str, **options):
+    """A proposer of ``method`` for one request on ``backend``, built from its declaration (with a
+    fresh memory), as the engine builds it."""
+    spec = METHODS[method]
+    resources, parsed = Resources(backend), parse_options(spec, options)
+    return spec.make(resources, spec.memory(resources, parsed), parsed)
+
+
 @pytest.mark.parametrize("num_draft", [1, 3])
 def test_medusa_anchor_is_the_hidden_state_of_the_last_cached_position(backend, trained, num_draft):
-    engine = Engine(backend, method="medusa", heads=str(trained["medusa"]), chat=False)
-    proposer, seen = engine.proposer("medusa"), []
-    propose = proposer.propose
+    seen = []
 
-    def spy(context, budget, sampling, rng):
-        seen.append((list(context), proposer.anchor.clone()))
-        return propose(context, budget, sampling, rng)
+    def watch(proposer):
+        propose = proposer.propose
 
-    proposer.propose = spy
+        def spy(context, budget, sampling, rng):
+            seen.append((list(context), proposer.anchor.clone()))
+            return propose(context, budget, sampling, rng)
+
+        proposer.propose = spy
+
+    engine = Engine(backend, method="medusa", heads=str(trained["medusa"]), chat=False,
+                    methods=watching("medusa", watch))
     result = engine.generate(TRAINED_STARTS[0], max_tokens=30, num_draft=num_draft)
     assert result.stats["accepted_tokens"] > 0  # so rows other than 0 are taken too
     assert len(seen) > 5
@@ -156,24 +196,24 @@ def test_medusa_anchor_is_the_hidden_state_of_the_last_cached_position(backend, 
 
 
 def test_eagle_reads_the_true_features_of_every_context_position(backend, trained):
-    engine = Engine(backend, method="eagle", heads=str(trained["eagle"]), chat=False)
-    proposer, fed = engine.proposer("eagle"), {}
-    feed = proposer._feed
+    fed, proposer_context = {}, [None]
 
-    def spy(features, next_tokens, start):
-        if start + len(features) <= len(proposer_context[0]) - 1:  # true features, not draft guesses
-            for i, f in enumerate(features):
-                fed[start + i] = (f.clone(), next_tokens[i])
-        return feed(features, next_tokens, start)
+    def watch(proposer):
+        feed, propose = proposer._feed, proposer.propose
 
-    proposer_context = [None]
-    propose = proposer.propose
+        def spy(features, next_tokens, start):
+            if start + len(features) <= len(proposer_context[0]) - 1:  # true features, not draft guesses
+                for i, f in enumerate(features):
+                    fed[start + i] = (f.clone(), next_tokens[i])
+            return feed(features, next_tokens, start)
 
-    def remember(context, *args):
-        proposer_context[0] = list(context)
-        return propose(context, *args)
+        def remember(context, *args):
+            proposer_context[0] = list(context)
+            return propose(context, *args)
 
-    proposer._feed, proposer.propose = spy, remember
+        proposer._feed, proposer.propose = spy, remember
+
+    engine = Engine(backend, method="eagle", heads=str(trained["eagle"]), chat=False, methods=watching("eagle", watch))
     first = engine.generate(TRAINED_STARTS[0], max_tokens=30, num_draft=3)
     assert first.stats["accepted_tokens"] > 0
     for reused in (False, True):
@@ -185,9 +225,34 @@ def test_eagle_reads_the_true_features_of_every_context_position(backend, traine
             assert next_token == context[position + 1]
             assert torch.allclose(feature, truth[position], atol=1e-4), position
         fed.clear()
-        follow_up = TRAINED_STARTS[0] + first.token_ids + TRAINED_STARTS[1]
-        ar = engine.generate(follow_up, max_tokens=20, method="ar")
-        assert engine.generate(follow_up, max_tokens=20, num_draft=3).token_ids == ar.token_ids
+        same_as_ar(engine, [TRAINED_STARTS[0] + first.token_ids + TRAINED_STARTS[1]], 20, num_draft=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_begin_reads_a_cached_prompt_without_running_the_target(backend, trained, kind, monkeypatch):
+    """The prompt's prefix is already cached, so the prefill evaluates nothing (``last_hidden`` is
+    empty): the proposer reads the features from the backend's kept hidden states; it neither
+    runs nor rolls back the target. The output stays AR's."""
+    prompt = TRAINED_STARTS[2] + TRAINED_STARTS[3]
+    proposer = made(backend, kind, heads=str(trained[kind]))
+    backend.prefill(prompt)
+    backend.prefill(prompt[:-1])  # what the engine does: nothing is evaluated again
+    assert len(backend.last_hidden) == 0
+    tokens, lengths = list(backend.tokens), [layer.get_seq_length() for layer in backend.cache.layers]
+    hidden = backend.hidden_states(0, len(tokens))
+    with monkeypatch.context() as m:
+        for name in ("prefill", "forward", "rollback", "forward_tree", "forward_layers", "replay"):
+            m.setattr(backend, name, lambda *a, name=name, **k: pytest.fail(f"begin() called target.{name}"))
+        proposer.begin(prompt)
+    assert backend.tokens == tokens and [layer.get_seq_length() for layer in backend.cache.layers] == lengths
+    assert torch.equal(backend.hidden_states(0, len(tokens)), hidden)
+    truth = fresh_hidden(backend, prompt[:-1])
+    features = proposer.anchor[None] if kind == "medusa" else proposer.pending
+    assert torch.allclose(features, truth[len(truth) - len(features):], atol=1e-4)
+    assert len(features) == (1 if kind == "medusa" else len(truth))
+
+    engine = Engine(backend, method=kind, heads=str(trained[kind]), chat=False)
+    assert same_as_ar(engine, [prompt], 20, num_draft=3)["drafted_tokens"] > 0  # AR leaves the prompt cached
 
 
 # --- lossless ---------------------------------------------------------------------------------
@@ -197,13 +262,7 @@ def test_eagle_reads_the_true_features_of_every_context_position(backend, traine
 def test_greedy_speculative_equals_ar_with_untrained_heads(backend, tmp_path, kind, num_draft):
     heads = save_untrained(backend, kind, tmp_path / kind, **({"num_heads": 4} if kind == "medusa" else {}))
     engine = Engine(backend, method=kind, heads=str(heads), chat=False)
-    drafted = 0
-    for prompt in PROMPTS:
-        ar = engine.generate(prompt, max_tokens=40, method="ar")
-        spec = engine.generate(prompt, max_tokens=40, num_draft=num_draft)
-        assert spec.token_ids == ar.token_ids, (kind, prompt)
-        drafted += spec.stats["drafted_tokens"]
-    assert drafted > 0
+    assert same_as_ar(engine, PROMPTS, 40, num_draft=num_draft)["drafted_tokens"] > 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -211,13 +270,8 @@ def test_trained_heads_are_accepted_and_stay_exact(backend, trained, kind):
     """Heads trained on the target's own text get drafts accepted (this fails when the training
     or drafting offsets are off by one) and the output is still exactly AR's."""
     engine = Engine(backend, method=kind, heads=str(trained[kind]), chat=False)
-    accepted = drafted = 0
-    for prompt in TRAINED_STARTS[:4]:
-        ar = engine.generate(prompt, max_tokens=40, method="ar")
-        spec = engine.generate(prompt, max_tokens=40, num_draft=4)
-        assert spec.token_ids == ar.token_ids
-        accepted, drafted = accepted + spec.stats["accepted_tokens"], drafted + spec.stats["drafted_tokens"]
-    assert accepted / drafted > {"medusa": 0.05, "eagle": 0.5}[kind], (kind, accepted, drafted)
+    totals = same_as_ar(engine, TRAINED_STARTS[:4], 40, num_draft=4)
+    assert totals["accepted_tokens"] / totals["drafted_tokens"] > {"medusa": 0.05, "eagle": 0.5}[kind], (kind, totals)
 
 
 def test_sampling_with_heads_runs(backend, trained):
@@ -230,13 +284,7 @@ def test_sampling_with_heads_runs(backend, trained):
 @pytest.mark.parametrize("num_draft", [2, 6])
 def test_greedy_tree_drafting_equals_ar(backend, trained, kind, num_draft):
     engine = Engine(backend, method=kind, heads=str(trained[kind.split("-")[0]]), chat=False, tree_width=2)
-    accepted = 0
-    for prompt in [*PROMPTS[:2], *TRAINED_STARTS[:2]]:
-        ar = engine.generate(prompt, max_tokens=30, method="ar")
-        spec = engine.generate(prompt, max_tokens=30, num_draft=num_draft)
-        assert spec.token_ids == ar.token_ids, (kind, prompt)
-        accepted += spec.stats["accepted_tokens"]
-    assert accepted > 0
+    assert same_as_ar(engine, [*PROMPTS[:2], *TRAINED_STARTS[:2]], 30, num_draft=num_draft)["accepted_tokens"] > 0
 
 
 def test_eagle_tree_with_width_one_is_the_chain(backend, trained):
@@ -298,24 +346,28 @@ def test_heads_trained_on_another_model_are_refused(backend, tmp_path, tiny):
         Engine(backend, method="medusa", heads=str(heads), chat=False)
     same_in_bf16 = TorchBackend(tiny, dtype="bfloat16")
     assert describe_target(same_in_bf16.model) == describe_target(backend.model)
+    same_in_bf16.prefill([5, 6, 7])
+    assert same_in_bf16.hidden_states(0, 3).dtype == torch.bfloat16  # kept as the model computes them
 
 
 def test_heads_are_found_in_a_kind_subdirectory_or_the_cache(backend, tmp_path, monkeypatch):
     save_untrained(backend, "eagle", tmp_path / "both" / "eagle")
     save_untrained(backend, "medusa", tmp_path / "both" / "medusa")
     for kind in KINDS:
-        assert Engine(backend, method=kind, heads=str(tmp_path / "both"), chat=False).proposer(kind).config.kind == kind
+        assert made(backend, kind, heads=str(tmp_path / "both")).config.kind == kind
+        Engine(backend, method=kind, heads=str(tmp_path / "both"), chat=False)  # loads them, or raises
     monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(QuickdraftError, match="needs trained heads"):
         Engine(backend, method="medusa", chat=False)
     save_untrained(backend, "medusa", tmp_path / "cache" / "heads" / "medusa")
-    assert Engine(backend, method="medusa", chat=False).proposer("medusa").config.kind == "medusa"
+    assert made(backend, "medusa").config.kind == "medusa"
+    Engine(backend, method="medusa", chat=False)
 
 
 def test_clear_errors_without_heads_or_torch_backend(backend, tiny_target_backend, tmp_path):
     with pytest.raises(QuickdraftError, match="no trained heads"):
         Engine(backend, method="eagle", heads=str(tmp_path), chat=False)
-    with pytest.raises(QuickdraftError, match="torch backend"):
+    with pytest.raises(QuickdraftError, match="hidden_states.*--backend torch"):
         Engine(tiny_target_backend, method="medusa", heads=str(tmp_path), chat=False)
 
 
@@ -345,4 +397,4 @@ def test_train_command_trains_resumes_and_refuses_to_overwrite(tiny, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((tmp_path / "eagle" / "config.json").read_text())["training"]["steps"] > steps
     bad = CliRunner().invoke(app, ["train", "lookahead", "--target", str(tiny)])
-    assert bad.exit_code == 2 and "medusa or eagle" in bad.output
+    assert bad.exit_code == 2 and "medusa, eagle" in bad.output

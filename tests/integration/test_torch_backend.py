@@ -1,15 +1,23 @@
 """The torch backend on tiny random-weight transformers models: cache semantics, hidden states,
 tree forward, layer subsets, and greedy exactness of every method through the unchanged Engine."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import quickdraft  # noqa: E402
 from quickdraft import Engine  # noqa: E402
 from quickdraft.backends.torch_hf import TorchBackend  # noqa: E402
 from quickdraft.errors import QuickdraftError  # noqa: E402
+from quickdraft.proposers import METHODS, Resources  # noqa: E402
+from quickdraft.proposers.layerskip import LayerSkipOptions  # noqa: E402
 from quickdraft.testing_torch import make_tiny_hf_pair, write_tiny_hf  # noqa: E402
 
 PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
@@ -64,6 +72,18 @@ def test_rollback_and_prefix_reuse(backend):
     assert backend.tokens == tokens
 
 
+def fresh_hidden(backend, tokens) -> torch.Tensor:
+    """The final hidden states of ``tokens`` from scratch, outside the backend's cache [T, H]."""
+    with torch.no_grad():
+        return backend.decoder(input_ids=torch.tensor([tokens])).last_hidden_state[0]
+
+
+def cache_state(backend) -> tuple:
+    """What the backend's cache holds: its tokens, every layer's length and the hidden states."""
+    return (list(backend.tokens), [layer.get_seq_length() for layer in backend.cache.layers],
+            backend.hidden_states(0, len(backend.tokens)))
+
+
 def test_last_hidden_is_the_lm_head_input(backend):
     tokens = ids(backend)
     backend.prefill(tokens[:-2])
@@ -71,6 +91,33 @@ def test_last_hidden_is_the_lm_head_input(backend):
     hidden = backend.last_hidden
     assert hidden.shape == (2, backend.model.config.hidden_size)
     np.testing.assert_allclose(backend.lm_head(hidden).detach().numpy(), logits, atol=1e-5)
+
+
+def test_hidden_states_of_every_cached_position(backend):
+    """Kept for every cached position however it got there (a cached prefix, a rolled-back chain,
+    a tree's kept path), untouched by partial rows and replays, in the model's dtype."""
+    context = ids(backend)
+    backend.prefill(context)
+    backend.prefill(context[:4])  # a rollback: the rows of positions 0..3 stay
+    backend.prefill(context)  # only positions 4.. are evaluated again
+    backend.forward([40, 50])
+    backend.rollback(len(context) + 1)
+    backend.forward_tree([60, 70, 80], [-1, 0, 0])
+    backend.keep([0, 2])
+    backend.forward_layers([90], [0, 2])
+    backend.drop_partial()
+    last = backend.last_hidden.clone()
+    backend.replay(4)
+    assert torch.equal(backend.last_hidden, last)  # a replay is no forward
+    tokens = context + [40, 60, 80]
+    assert backend.tokens == tokens
+    hidden = backend.hidden_states(0, len(tokens))
+    assert hidden.dtype == backend.model.dtype
+    np.testing.assert_allclose(hidden.numpy(), fresh_hidden(backend, tokens).numpy(), atol=1e-4)
+    assert torch.equal(backend.hidden_states(3, 5), hidden[3:5])
+    assert backend.hidden_states(5, 5).shape == (0, backend.model.config.hidden_size)
+    with pytest.raises(QuickdraftError, match="holds"):
+        backend.hidden_states(0, len(tokens) + 1)
 
 
 def test_text_round_trips_through_tokens(backend):
@@ -173,7 +220,14 @@ def test_layerskip_search_reports_its_candidates_and_leaves_the_cache_intact(bac
     for prompt in PROMPTS[:2]:
         assert (engine.generate(prompt, max_tokens=30).token_ids
                 == engine.generate(prompt, max_tokens=30, method="ar").token_ids)
-    search = engine.proposer("layerskip").search
+    proposer = METHODS["layerskip"].make(Resources(backend), None, LayerSkipOptions())
+    prompt = engine.prepare(PROMPTS[1]).tokens
+    backend.prefill(prompt[:-1])  # what the engine does before begin
+    before = cache_state(backend)
+    proposer.begin(prompt)  # the search replays the window
+    after = cache_state(backend)
+    assert after[:2] == before[:2] and torch.equal(after[2], before[2])
+    search = proposer.search
     assert search["candidates"] and all(0 <= c["agreement"] <= 1 for c in search["candidates"])
     assert all(0 not in c["skipped"] and 5 not in c["skipped"] for c in search["candidates"])
 
@@ -201,8 +255,9 @@ def test_draft_with_another_vocabulary_is_refused(tmp_path, backend):
     model = AutoModelForCausalLM.from_pretrained(other)
     model.resize_token_embeddings(backend.vocab_size + 8)
     model.save_pretrained(other)
+    engine = Engine(backend, method="draft", draft=str(other))  # the draft model opens when first used
     with pytest.raises(QuickdraftError, match="vocabulary"):
-        Engine(backend, method="draft", draft=str(other))
+        engine.generate("hello", max_tokens=2)
 
 
 def test_bad_options_give_clear_errors(hf_pair):
@@ -243,11 +298,32 @@ def test_bench_runs_torch_methods(tmp_path, hf_pair):
     assert results["config"]["backend"] == "torch"
 
 
+def test_the_torch_path_never_loads_llama_cpp(hf_pair):
+    """The torch backend, its proposers and its test models run without importing llama.cpp."""
+    script = f"""
+import sys
+
+def check(when):
+    loaded = [m for m in sys.modules if m.split(".")[0] == "llama_cpp" or m.endswith(".llamacpp")]
+    assert not loaded, (when, loaded)
+
+import quickdraft.backends.torch_hf
+check("import quickdraft.backends.torch_hf")
+import quickdraft.heads.proposers, quickdraft.heads.train, quickdraft.testing_torch
+check("importing the heads and the test models")
+engine = quickdraft.load({str(hf_pair[0])!r}, None, backend="torch", dtype="float32", n_threads=1, chat=False,
+                         calibrate=False, skip_layers=[3])
+for method in ("ar", "layerskip", "ngram-tree"):
+    engine.generate("hello world", max_tokens=4, method=method)
+check("generating")
+"""
+    here = str(Path(quickdraft.__file__).parents[1])  # this checkout, not whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+
+
 def test_without_torch_the_error_names_the_extra(monkeypatch, hf_pair):
-    import sys
-
-    import quickdraft
-
     monkeypatch.delitem(sys.modules, "quickdraft.backends.torch_hf", raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # what a missing package looks like to import
     with pytest.raises(QuickdraftError, match=r"quickdraft\[torch\]"):
