@@ -367,12 +367,11 @@ def train(
     """Train Medusa or EAGLE draft heads on the frozen target (torch backend; use them with --heads DIR)."""
     try:
         from .backends import backend_spec
-        from .heads import KINDS
+        from .heads import check_kind
         from .heads.train import TrainOptions, train_head
     except ImportError as e:
         raise QuickdraftError(f"training heads needs the torch extra: pip install 'quickdraft[torch]' ({e})") from None
-    if kind not in KINDS:
-        raise QuickdraftError(f"train what? choose one of {', '.join(KINDS)}, not {kind!r}")
+    check_kind(kind)
     out = out or cache_dir() / "heads" / kind
     err.print(f"loading {target} ({dtype}) ...", highlight=False)
     backend = backend_spec("torch").open(models.resolve_model(target), dtype=dtype, n_threads=threads)

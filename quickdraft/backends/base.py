@@ -92,7 +92,7 @@ class TreeBackend(Backend, Protocol):
         grows by len(path). For a chain, forward_tree + keep equals forward + rollback."""
 
 
-class HiddenStates(Protocol):
+class HiddenStates(Backend, Protocol):
     """``HIDDEN_STATES``: the target's final hidden states (the LM head's input), read-only."""
 
     model: Any  # the framework's model (for its config, embeddings and a weight fingerprint)
@@ -103,7 +103,7 @@ class HiddenStates(Protocol):
         """Hidden states of cached positions ``start .. stop - 1`` [stop - start, H]."""
 
 
-class LayerSkipping(Protocol):
+class LayerSkipping(Backend, Protocol):
     """``LAYER_SKIP``: forwards through a subset of the decoder layers, for self-speculation.
     Rows they add live beside the cache until :meth:`drop_partial`; ``tokens`` never holds them."""
 
@@ -133,6 +133,16 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int], *, last_logits: bool) -> int:
+    """How much of the cache ``prefill(tokens)`` keeps: the common prefix, less the last token when
+    its logits are wanted (it must be evaluated again to give them).
+
+    Example: reusable_prefix([1, 2, 3], [1, 2, 3], last_logits=True) == 2.
+    """
+    common = common_prefix(cached, tokens)
+    return min(common, len(tokens) - 1) if last_logits else common
 
 
 def check_same_vocabulary(target: Backend, draft: Backend) -> None:

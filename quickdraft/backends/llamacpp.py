@@ -19,7 +19,7 @@ from ..chat import render_chat
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..system import check_llama_build, default_threads, describe_llama_build
 from ..tree import check_path, layout
-from .base import TREE, common_prefix
+from .base import TREE, reusable_prefix
 
 check_llama_build()  # before any of llama.cpp's code runs
 import llama_cpp as ll  # noqa: E402
@@ -235,9 +235,7 @@ class LlamaCppBackend:
         """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
         With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
         if it was cached), so a caller can sync and predict in one forward."""
-        common = common_prefix(self.tokens, tokens)
-        if last_logits:
-            common = min(common, len(tokens) - 1)
+        common = reusable_prefix(self.tokens, tokens, last_logits=last_logits)
         self.rollback(common)
         if common < len(tokens):
             rows = self.forward(list(tokens[common:]), outputs="last" if last_logits else "none")

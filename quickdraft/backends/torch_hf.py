@@ -38,7 +38,7 @@ import numpy as np
 from ..chat import render_chat
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..tree import check_path, layout
-from .base import HIDDEN_STATES, LAYER_SKIP, TREE, common_prefix
+from .base import HIDDEN_STATES, LAYER_SKIP, TREE, reusable_prefix
 
 TORCH_HINT = "pip install 'quickdraft[torch]'"
 
@@ -139,9 +139,7 @@ class TorchBackend:
         With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
         if it was cached). ``last_hidden`` is set to the evaluated positions' hidden states (none
         when everything was cached: :meth:`hidden_states` has every position's)."""
-        common = common_prefix(self.tokens, tokens)
-        if last_logits:
-            common = min(common, len(tokens) - 1)
+        common = reusable_prefix(self.tokens, tokens, last_logits=last_logits)
         self.rollback(common)
         if common == len(tokens):
             self.last_hidden = self.last_hidden[:0] if self.last_hidden is not None else None  # nothing evaluated

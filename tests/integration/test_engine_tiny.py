@@ -1,6 +1,5 @@
 """The engine on tiny real llama.cpp models: losslessness, streaming, stopping, rollback."""
 
-import itertools
 
 import numpy as np
 import pytest
