@@ -16,9 +16,10 @@ from .errors import QuickdraftError
 from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from .proposers import METHODS
 from .sampling import SamplingParams
+from .system import quickdraft_version
 from .types import Acceptance, Draft, GenerationResult, Piece
 
-__version__ = "0.2.0"
+__version__ = quickdraft_version()
 
 
 def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT_DRAFT, *,

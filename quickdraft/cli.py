@@ -144,8 +144,7 @@ def system_report() -> dict:
     import importlib.metadata
     import platform
 
-    from . import __version__
-    from .system import calibration_dir, cpu_info, describe_llama_build
+    from .system import calibration_dir, cpu_info, describe_llama_build, quickdraft_version
 
     try:
         from .backends.llamacpp import system_info
@@ -157,7 +156,7 @@ def system_report() -> dict:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = None
-    return {"quickdraft": __version__, "python": platform.python_version(), "cpu": cpu_info().to_dict(),
+    return {"quickdraft": quickdraft_version(), "python": platform.python_version(), "cpu": cpu_info().to_dict(),
             "llama_cpp": {"build": describe_llama_build(), "compiled_with": compiled}, "torch": torch_version,
             "cache": str(cache_dir()), "calibration": str(calibration_dir())}
 

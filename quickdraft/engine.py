@@ -28,7 +28,7 @@ from .models import resolve_model
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
 from .sampling import SamplingParams
 from .stats import Stats
-from .system import cpu_info
+from .system import cpu_info, quickdraft_version
 from .types import Acceptance, Draft, GenerationResult, Piece, StepTimes
 
 Prompt = str | Sequence[dict] | Sequence[int]
@@ -209,10 +209,8 @@ class Engine:
     def describe(self) -> dict:
         """What this engine runs on, for reports and ``--json``: the machine, the backend and its
         build, the models (the draft only once loaded) and the calibration it starts from."""
-        from . import __version__
-
         draft = self._draft
-        return {"quickdraft": __version__, "cpu": cpu_info().to_dict(), "backend": self.target.name,
+        return {"quickdraft": quickdraft_version(), "cpu": cpu_info().to_dict(), "backend": self.target.name,
                 "build": self.target.build, "threads": self.target.n_threads, "target": self.target.path.name,
                 "draft": None if draft is None else Path(draft).name if isinstance(draft, (str, Path))
                 else draft.path.name,

@@ -148,6 +148,13 @@ def llama_package_dir() -> Path | None:
     return Path(spec.origin).parent if spec and spec.origin else None
 
 
+def quickdraft_version() -> str:
+    try:
+        return importlib.metadata.version("quickdraft")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
 def llama_version() -> str | None:
     try:
         return importlib.metadata.version("llama-cpp-python")

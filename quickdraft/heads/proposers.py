@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from ..backends.base import HiddenStates, common_prefix
-from ..proposers.base import BaseProposer
 from ..sampling import SamplingParams
 from ..tree import grow_tree
 from ..types import Acceptance, Draft, StepTimes
@@ -57,13 +56,17 @@ class HeadsMemory:
         return cls(*load_for_target(directory, kind, target.model, target.lm_head))
 
 
-class HeadsProposer(BaseProposer):
+class HeadsProposer:
     """What every heads proposer holds: the target (read through ``HiddenStates``), the method's
-    memory with the loaded head, and its options (proposers/heads.py)."""
+    memory with the loaded head, and its options (proposers/heads.py). The Proposer protocol
+    (proposers/base.py) without ``end``: what a request teaches lives in the memory already."""
 
     def __init__(self, target: HiddenStates, memory: HeadsMemory, options) -> None:
         self.target, self.memory, self.options = target, memory, options
         self.head, self.vocab, self.config = memory.head, memory.vocab, memory.config
+
+    def end(self, context: Sequence[int]) -> None:
+        pass
 
 
 class MedusaProposer(HeadsProposer):
