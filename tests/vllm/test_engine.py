@@ -66,7 +66,7 @@ def adaptive(tiny_qwen2):
 @pytest.fixture(scope="module")
 def fixed(tiny_qwen2):
     return run_engine(tiny_qwen2, {"method": "custom_class", "model": DRAFTER, "num_speculative_tokens": 4},
-                      {"quickdraft": {"controller": "fixed", "global_tokens": 200}})
+                      {"quickdraft": {"controller": "fixed", "global_tokens": 1000}})
 
 
 def test_vllm_builds_our_class_as_its_drafter(adaptive):
@@ -94,11 +94,13 @@ def test_drafts_are_accepted_and_counted_as_vllm_counts_them(name, request):
     assert metrics["vllm:spec_decode_num_draft_tokens"] == stats["drafted"]
 
 
-def test_second_round_drafts_from_the_first_rounds_outputs(adaptive):
-    first, second = adaptive["stats"]
-    accepted_first = first["accepted"]
-    accepted_second = second["accepted"] - accepted_first
-    assert accepted_second > accepted_first  # the same prompts again: the global trie knows the answers
+def test_second_round_drafts_from_the_first_rounds_outputs(fixed):
+    """The same prompts again: the global trie holds the answers, so nearly every token is drafted
+    and accepted (the fixed controller: the adaptive one's choices depend on measured step times)."""
+    first, second = fixed["stats"]
+    accepted_second = second["accepted"] - first["accepted"]
+    assert accepted_second > first["accepted"]
+    assert accepted_second >= 0.6 * len(PROMPTS) * MAX_TOKENS
 
 
 def test_finished_requests_are_cleaned_up(adaptive, fixed):
@@ -108,7 +110,7 @@ def test_finished_requests_are_cleaned_up(adaptive, fixed):
         assert len(run["requests_after"]) <= 2
         assert run["final"]["finished"] >= 2 * len(PROMPTS) + 1
         assert run["final"]["global_trie_tokens"] > 0
-    assert fixed["final"]["global_trie_tokens"] <= 200 + MAX_TOKENS  # bounded (the newest output is kept whole)
+    assert fixed["final"]["global_trie_tokens"] <= 1000 + MAX_TOKENS  # bounded (the newest output is kept whole)
 
 
 def test_sampling_with_the_drafter_runs_to_length(adaptive, baseline):
