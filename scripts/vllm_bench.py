@@ -22,7 +22,9 @@ import importlib.util
 import inspect
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +53,7 @@ def prompts(limit: int) -> list[str]:
     import textwrap
 
     sources = [textwrap.dedent(inspect.getsource(f)) for f in
-               (json_module.dumps, shlex.quote, textwrap.indent, os.path.splitext)]
+               (shlex.quote, textwrap.indent, json_module.dumps, textwrap.dedent)]
     edits = [f"Add type hints to this code and change nothing else:\n\n```python\n{s}```" for s in sources]
     questions = ["Explain the difference between a list and a tuple in Python, with examples.",
                  "Write a Python function that merges two sorted lists."]
@@ -142,19 +144,29 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("QUICKDRAFT_CACHE", "~/.cache/quickdraft"))
                         .expanduser() / "vllm")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one method, JSON to --out
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
     model = resolve_model(args.model, args.cache)
     texts = prompts(args.limit)
     configs = method_configs(args.num_speculative_tokens)
+    if args.one:
+        args.out.write_text(json.dumps(run(args.one, configs[args.one], model, texts, args)))
+        return
     results, skipped = [], {}
     for method in args.methods.split(","):
         if method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
             skipped[method] = "arctic-inference is not installed"
             continue
+        # one process per method: a second engine in a process that ran vLLM's ngram (numba) fails
+        # in vLLM 0.32.0's kernel rebinding scan, and each method starts from a cold process alike
         print(f"== {method}", file=sys.stderr, flush=True)
-        results.append(run(method, configs[method], model, texts, args))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            argv = [a for a in sys.argv[1:] if a]
+            subprocess.run([sys.executable, __file__, *argv, "--one", method, "--out", str(out)], check=True)
+            results.append(json.loads(out.read_text()))
 
     import vllm
 
