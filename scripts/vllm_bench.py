@@ -4,10 +4,10 @@ and no speculation, same prompts, same engine settings (run in the vLLM venv, se
     build/venv-vllm/bin/python scripts/vllm_bench.py --model qwen2.5-coder-0.5b-instruct --max-tokens 96
     build/venv-vllm/bin/python scripts/vllm_bench.py --model ./hf-model-dir --methods none,quickdraft,ngram
 
---model: a transformers model directory, a .gguf file or a bundled quickdraft model name (a GGUF is
-dequantized once by transformers into --cache, as quickdraft's torch backend loads it), or
-"tiny" (a random-weight Qwen2 written on the spot, as tests/vllm use). Each method gets a fresh
-engine; prompts run one at a time (batch 1, after one warm-up request) and then all at once
+--model: a transformers model directory or Hugging Face id, a .gguf file or a bundled quickdraft
+model name (a GGUF is dequantized once by transformers into --cache, as quickdraft's torch backend
+loads it; needs the gguf and accelerate packages), or "tiny" (a random-weight Qwen2 written on the
+spot, as tests/vllm use). Each method runs in a fresh process and engine; prompts run one at a time (batch 1, after one warm-up request) and then all at once
 (batch = number of prompts). Greedy; every output is compared with the no-speculation one.
 Reports tokens/s (generated tokens / wall time), drafted and accepted tokens from vLLM's own
 counters, and mean accepted length (tokens per verified step of a request). "suffix" needs the
@@ -73,6 +73,8 @@ def resolve_model(name: str, cache: Path) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if not path.exists() and "/" in name:
+        return Path(name)  # a Hugging Face model id: vLLM fetches it
     if not path.exists():
         from quickdraft.models import resolve_model as resolve_bundled
 
@@ -84,7 +86,12 @@ def resolve_model(name: str, cache: Path) -> Path:
 
         print(f"dequantizing {path} into {out} (once) ...", file=sys.stderr, flush=True)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.bfloat16)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.bfloat16)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # marks the GGUF origin; transformers will not save that
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.load_state_dict(loaded.state_dict())
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     return out
