@@ -52,6 +52,7 @@ from typing import Any, NamedTuple, Sequence
 from ..control import AdaptiveBudget, ForwardCost, best_rate
 from ..proposers.hybrid import SUFFIX_CLASSES, match_strength
 from ..proposers.suffix import Candidate, SuffixTrie
+from ..types import StepTimes
 
 __all__ = ["OPTIONS", "BatchCost", "BatchDrafter", "QuickdraftProposer", "Row"]
 
@@ -232,7 +233,7 @@ class BatchDrafter:
         self.totals["drafted"] += outcome.drafted
         self.totals["accepted"] += outcome.accepted
         for name, control in self.control.items():
-            control.observe(outcome, state.draft_time, step_s or 0.0, own_step=name == state.source)
+            control.observe(outcome, StepTimes(state.draft_time, step_s or 0.0), own_step=name == state.source)
         state.source = None
 
     def _decide(self, state: _Request, row: Row) -> list[int]:
