@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .control import Prior
 from .errors import QuickdraftError
 from .system import calibration_dir, cpu_info
 
@@ -140,17 +141,53 @@ def cost_curve(backend, repeats: int = 1) -> list[float]:
     return result["target"]["relative"]
 
 
-def draft_cost(target, draft) -> float:
-    """The draft model's time per token relative to a target step (from the cache, or measured now
-    in a few steps of each and cached)."""
+# What the draft model's agreement with the target is measured on: the target's own greedy
+# continuations of a code prompt and a prose prompt (raw text, no chat template).
+AGREEMENT_PROMPTS = ('def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
+                     "Three things every programmer should know about hash maps:")
+AGREEMENT_TOKENS = 48
+
+
+def draft_agreement(target, draft, prompts: Sequence[str] = AGREEMENT_PROMPTS, tokens: int = AGREEMENT_TOKENS) -> float:
+    """How often the draft model's greedy token is the target's: the target decodes ``tokens``
+    greedily after each prompt, the draft reads the same text in one forward, and the share of
+    positions where its argmax is the target's token is returned (a greedy draft's acceptance)."""
+    agree = total = 0
+    for text in prompts:
+        prompt = target.tokenize(text, special=False)
+        target.prefill(prompt[:-1])
+        out = [int(np.argmax(target.forward(prompt[-1:])[0]))]
+        for _ in range(tokens - 1):
+            out.append(int(np.argmax(target.forward(out[-1:])[0])))
+        draft.prefill(prompt[:-1])
+        guesses = draft.forward([prompt[-1], *out[:-1]]).argmax(axis=1)  # [tokens]
+        agree += int((guesses == np.asarray(out)).sum())
+        total += len(out)
+    return agree / total
+
+
+def draft_prior(target, draft) -> tuple[float, float]:
+    """(the draft model's time per token relative to a target step, its agreement with the target)
+    from the cache, or measured now (a few steps of each, and :func:`draft_agreement`) and cached."""
     context = calibration_context(target)
     path = calibration_path(target, len(context), draft)
     cached = read_calibration(path)
-    if cached is not None and cached.get("draft"):
-        return cached["draft"]["relative_to_target_step"]
+    if cached is not None and cached.get("draft") and "agreement" in cached["draft"]:
+        return cached["draft"]["relative_to_target_step"], cached["draft"]["agreement"]
     result = calibrate(target, context, draft, ks=[1], repeats=5)
+    result["draft"]["agreement"] = draft_agreement(target, draft)
     save_calibration(result, path)
-    return result["draft"]["relative_to_target_step"]
+    return result["draft"]["relative_to_target_step"], result["draft"]["agreement"]
+
+
+def prior(target, draft=None) -> Prior:
+    """Everything the cost models start from, for this machine: the target's curve and step time,
+    and with a draft model its token cost and agreement (each cached after its first measurement)."""
+    curve = cost_curve(target)
+    path = calibration_path(target, len(calibration_context(target)))
+    step_s = read_calibration(path)["target"]["median_s"][0]
+    token, agreement = draft_prior(target, draft) if draft is not None else (None, None)
+    return Prior(curve, step_s, token, agreement)
 
 
 def calibration_path(backend, context_tokens: int, draft=None) -> Path:

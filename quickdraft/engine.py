@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ from . import calibrate as calibration
 from . import verifiers
 from .backends import BACKENDS
 from .backends.base import Backend, check_same_vocabulary
-from .control import CONTROLLERS, Controller, FixedBudget, create_controller
+from .control import CONTROLLERS, Controller, FixedBudget, Prior, create_controller
 from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, UnknownMethodError
 from .models import resolve_model
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
@@ -135,14 +135,12 @@ class Engine:
 
     def __init__(self, target: Backend, *, draft: str | Path | Backend | None = None, method: str = "auto",
                  num_draft: int | None = None, controller: str = "fixed", chat: bool = True,
-                 calibrate: bool = False, cost_curve: Sequence[float] | None = None,
-                 draft_cost: float | None = None, default_max_tokens: int | None = None,
+                 calibrate: bool = False, prior: Prior | None = None, default_max_tokens: int | None = None,
                  methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter, **options) -> None:
         self.target, self.methods, self.chat = target, methods, chat
         self.method, self.num_draft, self.controller = method, num_draft, controller
         self.calibrate = calibrate
-        self.cost_curve = calibration.cost_curve(target) if calibrate and cost_curve is None else cost_curve
-        self.draft_cost = draft_cost
+        self.prior = prior or (calibration.prior(target) if calibrate else Prior())
         self.default_max_tokens = default_max_tokens
         self.clock = clock
         self.options = options
@@ -185,14 +183,18 @@ class Engine:
             return self._draft
         model = self.target.sibling(resolve_model(str(self._draft)))
         check_same_vocabulary(self.target, model)
-        if self.calibrate and self.draft_cost is None:
-            self.draft_cost = calibration.draft_cost(self.target, model)
+        if self.calibrate and self.prior.draft_token is None:
+            token, agreement = calibration.draft_prior(self.target, model)
+            self.prior = replace(self.prior, draft_token=token, draft_accept=agreement)
         self._draft = model
         return model
 
     def resources(self, spec: ProposerSpec) -> Resources:
-        draft = self.draft_model() if spec.uses_draft_model else None
-        return Resources(self.target, draft, self.cost_curve, self.draft_cost)
+        """What ``spec``'s proposers get: the target, the draft model if the method uses one, and
+        the prior (without the draft model's part when the method drafts otherwise)."""
+        if spec.uses_draft_model and self._draft is not None:
+            return Resources(self.target, self.draft_model(), self.prior)
+        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None))
 
     def _memory(self, spec: ProposerSpec) -> Any:
         if spec.memory is None:
@@ -204,7 +206,8 @@ class Engine:
         if request.controller == "fixed":
             return FixedBudget(request.budget)
         key = ("controller", request.controller, request.method, request.budget)
-        return self.memory.get(key, lambda: create_controller(request.controller, request.budget, self.cost_curve))
+        return self.memory.get(key, lambda: create_controller(request.controller, request.budget,
+                                                              self.resources(request.spec).prior))
 
     def describe(self) -> dict:
         """What this engine runs on, for reports and ``--json``: the machine, the backend and its
@@ -214,8 +217,9 @@ class Engine:
                 "build": self.target.build, "threads": self.target.n_threads, "target": self.target.path.name,
                 "draft": None if draft is None else Path(draft).name if isinstance(draft, (str, Path))
                 else draft.path.name,
-                "cost_curve": [round(c, 3) for c in self.cost_curve] if self.cost_curve else None,
-                "draft_cost": round(self.draft_cost, 3) if self.draft_cost else None}
+                "prior": {"cost_curve": [round(c, 3) for c in self.prior.curve] if self.prior.curve else None,
+                          "step_s": self.prior.step_s, "draft_token": self.prior.draft_token,
+                          "draft_accept": self.prior.draft_accept}}
 
     # --- requests -------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:

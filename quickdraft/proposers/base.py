@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
 from ..backends.base import Backend
+from ..control import Prior
 from ..errors import InvalidParameterError, UnknownMethodError
 from ..sampling import SamplingParams
 from ..types import Acceptance, Draft, StepTimes
@@ -61,14 +62,11 @@ class BaseProposer:
 @dataclass(frozen=True)
 class Resources:
     """What the engine gives a method: the target, the draft model (when the method uses one and
-    the engine has one), and the target's calibrated cost curve: ``cost_curve[k]`` is the time of
-    a forward over k + 1 new tokens relative to one (see calibrate.py); ``draft_cost`` the draft
-    model's time per token relative to a target step, when measured."""
+    the engine has one), and what this machine was measured to cost (control.Prior)."""
 
     target: Backend
     draft: Backend | None = None
-    cost_curve: Sequence[float] | None = None
-    draft_cost: float | None = None
+    prior: Prior = field(default_factory=Prior)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..sampling import SamplingParams
 from ..types import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftModelProposer, DraftOptions
-from .suffix import SuffixMemory, SuffixOptions, SuffixProposer
+from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
 # Suffix drafts by the length of the match they continue: (name, shortest match, acceptance
 # assumed before any was seen). One acceptance rate per class, the same at every position.
@@ -54,29 +54,39 @@ class AutoOptions(SuffixOptions, DraftOptions):
 class AutoMemory:
     """What auto learns across requests: the suffix store of earlier outputs, and per source (the
     suffix match classes and the draft model) an :class:`AdaptiveBudget`, all sharing one
-    estimate of the target's forward cost by size."""
+    estimate of the target's forward cost by size, seeded from the calibrated prior."""
 
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
+        prior = resources.prior
         self.suffix = SuffixMemory(options.suffix())
-        self.cost = ForwardCost(options.max_draft, resources.cost_curve)
+        self.cost = ForwardCost.from_prior(options.max_draft, prior)
         self.control = {name: AdaptiveBudget(max_k=options.max_draft, cost=self.cost, positional=False,
-                                             prior_accept=prior)
-                        for name, _, prior in SUFFIX_CLASSES}
+                                             prior_accept=accept)
+                        for name, _, accept in SUFFIX_CLASSES}
         if resources.draft is not None:
-            self.control["draft"] = AdaptiveBudget(max_k=options.max_draft, cost=self.cost)
+            self.control["draft"] = AdaptiveBudget(max_k=options.max_draft, cost=self.cost,
+                                                   draft_token_s=prior.draft_token_s(),
+                                                   prior_accept=prior.draft_accept or 0.5)
 
 
 class AutoProposer(BaseProposer):
     """``auto``: a suffix drafter (this request and earlier outputs) plus, when the engine has a
     draft model, that draft model; per step the source with the highest expected tokens per
     second, or none. It decides its own draft lengths (the engine's budget is only the upper
-    bound); each draft names its source (``Draft.source``: a suffix class, "draft" or "plain")."""
+    bound); each draft names its source (``Draft.source``: a suffix class, "draft" or "plain").
+
+    Suffix drafts cost nothing to propose, so their acceptance is learned from every step, drafted
+    or not: the tokens the target emitted say how the step's suffix candidate would have fared
+    (shadow learning), and a suffix class never needs a probe. The draft model is learned from its
+    own drafts; its probes are bounded by what they may lose (AdaptiveBudget).
+    """
 
     def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
         self._source: str | None = None  # the last proposal's source, until observed
+        self._candidate: tuple[str, Candidate] | None = None  # the last step's suffix candidate and class
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
@@ -86,35 +96,37 @@ class AutoProposer(BaseProposer):
     def end(self, context: Sequence[int]) -> None:
         self.suffix.end(context)
 
-    def plan(self, context: Sequence[int], budget: int) -> tuple[str, int, list[int]]:
-        """(source, k, suffix tokens): the choice for the next step."""
+    def plan(self, context: Sequence[int], budget: int) -> tuple[str, int]:
+        """(source, k): the choice for the next step (``_candidate`` holds the suffix candidate)."""
         memory = self.memory
         forward_s = memory.cost.seconds()[:budget + 1]
         best = ("plain", 0, 1.0 / forward_s[0])
         candidate, match = self.suffix.candidate(context, budget)
+        self._candidate = None
         if candidate.tokens:
-            control = memory.control[match_strength(match)]
-            accept = [a * p for a, p in zip(control.acceptance(), candidate.probs)]
+            name = match_strength(match)
+            self._candidate = (name, candidate)
+            control = memory.control[name]
+            accept = [min(1.0, a * p) for a, p in zip(control.acceptance(), candidate.probs)]
             k, rate = best_rate(accept, control.draft_token_s, forward_s)
-            if k == 0 and control.probe_due():
-                k, rate = min(control.probe, len(candidate.tokens)), float("inf")
             if k and rate > best[2]:
-                best = (match_strength(match), k, rate)
+                best = (name, k, rate)
         if self.drafter:
             k, rate = memory.control["draft"].plan()
             if k and rate > best[2]:
                 best = ("draft", min(k, budget), rate)
-        return best[0], best[1], candidate.tokens
+        return best[0], best[1]
 
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
-        self._source, k, suffix_tokens = self.plan(context, budget) if budget > 0 else ("plain", 0, [])
+        self._source, k = self.plan(context, budget) if budget > 0 else ("plain", 0)
         if self._source in self.memory.control:
             self.memory.control[self._source].decide(k)
         if self._source == "draft":
             draft = self.drafter.propose(context, k, sampling, rng)
             return Draft(draft.tokens, draft.q, source="draft")
-        return Draft(tuple(suffix_tokens[:k]), source=self._source)
+        tokens = self._candidate[1].tokens[:k] if k else []
+        return Draft(tuple(tokens), source=self._source)
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """Learn from the step just verified (the engine's timings of it). A step the engine took
@@ -125,7 +137,24 @@ class AutoProposer(BaseProposer):
         if source == "plain":
             self.memory.cost.observe(0, times.verify_s)
         for name, control in self.memory.control.items():
-            control.observe(acceptance, times, own_step=name == source)
+            control.observe(acceptance, times, own_step=name == source, learn=name == "draft")
+        if self._candidate is not None:  # drafted or not, the emitted tokens grade the candidate
+            name, candidate = self._candidate
+            matched, reached = shadow_outcome(candidate.tokens, acceptance.tokens)
+            self.memory.control[name].learn(matched, reached, candidate.probs)
+
+
+def shadow_outcome(candidate: Sequence[int], emitted: Sequence[int]) -> tuple[int, int]:
+    """How a draft of ``candidate`` would have fared, given the tokens the target emitted: (its
+    tokens that would have been accepted, the positions that are known), as a verifier would
+    count them: the rejected position counts, positions past what was emitted are unknown.
+
+    Example: shadow_outcome([5, 6, 7], [5, 9]) == (1, 2); shadow_outcome([5, 6], [5, 6, 8]) == (2, 2);
+    shadow_outcome([5, 6, 7], [5]) == (1, 1).
+    """
+    known = min(len(candidate), len(emitted))
+    matched = next((i for i in range(known) if candidate[i] != emitted[i]), known)
+    return matched, matched + (matched < known)
 
 
 AUTO = ProposerSpec("auto", "per step the best of a suffix draft, a draft-model draft and a plain step, "

@@ -8,7 +8,7 @@ import pytest
 import quickdraft
 from quickdraft.backends.llamacpp import LlamaCppBackend
 from quickdraft.calibrate import (CONTEXT_TEXT, MAX_K, MIN_CONTEXT, calibration_context, calibration_path, cost_curve,
-                                  draft_cost)
+                                  draft_prior)
 from quickdraft.errors import QuickdraftError
 from quickdraft.system import calibration_dir
 
@@ -41,8 +41,8 @@ def test_loading_with_a_small_context_on_an_empty_cache_works(tiny_pair, tmp_pat
     """What failed on a fresh machine: ``load(n_ctx=512)`` measured after 841 tokens."""
     monkeypatch.setenv("QUICKDRAFT_CALIBRATION", str(tmp_path / "empty"))
     engine = quickdraft.load(str(tiny_pair[0]), str(tiny_pair[1]), n_ctx=512, n_threads=1, chat=False)
-    assert engine.cost_curve and engine.generate("hello world", max_tokens=4).token_ids
-    assert engine.draft_cost and engine.draft_cost > 0  # auto loaded the draft and measured its cost
+    assert engine.prior.curve and engine.prior.step_s > 0 and engine.generate("hello world", max_tokens=4).token_ids
+    assert engine.prior.draft_token > 0 and 0 <= engine.prior.draft_accept <= 1  # auto loaded the draft, measured it
     assert len(list((tmp_path / "empty").glob("*.json"))) == 2  # the target's curve and the draft's cost
 
 
@@ -53,4 +53,5 @@ def test_curves_are_keyed_by_model_settings_cpu_and_build(tiny_pair):
     paths = {calibration_path(a, 100), calibration_path(b, 100), calibration_path(a, 90),
              calibration_path(a, 100, draft)}
     assert len(paths) == 4
-    assert draft_cost(a, draft) > 0
+    token, agreement = draft_prior(a, draft)
+    assert token > 0 and 0.3 < agreement <= 1  # the tiny pair is correlated (about 75% greedy agreement)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from quickdraft.control import AdaptiveBudget, FixedBudget, best_budget, create_controller, expected_tokens
+from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Prior, best_budget, create_controller,
+                                expected_tokens)
 from quickdraft.errors import InvalidParameterError
 from quickdraft.types import Acceptance, StepTimes
 
@@ -25,52 +26,89 @@ def test_best_budget(accept, draft_s, forward_s, best):
 
 
 def step(controller, accepted_fraction, draft_s, forward):
-    """Simulate one step: the controller chooses k, drafts of which the first are accepted."""
+    """Simulate one step: the controller chooses k, drafts of which the first are accepted.
+    Returns k and the step's seconds."""
     k = controller.budget()
     accepted = int(k * accepted_fraction)
-    controller.observe(Acceptance((1,) * accepted + (2,), accepted, k), StepTimes(draft_s * k, forward(k)))
-    return k
+    times = StepTimes(draft_s * k, forward(k))
+    controller.observe(Acceptance((1,) * accepted + (2,), accepted, k), times)
+    return k, times.draft_s + times.verify_s, accepted + 1
 
 
-def test_adaptive_turns_speculation_off_when_it_does_not_pay_and_probes():
-    c = AdaptiveBudget(max_k=4)
-    ks = [step(c, 0.25, 0.025, lambda k: 0.04 * (1 + 0.6 * k)) for _ in range(60)]
-    assert ks[0] == 4  # optimistic start: it has to draft to learn
-    assert ks[10:].count(0) > 40  # then mostly plain steps
-    assert any(k > 0 for k in ks[30:])  # but it keeps probing
+def steep(k):  # llama.cpp on 2 cores with K-quants, roughly: 1 + 0.6 k steps for k drafts
+    return 0.04 * (1 + 0.6 * k)
+
+
+def run(controller, steps, accepted_fraction, draft_s, forward):
+    ks, seconds, tokens = zip(*(step(controller, accepted_fraction, draft_s, forward) for _ in range(steps)))
+    return list(ks), sum(seconds), sum(tokens)
+
+
+def test_no_drafting_and_no_probes_where_even_perfect_drafts_cannot_pay():
+    """A draft token costing 0.6 of a step against this verify curve never pays: not one probe."""
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04),
+                       draft_token_s=0.024)
+    ks, _, _ = run(c, 300, 1.0, 0.024, steep)
+    assert ks == [0] * 300
+
+
+def test_probes_that_fail_lose_at_most_the_explore_share_of_the_time():
+    """Drafts that are never accepted, where good ones would pay: probes, backing off, and all of
+    them together lose under ``explore`` of the time plain decoding took (plus one probe)."""
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04),
+                       draft_token_s=0.001)
+    ks, seconds, tokens = run(c, 1500, 0.0, 0.001, steep)
+    probes = [i for i, k in enumerate(ks) if k]
+    assert len(probes) >= 3  # it keeps looking
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] >= 3 * gaps[0]  # each failed probe doubles the wait
+    plain_time = tokens * steep(0)
+    assert seconds <= plain_time * (1 + c.explore) + 0.04 * 0.6 * c.probe
 
 
 def test_adaptive_keeps_drafting_when_it_pays():
-    c = AdaptiveBudget(max_k=4)
-    ks = [step(c, 1.0, 0.001, lambda k: 0.04 * (1 + 0.05 * k)) for _ in range(40)]
-    assert ks[5:] == [4] * 35
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.05 * k for k in range(5)], step_s=0.04),
+                       draft_token_s=0.001)
+    ks, _, _ = run(c, 40, 1.0, 0.001, lambda k: 0.04 * (1 + 0.05 * k))
+    assert ks[0] > 0 and ks[1:] == [4] * 39  # from the first step: the prior says it pays
 
 
-def test_adaptive_uses_a_calibrated_curve_for_unseen_sizes():
-    c = AdaptiveBudget(max_k=2, relative_cost=[1.0, 3.0, 5.0])
-    c.observe(Acceptance((2,), 0, 0), StepTimes(0.0, 0.05))
-    assert c.forward_s() == pytest.approx([0.05, 0.15, 0.25])
+def test_a_source_that_turns_good_is_noticed_by_a_probe_and_kept():
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.3 * k for k in range(5)], step_s=0.04),
+                       draft_token_s=0.002, prior_accept=0.1)
+    bad, _, _ = run(c, 200, 0.0, 0.002, lambda k: 0.04 * (1 + 0.3 * k))
+    good, _, _ = run(c, 600, 1.0, 0.002, lambda k: 0.04 * (1 + 0.3 * k))
+    assert bad.count(0) > 180 and good[-50:] == [4] * 50
+
+
+def test_a_calibrated_curve_scales_by_the_step_time_until_measured():
+    cost = ForwardCost(max_k=2, relative_cost=[1.0, 3.0, 5.0], step_s=0.02)
+    assert cost.seconds() == pytest.approx([0.02, 0.06, 0.1])
+    cost.observe(0, 0.05)
+    assert cost.seconds() == pytest.approx([0.05, 0.15, 0.25])
+
+
+def test_weighted_learning_is_relative_to_the_expected_worth():
+    """A suffix source offered tokens at trie probability 0.5 that were accepted half the time is
+    as good as its trie says: the learned factor tends to 1."""
+    c = AdaptiveBudget(max_k=4, positional=False, prior_accept=0.2, decay=0.9)
+    for i in range(200):
+        c.learn(i % 2, 1, weights=[0.5])
+    assert c.acceptance()[0] == pytest.approx(1.0, abs=0.15)
 
 
 def test_controller_registry_and_validation():
     assert isinstance(create_controller("fixed", 3), FixedBudget)
-    assert create_controller("adaptive", 3, [1.0, 1.5, 2.0, 2.5, 3.0]).relative_cost == [1.0, 1.5, 2.0, 2.5]
+    prior = Prior(curve=[1.0, 1.5, 2.0, 2.5, 3.0], step_s=0.03, draft_token=0.5)
+    adaptive = create_controller("adaptive", 3, prior)
+    assert adaptive.relative_cost == [1.0, 1.5, 2.0, 2.5] and adaptive.draft_token_s == pytest.approx(0.015)
     with pytest.raises(InvalidParameterError, match="unknown controller"):
         create_controller("psychic", 3)
     with pytest.raises(InvalidParameterError, match="num_draft"):
         AdaptiveBudget(max_k=-1)
 
 
-def test_failed_probes_back_off():
-    c = AdaptiveBudget(max_k=4, probe_every=4)
-    ks = [step(c, 0.0, 0.025, lambda k: 0.04 * (1 + 0.6 * k)) for _ in range(120)]
-    probes = [i for i, k in enumerate(ks) if k > 0][1:]  # after the optimistic first step
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert gaps == sorted(gaps) and gaps[-1] >= 3 * gaps[0]  # e.g. 9, 17, 33: the wait doubles
-
-
 def test_what_was_learned_carries_over_to_the_next_request():
-    c = AdaptiveBudget(max_k=4)
-    for _ in range(30):
-        step(c, 0.0, 0.025, lambda k: 0.04 * (1 + 0.6 * k))
-    assert step(c, 0.0, 0.025, lambda k: 0.04 * (1 + 0.6 * k)) == 0  # no optimistic restart
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04))
+    run(c, 30, 0.0, 0.025, steep)
+    assert step(c, 0.0, 0.025, steep)[0] == 0
