@@ -11,7 +11,7 @@ from .types import Acceptance, StepTimes
 class Stats:
     """Accumulates one generation's steps.
 
-    Definitions (DESIGN.md): a step is one target forward; mean accepted length (tau) is emitted
+    Definitions (docs/design.md, "Vocabulary"): a step is one target forward; mean accepted length (tau) is emitted
     tokens per target forward, bonus included (an end-of-generation token counts as emitted,
     though it is not part of the output); acceptance rate is accepted / drafted draft tokens;
     acceptance_by_position[i] is the fraction of drafts with more than i tokens whose token i

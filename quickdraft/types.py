@@ -1,4 +1,4 @@
-"""The data that flows through one speculative step (see DESIGN.md, "Data flow").
+"""The data that flows through one speculative step (docs/design.md, "The step").
 
 Shapes: ``n`` is the number of draft tokens, ``V`` the vocabulary size.
 """

@@ -6,7 +6,7 @@ named in report.md instead of raising. matplotlib (the ``bench`` extra) is impor
 plotting functions; without it report.md is still written and says the plots were skipped.
 
 Words: a *unit* is one (task, prompt_id, turn); *speedup* is AR time / speculative time for the
-same tokens (see DESIGN.md); ``ar`` is plain decoding, the 1.0 line in every speedup plot.
+same tokens (docs/design.md); ``ar`` is plain decoding, the 1.0 line in every speedup plot.
 
 Example::
 
