@@ -1,21 +1,50 @@
-"""Draft budget policies: how many tokens to draft in the next step.
+"""How much to draft: the cost model, what each source of drafts has learned, and the choice of
+every request's draft length in a step.
 
-A controller sees every step's acceptance and timings and answers with the next budget. The
-budget is an upper bound: proposers may draft fewer (a confidence stop, no n-gram match).
+The engine owns one :class:`ForwardCost` per memory: the seconds of a target forward by the
+number of new tokens it carries (every running request's pending token and draft together).
+Each step, every request *offers* what it could draft (:class:`Offer`: per source, the chance
+that each further token is accepted and what a token costs to draft, or a length it must
+draft), and :func:`allocate` picks the lengths, zero included, that maximise the step's expected
+tokens per second. With one request that is :func:`best_rate`; with many, drafting is weighed
+against the whole batch's forward, so speculation backs off as the batch fills the machine.
+
+A source's offer comes from its learner, :class:`AdaptiveBudget` (the ``adaptive`` controller,
+and each of auto's sources); a :class:`FixedBudget` offers a forced length.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from .errors import InvalidParameterError
 from .types import Acceptance, StepTimes
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What one source could draft for one request in the next step.
+
+    accept[i]: the probability that draft token i is accepted given tokens 0..i-1 were; its
+    length caps the draft. draft_token_s: seconds to draft one token. forced: a length that must
+    be drafted (a fixed budget), or None. probe: a length to draft when nothing else would be
+    drafted for this request (a source checking whether it pays again), or None.
+    """
+
+    source: str
+    accept: tuple[float, ...]
+    draft_token_s: float = 0.0
+    forced: int | None = None
+    probe: int | None = None
+
+
 class Controller(Protocol):
-    def budget(self) -> int:
-        """Upper bound on draft tokens for the next step (0 = a plain step)."""
+    def offer(self, cap: int) -> Offer:
+        """What the next step could draft, at most ``cap`` tokens."""
+
+    def decide(self, k: int) -> None:
+        """The step drafts k tokens."""
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """The outcome and cost of the last step."""
@@ -29,10 +58,14 @@ class FixedBudget:
 
     def __post_init__(self) -> None:
         if self.num_draft < 0:
-            raise InvalidParameterError(f"num_draft must be >= 0, got {self.num_draft}")
+            raise InvalidParameterError(f"num_draft must be >= 0, got {self.num_draft}", param="num_draft")
 
-    def budget(self) -> int:
-        return self.num_draft
+    def offer(self, cap: int) -> Offer:
+        k = min(self.num_draft, cap)
+        return Offer("fixed", (1.0,) * k, forced=k)
+
+    def decide(self, k: int) -> None:
+        pass
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         pass
@@ -72,13 +105,62 @@ def best_budget(accept: Sequence[float], draft_token_s: float, forward_s: Sequen
     return best_rate(accept, draft_token_s, forward_s)[0]
 
 
+def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float],
+             sweeps: int = 2) -> list[tuple[int | None, int]]:
+    """Every request's choice for the next step, (the index of its chosen offer or None for a
+    plain step, its draft length), maximising the step's expected tokens per second:
+
+        sum of expected tokens / (sum of drafting time + forward_s(total new tokens)),
+
+    where a request drafting k tokens of an offer adds ``expected_tokens(offer.accept, k)`` tokens,
+    ``k * offer.draft_token_s`` seconds and k + 1 new tokens (its pending token and the draft).
+    It starts from plain steps (forced lengths forced) and improves one request at a time,
+    exhaustively over that request's offers and lengths (coordinate ascent, ``sweeps`` rounds):
+    never worse than plain continuous batching, and :func:`best_rate` exactly for one request.
+    A request left with a plain step drafts its probe, if an offer has one.
+
+    Example: one request offering [0.9, 0.9] at no drafting cost, forward_s(n) = 1 + 0.25 (n - 1):
+    drafting 2 gives 2.71 tokens for 1.5 s (1.81/s) against 1 token for 1 s: [(0, 2)].
+    """
+    choices: list[tuple[int | None, int]] = []
+    gains: list[float] = []  # expected tokens per request
+    spends: list[float] = []  # drafting seconds per request
+    options: list[list[tuple[int | None, int, float, float]]] = []  # (offer, k, expected tokens, drafting s)
+    for request in offers:
+        forced = [(i, o) for i, o in enumerate(request) if o.forced is not None]
+        if forced:
+            i, o = forced[0]
+            k = min(o.forced, len(o.accept))
+            opts = [(i, k, expected_tokens(o.accept, k), k * o.draft_token_s)]
+        else:
+            opts = [(None, 0, 1.0, 0.0)] + [(i, k, expected_tokens(o.accept, k), k * o.draft_token_s)
+                                            for i, o in enumerate(request) for k in range(1, len(o.accept) + 1)]
+        options.append(opts)
+        choices.append(opts[0][:2])
+        gains.append(opts[0][2])
+        spends.append(opts[0][3])
+    tokens = sum(1 + k for _, k in choices)
+    for _ in range(sweeps if len(offers) > 1 else 1):
+        for r, opts in enumerate(options):
+            base_tokens = tokens - 1 - choices[r][1]
+            rest_gain, rest_spend = sum(gains) - gains[r], sum(spends) - spends[r]
+            best = max(opts, key=lambda o: (rest_gain + o[2]) / (rest_spend + o[3] + forward_s(base_tokens + 1 + o[1])))
+            choices[r], gains[r], spends[r] = best[:2], best[2], best[3]
+            tokens = base_tokens + 1 + best[1]
+    for r, request in enumerate(offers):
+        probes = [(i, o.probe) for i, o in enumerate(request) if o.probe]
+        if choices[r][1] == 0 and probes:
+            choices[r] = probes[0]
+    return choices
+
+
 @dataclass(frozen=True)
 class Prior:
-    """What was measured on this machine before any request (calibrate.py, cached): ``curve[k]``
-    the target's forward over k + 1 new tokens relative to one; ``step_s`` the seconds of one;
+    """What was measured on this machine before any request (calibrate.py, cached): ``curve[n-1]``
+    the target's forward over n new tokens relative to one; ``step_s`` the seconds of one;
     ``draft_token`` the draft model's time per token relative to a target step; ``draft_accept``
     how often the draft model's greedy token is the target's on the calibration text. None where
-    not measured (then: a curve of 1 + k/2, a scale of 1, free drafts, acceptance 0.5)."""
+    not measured (then: a curve of 1 + (n - 1)/2, a scale of 1, free drafts, acceptance 0.5)."""
 
     curve: Sequence[float] | None = None
     step_s: float | None = None
@@ -91,88 +173,95 @@ class Prior:
 
 @dataclass
 class ForwardCost:
-    """The target's seconds per forward of k + 1 new tokens, learned online (exponential forgetting
-    with ``decay`` per observation). A size not yet observed is estimated from the ``relative_cost``
-    curve (calibrated: cost of k + 1 tokens / cost of 1; default prior 1 + k/2, what llama.cpp
-    shows on small CPUs), scaled by the median ratio of the sizes that were observed, or by the
-    calibrated ``step_s`` before any. Several controllers of one target can share one."""
+    """The target's seconds for one forward of n new tokens (all of a step's requests together),
+    learned online (exponential forgetting with ``decay`` per observation). A size not yet
+    observed is estimated from the calibrated ``relative`` curve (``relative[n-1]``: n tokens
+    relative to one; beyond it, the slope of its last points), scaled by the median ratio of the
+    sizes observed, or by the calibrated ``step_s`` before any. One per engine memory: every
+    method and request shares it."""
 
-    max_k: int = 8
-    relative_cost: Sequence[float] | None = None  # [>= max_k + 1]
+    relative: Sequence[float] | None = None
+    step_s: float | None = None
     decay: float = 0.9
-    step_s: float | None = None  # seconds of a one-token forward, calibrated
-    _forward: dict[int, float] = field(default_factory=dict)  # k -> seconds, observed
+    _seen: dict[int, float] = field(default_factory=dict)  # n -> seconds, observed
 
     def __post_init__(self) -> None:
-        if self.max_k < 0:
-            raise InvalidParameterError(f"num_draft must be >= 0, got {self.max_k}", param="num_draft")
-        prior = list(self.relative_cost or [1.0 + k / 2 for k in range(self.max_k + 1)])
-        if not prior or prior[0] <= 0:
-            raise InvalidParameterError(f"relative_cost must start with a positive cost, got {prior[:1]}")
-        slope = prior[-1] - prior[-2] if len(prior) > 1 else 0.5
-        while len(prior) < self.max_k + 1:  # a short calibrated curve is extended linearly
-            prior.append(prior[-1] + max(slope, 0.0))
-        self.relative_cost = prior[:self.max_k + 1]
+        curve = list(self.relative or [1.0 + (n - 1) / 2 for n in range(1, 18)])
+        if not curve or curve[0] <= 0:
+            raise InvalidParameterError(f"a relative cost curve must start with a positive cost, got {curve[:1]}")
+        tail = curve[-4:]
+        self._slope = max((tail[-1] - tail[0]) / max(len(tail) - 1, 1), 0.0) if len(tail) > 1 else 0.5
+        self.relative = curve
 
     @classmethod
-    def from_prior(cls, max_k: int, prior: Prior) -> "ForwardCost":
-        return cls(max_k, prior.curve, step_s=prior.step_s)
+    def from_prior(cls, prior: Prior) -> "ForwardCost":
+        return cls(prior.curve, prior.step_s)
 
-    def seconds(self) -> list[float]:
-        """Estimated seconds of a forward over k + 1 tokens, k = 0 .. max_k (relative units when
-        nothing was calibrated or observed)."""
-        scales = sorted(t / self.relative_cost[k] for k, t in self._forward.items())
+    def relative_at(self, n: int) -> float:
+        curve = self.relative
+        return curve[n - 1] if n <= len(curve) else curve[-1] + self._slope * (n - len(curve))
+
+    def seconds(self, n: int) -> float:
+        """Estimated seconds of a forward over n new tokens (relative units when nothing was
+        calibrated or observed)."""
+        if n in self._seen:
+            return self._seen[n]
+        scales = sorted(t / self.relative_at(m) for m, t in self._seen.items())
         scale = scales[len(scales) // 2] if scales else self.step_s or 1.0
-        return [self._forward.get(k, self.relative_cost[k] * scale) for k in range(self.max_k + 1)]
+        return self.relative_at(n) * scale
 
-    def observe(self, k: int, seconds: float) -> None:
-        if k <= self.max_k:
-            self._forward[k] = _ewma(self._forward.get(k), seconds, self.decay)
+    def curve(self, max_k: int) -> list[float]:
+        """Seconds of a single request's step drafting k tokens, k = 0 .. max_k (n = k + 1)."""
+        return [self.seconds(k + 1) for k in range(max_k + 1)]
+
+    def observe(self, n: int, seconds: float) -> None:
+        if seconds > 0:  # a clock too coarse to see the forward says nothing
+            self._seen[n] = _ewma(self._seen.get(n), seconds, self.decay)
 
 
 @dataclass
 class AdaptiveBudget:
-    """Cost-model control: each step drafts the k that maximises expected tokens per second.
+    """What one source of drafts has learned, and its offers (the ``adaptive`` controller).
 
     It learns online, with exponential forgetting (``decay`` per observation): the acceptance
     probability at each draft position (one rate for all positions when ``positional`` is False:
-    a source whose tokens are equally likely right wherever they stand, such as copied text), the
-    proposer's seconds per draft token (``draft_token_s``, a calibrated prior until measured), and
-    the target's forward cost (:class:`ForwardCost`, shared when ``cost`` is given).
-    ``prior_accept`` is the rate assumed before any draft, weighted as one observation.
+    a source whose tokens are equally likely right wherever they stand, such as copied text) and
+    the source's seconds per draft token (``draft_token_s``, a calibrated prior until measured).
+    ``prior_accept`` is the rate assumed before any draft, weighted as one observation. The
+    target's forward cost is the engine's (``cost``, shared), which the engine observes.
 
-    When a plain step wins it still *probes* (drafts ``probe`` tokens) after ``probe_every`` plain
-    steps in a row, so it notices when drafts become good again, but only when drafting could pay
-    at the best acceptance a source may reach (``optimistic_accept``) and only while what probes
-    have lost so far, plus what this one could lose, stays within ``explore`` of the time observed:
-    exploring costs at most that share of the time, and nothing where the numbers say it cannot
-    pay. Each probe that does not turn drafting back on doubles the wait (up to 32 times).
-    The engine keeps one controller per method and budget in its memory, so later requests start
-    from what earlier ones learned.
+    When drafting does not pay it still *probes* (offers a forced ``probe`` tokens) after
+    ``probe_every`` steps without drafting, so it notices when drafts become good again, but
+    only where drafting could pay at the best acceptance a source may reach
+    (``optimistic_accept``) and only while what probes have lost, plus what this one could lose,
+    stays within ``explore`` of the time observed: exploring costs at most that share of the
+    time, and nothing where the numbers say it cannot pay. Each probe that does not turn drafting
+    back on doubles the wait (up to 32 times). The engine keeps one per method and budget in its
+    memory, so later requests start from what earlier ones learned.
     """
 
     max_k: int = 8
-    relative_cost: Sequence[float] | None = None  # [>= max_k + 1]
+    cost: ForwardCost = field(default_factory=ForwardCost)
+    draft_token_s: float = 0.0
+    positional: bool = True
+    prior_accept: float = 0.5
+    source: str = "adaptive"
     decay: float = 0.9
     probe_every: int = 16
     probe: int = 2
-    draft_token_s: float = 0.0
-    cost: ForwardCost | None = None
-    positional: bool = True
-    prior_accept: float = 0.5
     optimistic_accept: float = 0.95
     explore: float = 0.02
     _accept: list[list[float]] = field(default_factory=list)  # position -> [accepted, weight reached]
     _since_draft: int = 0
-    _interval: int = 0  # plain steps before the next probe; doubles while probes fail
+    _interval: int = 0  # steps without drafting before the next probe; doubles while probes fail
     _elapsed: float = 0.0  # seconds of every step observed
     _lost: float = 0.0  # seconds probes cost beyond plain steps' worth of their tokens
     _probing: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_k < 0:
+            raise InvalidParameterError(f"num_draft must be >= 0, got {self.max_k}", param="num_draft")
         self._interval = self.probe_every
-        self.cost = self.cost or ForwardCost(self.max_k, self.relative_cost, self.decay)
-        self.relative_cost = self.cost.relative_cost
         self._accept = [[0.0, 0.0] for _ in range(self.max_k if self.positional else 1)]
 
     def acceptance(self) -> list[float]:
@@ -186,54 +275,48 @@ class AdaptiveBudget:
             rates.append(prior)
         return rates if self.positional else rates * self.max_k
 
-    def forward_s(self) -> list[float]:
-        return self.cost.seconds()
-
-    def plan(self) -> tuple[int, float]:
-        """The next budget and its expected tokens per second (inf for a probe)."""
-        k, rate = best_rate(self.acceptance(), self.draft_token_s, self.forward_s())
-        if k == 0 and self.probe_due():
-            return min(self.probe, self.max_k), float("inf")
-        return k, rate
+    def offer(self, cap: int) -> Offer:
+        """Its learned acceptance and cost, or a forced probe when one is due (see the class)."""
+        accept = tuple(self.acceptance()[:cap])
+        probe = min(self.probe, cap) if cap > 0 and self.probe_due() else None
+        return Offer(self.source, accept, self.draft_token_s, probe=probe)
 
     def could_pay(self) -> bool:
         """Whether drafting would beat a plain step at the best acceptance a source may reach."""
-        return best_rate([self.optimistic_accept] * self.max_k, self.draft_token_s, self.forward_s())[0] > 0
+        return best_rate([self.optimistic_accept] * self.max_k, self.draft_token_s, self.cost.curve(self.max_k))[0] > 0
 
     def probe_due(self) -> bool:
-        """Plain steps have won ``_interval`` times in a row, drafting could pay, and a probe that
-        gains nothing would keep what probing has lost within ``explore`` of the time."""
+        """No draft for ``_interval`` steps, drafting could pay, and a probe that gains nothing
+        would keep what probing has lost within ``explore`` of the time."""
         if self._since_draft < self._interval or not self.could_pay():
             return False
-        forward = self.forward_s()
-        worst = self.probe * self.draft_token_s + forward[min(self.probe, self.max_k)] - forward[0]
+        probe = min(self.probe, self.max_k)
+        worst = probe * self.draft_token_s + self.cost.seconds(probe + 1) - self.cost.seconds(1)
         return self._lost + worst <= self.explore * self._elapsed
 
-    def budget(self) -> int:
-        k = self.plan()[0]
-        self.decide(k)
-        return k
-
     def decide(self, k: int) -> None:
-        """Record that the next step drafts k tokens: a probe (drafting although plain steps
-        win) doubles the wait before the next one; drafting that pays resets it."""
+        """Record that the next step drafts k tokens: a probe (drafting although drafting does
+        not pay) doubles the wait before the next one; drafting that pays resets it."""
         if k > 0:
-            pays = best_rate(self.acceptance(), self.draft_token_s, self.forward_s())[0] > 0
+            pays = best_rate(self.acceptance(), self.draft_token_s, self.cost.curve(self.max_k))[0] > 0
             self._probing = not pays
             self._interval = self.probe_every if pays else min(2 * self._interval, 32 * self.probe_every)
 
+    def budget(self) -> int:
+        """The length this source alone would draft now (a single request's step)."""
+        k = allocate([[self.offer(self.max_k)]], self.cost.seconds)[0][1]
+        self.decide(k)
+        return k
+
     def observe(self, acceptance: Acceptance, times: StepTimes, own_step: bool = True, learn: bool = True) -> None:
-        """The last step's outcome. ``own_step`` False: a step drafted by another source sharing
-        this forward cost (which that source learns); only the clocks run. ``learn`` False: the
-        caller learns acceptance itself (:meth:`learn`)."""
+        """The last step's outcome. ``own_step`` False: a step drafted by another source; only
+        the clocks run. ``learn`` False: the caller learns acceptance itself (:meth:`learn`)."""
         step_s = times.draft_s + times.verify_s
         self._elapsed += step_s
         n = acceptance.drafted if own_step else 0
         self._since_draft = 0 if n else self._since_draft + 1
-        if own_step:
-            self.cost.observe(acceptance.drafted, times.verify_s)
-            if self._probing:  # what it cost beyond plain steps for the tokens it gave
-                self._lost += max(0.0, step_s - (acceptance.accepted + 1) * self.forward_s()[0])
+        if own_step and self._probing:  # what it cost beyond plain steps for the tokens it gave
+            self._lost += max(0.0, step_s - (acceptance.accepted + 1) * self.cost.seconds(1))
         self._probing = False
         if n:
             self.draft_token_s = _ewma(self.draft_token_s or None, times.draft_s / n, self.decay)
@@ -256,16 +339,17 @@ def _ewma(old: float | None, new: float, decay: float) -> float:
     return new if old is None else decay * old + (1 - decay) * new
 
 
-# name -> factory(num_draft, prior); chosen per request by ``controller=`` / ``--controller``.
+# name -> factory(num_draft, cost, draft_token_s); chosen per request by ``controller=`` / ``--controller``.
 CONTROLLERS = {
-    "fixed": lambda num_draft, prior: FixedBudget(num_draft),
-    "adaptive": lambda num_draft, prior: AdaptiveBudget(max_k=num_draft, cost=ForwardCost.from_prior(num_draft, prior),
-                                                        draft_token_s=prior.draft_token_s()),
+    "fixed": lambda num_draft, cost, draft_token_s: FixedBudget(num_draft),
+    "adaptive": lambda num_draft, cost, draft_token_s: AdaptiveBudget(max_k=num_draft, cost=cost,
+                                                                       draft_token_s=draft_token_s),
 }
 
 
-def create_controller(name: str, num_draft: int, prior: Prior | None = None) -> Controller:
+def create_controller(name: str, num_draft: int, cost: ForwardCost | None = None,
+                      draft_token_s: float = 0.0) -> Controller:
     if name not in CONTROLLERS:
         raise InvalidParameterError(f"unknown controller {name!r}; choose one of: {', '.join(CONTROLLERS)}",
                                     param="controller")
-    return CONTROLLERS[name](num_draft, prior or Prior())
+    return CONTROLLERS[name](num_draft, cost or ForwardCost(), draft_token_s)

@@ -21,9 +21,9 @@ import numpy as np
 from . import calibrate as calibration
 from . import verifiers
 from .backends import BACKENDS
-from .backends.base import Backend, check_same_vocabulary
-from .control import CONTROLLERS, Controller, FixedBudget, Prior, create_controller
-from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, UnknownMethodError
+from .backends.base import BATCH, Backend, Chunk, check_same_vocabulary, reusable_prefix
+from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
+from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from .models import resolve_model
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
 from .sampling import SamplingParams
@@ -189,12 +189,19 @@ class Engine:
         self._draft = model
         return model
 
-    def resources(self, spec: ProposerSpec) -> Resources:
-        """What ``spec``'s proposers get: the target, the draft model if the method uses one, and
-        the prior (without the draft model's part when the method drafts otherwise)."""
+    @property
+    def cost(self) -> ForwardCost:
+        """The target's forward cost by size, as this engine's memory learned it."""
+        return self.memory.get("forward cost", lambda: ForwardCost.from_prior(self.prior))
+
+    def resources(self, spec: ProposerSpec, *, batched: bool = False) -> Resources:
+        """What ``spec``'s proposers get: the target, the draft model if the method uses one (a
+        sequence of its own when ``batched``), the prior (without the draft model's part when the
+        method drafts otherwise) and the shared forward cost."""
         if spec.uses_draft_model and self._draft is not None:
-            return Resources(self.target, self.draft_model(), self.prior)
-        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None))
+            draft = self.draft_model()
+            return Resources(self.target, draft.new_sequence() if batched else self._main(draft), self.prior, self.cost)
+        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None), self.cost)
 
     def _memory(self, spec: ProposerSpec) -> Any:
         if spec.memory is None:
@@ -206,8 +213,9 @@ class Engine:
         if request.controller == "fixed":
             return FixedBudget(request.budget)
         key = ("controller", request.controller, request.method, request.budget)
-        return self.memory.get(key, lambda: create_controller(request.controller, request.budget,
-                                                              self.resources(request.spec).prior))
+        draft_token_s = self.resources(request.spec).prior.draft_token_s()
+        return self.memory.get(key, lambda: create_controller(request.controller, request.budget, self.cost,
+                                                              draft_token_s))
 
     def describe(self) -> dict:
         """What this engine runs on, for reports and ``--json``: the machine, the backend and its
@@ -305,53 +313,175 @@ class Engine:
         finally:
             self._busy.release()
 
-    # --- the step loop --------------------------------------------------------------------------
-    def _verify(self, pending: int, draft: Draft, sampling: SamplingParams, rng: np.random.Generator) -> Acceptance:
-        """One target forward over the pending token and the draft (a chain, or a tree), the
-        acceptance rule, and a cache left holding the accepted tokens (the pending one included)."""
-        verify = verifiers.select(sampling, tree=draft.parents is not None)
-        if draft.parents is None:
-            cached = len(self.target.tokens)
-            logits = self.target.forward([pending, *draft.tokens])  # [n + 1, V]
-            acceptance = verify(draft, logits, sampling, rng)
-            self.target.rollback(cached + 1 + acceptance.accepted)
+    # --- generations and the step -------------------------------------------------------------
+    def start(self, request: Request, *, batched: bool = False) -> "Generation":
+        """A running generation of ``request`` (nothing evaluated yet: :meth:`Generation.prefill`).
+        ``batched``: in sequences of its own (``BATCH`` backends; :meth:`release` frees them),
+        so it can share steps with other generations; otherwise in the backends' own sequences."""
+        spec = request.spec
+        target = self.target.new_sequence() if batched else self._main(self.target)
+        resources = self.resources(spec, batched=batched)
+        try:
+            proposer = spec.make(resources, self._memory(spec), self._parsed[spec.name])
+        except BaseException:
+            self._release(target, resources)
+            raise
+        controller = None if spec.decides_budget else self._controller(request)
+        return Generation(request, proposer, controller, target, resources, self.clock)
+
+    def release(self, generation: "Generation") -> None:
+        """The generation is over (finished or abandoned): its proposer learns from it and the
+        sequences it had of its own are freed."""
+        generation.finish()
+        self._release(generation.sequence, generation.resources)
+
+    def _release(self, sequence, resources: Resources) -> None:
+        for backend, seq in ((self.target, sequence), (self._draft, resources.draft)):
+            if seq is not None and not isinstance(backend, (str, Path)) and seq is not self._main(backend):
+                backend.release(seq)
+
+    @staticmethod
+    def _main(backend):
+        """The sequence a backend's own single-sequence protocol works on."""
+        return getattr(backend, "main", backend) if BATCH in backend.capabilities else backend
+
+    def step(self, generations: Sequence["Generation"]) -> list[Piece | None]:
+        """One speculative step for every generation: each offers what it could draft, the
+        lengths are allocated for the whole step (control.allocate: expected tokens per second,
+        plain steps included), each drafts, one target forward verifies them all, each accepts
+        and trims its cache, learns, and emits its new text (None when there is none yet)."""
+        clock, cost = self.clock, self.cost
+        offers = [g.offers() for g in generations]
+        choices = allocate(offers, cost.seconds)
+        drafts, draft_s = [], []
+        for g, options, (index, k) in zip(generations, offers, choices):
+            start = clock()
+            drafts.append(g.draft(options[index] if index is not None else None, k))
+            draft_s.append(clock() - start)
+        start = clock()
+        acceptances = self._verify(generations, drafts)
+        verify_s = clock() - start
+        cost.observe(sum(1 + len(d) for d in drafts), verify_s)
+        return [g.settle(d, a, StepTimes(ds, verify_s)) for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
+
+    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft]) -> list[Acceptance]:
+        """One target forward over every generation's pending token and draft (chains and trees),
+        the acceptance rule of each, and caches left holding the accepted tokens (the pending ones
+        included). Backends without ``BATCH`` take one generation at a time."""
+        if BATCH in self.target.capabilities:
+            chunks = [Chunk(g.sequence, [g.context[-1], *d.tokens], d.tree_parents() if d.parents else None)
+                      for g, d in zip(generations, drafts)]
+            rows = self.target.forward_batch(chunks)  # [n + 1, V] each
         else:
-            logits = self.target.forward_tree([pending, *draft.tokens], draft.tree_parents())  # [n + 1, V]
-            acceptance = verify(draft, logits, sampling, rng)
-            self.target.keep(acceptance.kept_nodes())
-        return acceptance
+            if len(generations) != 1:
+                raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
+            g, d = generations[0], drafts[0]
+            pending = [g.context[-1], *d.tokens]
+            rows = [g.sequence.forward_tree(pending, d.tree_parents()) if d.parents else g.sequence.forward(pending)]
+        acceptances = []
+        for g, d, logits in zip(generations, drafts, rows):
+            acceptance = verifiers.select(g.request.sampling, tree=d.parents is not None)(
+                d, logits, g.request.sampling, g.rng)
+            if d.parents is None:
+                g.sequence.rollback(len(g.context) + acceptance.accepted)
+            else:
+                g.sequence.keep(acceptance.kept_nodes())
+            acceptances.append(acceptance)
+        return acceptances
 
     def _run(self, request: Request, stream: Stream) -> Iterator[Piece]:
-        spec, sampling = request.spec, request.sampling
-        proposer = spec.make(self.resources(spec), self._memory(spec), self._parsed[spec.name])
-        controller, rng = self._controller(request), sampling.rng()
-        context, generated = list(request.tokens), []
-        stats, out, clock = Stats(prompt_tokens=len(context)), _TextOut(self.target, request.stop), self.clock
-        start = clock()
-        self.target.prefill(context[:-1])  # the last prompt token is fed with the first draft
-        proposer.begin(context)
-        stats.prefill_time_s = clock() - start
+        """One request on its own: the step over a batch of one."""
+        generation = self.start(request)
         try:
-            while out.finish_reason is None and len(generated) < request.max_tokens:
-                # One step: propose -> verify (forward, accept, trim the cache) -> observe.
-                t0 = clock()
-                budget = min(controller.budget(), request.max_tokens - len(generated) - 1)
-                draft = proposer.propose(context, budget, sampling, rng) if budget > 0 else Draft()
-                t1 = clock()
-                acceptance = self._verify(context[-1], draft, sampling, rng)
-                times = StepTimes(t1 - t0, clock() - t1)
-                proposer.observe(acceptance, times)
-                controller.observe(acceptance, times)
-                kept = [t for t in acceptance.tokens[:request.max_tokens - len(generated)]
-                        if out.finish_reason is None and out.add(t)]
-                context += acceptance.tokens
-                generated += kept
-                stats.observe(acceptance, len(kept), times, draft.source)
-                text = out.flush(final=out.finish_reason is not None or len(generated) >= request.max_tokens)
-                if kept or text:
-                    yield Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
+            generation.prefill()
+            while not generation.done:
+                piece = self.step([generation])[0]
+                if piece is not None:
+                    yield piece
         finally:
-            proposer.end(context)
-        stats.total_time_s, stats.ended_on_eos = clock() - start, out.eos
-        stream.result = GenerationResult(text=out.text, token_ids=generated, finish_reason=out.finish_reason or "length",
-                                         stats=stats.to_dict(), prompt_tokens=len(request.tokens))
+            self.release(generation)
+        stream.result = generation.result()
+
+
+class Generation:
+    """One running request: its proposer, its controller (None for a method that offers for
+    itself), the target sequence its tokens live in, what it has emitted, its stats.
+
+    ``prefill`` evaluates the prompt (all at once, or ``chunk`` tokens a call); then each
+    :meth:`Engine.step` asks it to :meth:`offers`, :meth:`draft` and :meth:`settle`.
+    """
+
+    def __init__(self, request: Request, proposer, controller: Controller | None, sequence, resources: Resources,
+                 clock: Callable[[], float]) -> None:
+        self.request, self.proposer, self.controller = request, proposer, controller
+        self.sequence, self.resources, self.clock = sequence, resources, clock
+        self.rng = request.sampling.rng()
+        self.context, self.generated = list(request.tokens), []
+        self.stats = Stats(prompt_tokens=len(self.context))
+        self.out = _TextOut(resources.target, request.stop)
+        self.started = clock()
+        self.prefilled = False
+        self._ended = False
+
+    def prefill(self, chunk: int | None = None) -> bool:
+        """Evaluate the prompt but its last token (fed with the first draft), reusing what the
+        sequence holds; with ``chunk``, at most that many tokens this call. True once done (the
+        proposer then begins)."""
+        prompt = self.context[:-1]
+        common = reusable_prefix(self.sequence.tokens, prompt, last_logits=False)
+        end = len(prompt) if chunk is None else min(len(prompt), common + chunk)
+        self.sequence.prefill(prompt[:end])
+        if end == len(prompt):
+            self.proposer.begin(self.context)
+            self.prefilled = True
+            self.stats.prefill_time_s = self.clock() - self.started
+        return self.prefilled
+
+    @property
+    def done(self) -> bool:
+        return self.out.finish_reason is not None or len(self.generated) >= self.request.max_tokens
+
+    def offers(self) -> list[Offer]:
+        """What this generation could draft in the next step (none: a plain step)."""
+        cap = min(self.request.budget, self.request.max_tokens - len(self.generated) - 1)
+        if cap <= 0:
+            return []
+        if self.controller is None:
+            return self.proposer.offers(self.context, cap)
+        return [self.controller.offer(cap)]
+
+    def draft(self, offer: Offer | None, k: int) -> Draft:
+        """The draft the step allocated: ``k`` tokens from ``offer``'s source."""
+        sampling = self.request.sampling
+        if self.controller is None:
+            return self.proposer.draft(self.context, offer, k, sampling, self.rng)
+        self.controller.decide(k)
+        return self.proposer.propose(self.context, k, sampling, self.rng) if k > 0 else Draft()
+
+    def settle(self, draft: Draft, acceptance: Acceptance, times: StepTimes) -> Piece | None:
+        """Take the step's outcome: learn, emit the accepted tokens (a stop string or the end of
+        generation may cut them), and return the new text, if any."""
+        self.proposer.observe(acceptance, times)
+        if self.controller is not None:
+            self.controller.observe(acceptance, times)
+        out, room = self.out, self.request.max_tokens - len(self.generated)
+        kept = [t for t in acceptance.tokens[:room] if out.finish_reason is None and out.add(t)]
+        self.context += acceptance.tokens
+        self.generated += kept
+        self.stats.observe(acceptance, len(kept), times, draft.source)
+        text = out.flush(final=self.done)
+        if kept or text:
+            return Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
+        return None
+
+    def finish(self) -> None:
+        """The request is over: the proposer learns from it (once)."""
+        if not self._ended:
+            self._ended = True
+            self.proposer.end(self.context)
+            self.stats.total_time_s, self.stats.ended_on_eos = self.clock() - self.started, self.out.eos
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(text=self.out.text, token_ids=list(self.generated),
+                                finish_reason=self.out.finish_reason or "length", stats=self.stats.to_dict(),
+                                prompt_tokens=len(self.request.tokens))

@@ -8,12 +8,15 @@ needs more than the core declares it (``ProposerSpec.requires``) and reaches it 
 the interface named here:
 
 - ``TREE``: :class:`TreeBackend`, a token tree in one forward.
+- ``BATCH``: :class:`BatchBackend`, several token sequences in one KV cache, evaluated together
+  (continuous batching).
 - ``HIDDEN_STATES``: :class:`HiddenStates`, the final hidden states of the cache (trained heads).
 - ``LAYER_SKIP``: :class:`LayerSkipping`, forwards through a subset of the layers (self-speculation).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -22,6 +25,7 @@ import numpy as np
 from ..errors import VocabularyMismatchError
 
 TREE = "tree"
+BATCH = "batch"
 HIDDEN_STATES = "hidden_states"
 LAYER_SKIP = "layer_skip"
 
@@ -90,6 +94,50 @@ class TreeBackend(Backend, Protocol):
         """After :meth:`forward_tree`: keep the nodes of ``path`` (node indices from the root 0
         down the tree) as the next cache entries, in order, and drop every other node; ``tokens``
         grows by len(path). For a chain, forward_tree + keep equals forward + rollback."""
+
+
+class KVSequence(Protocol):
+    """One token sequence of a :class:`BatchBackend`: the single-sequence protocol of a backend
+    (``tokens``, ``prefill``, ``forward``, ``rollback``, and with ``TREE`` the tree methods)."""
+
+    tokens: list[int]
+
+    def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None: ...
+    def forward(self, tokens: Sequence[int]) -> np.ndarray: ...
+    def rollback(self, length: int) -> None: ...
+
+
+@dataclass
+class Chunk:
+    """One sequence's part of a batched forward (:meth:`BatchBackend.forward_batch`): ``tokens``
+    appended to ``sequence`` (a chain), or, with ``parents``, a token tree evaluated after it (the
+    contract of ``TreeBackend.forward_tree``; ``keep`` settles it). ``rows``: which new tokens'
+    logits to return ("all", "last", "none", or node indices of a tree)."""
+
+    sequence: Any
+    tokens: Sequence[int]
+    parents: Sequence[int] | None = None
+    rows: str | Sequence[int] = "all"
+
+
+class BatchBackend(Backend, Protocol):
+    """``BATCH``: sequences of their own in the backend's KV cache (the backend's own protocol
+    works on its ``main`` one), and one forward over several of them."""
+
+    main: KVSequence
+
+    def new_sequence(self) -> KVSequence:
+        """An empty sequence."""
+
+    def release(self, sequence: KVSequence) -> None:
+        """Free a sequence's cache."""
+
+    def free_cells(self) -> int:
+        """KV cells no sequence holds."""
+
+    def forward_batch(self, chunks: Sequence[Chunk]) -> list[np.ndarray]:
+        """One forward over several sequences' new tokens (a chain, or a tree, per :class:`Chunk`);
+        each chunk's logits rows."""
 
 
 class HiddenStates(Backend, Protocol):

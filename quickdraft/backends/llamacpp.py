@@ -19,27 +19,187 @@ from ..chat import render_chat
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..system import check_llama_build, default_threads, describe_llama_build
 from ..tree import check_path, layout
-from .base import TREE, reusable_prefix
+from .base import BATCH, TREE, Chunk, reusable_prefix
 
 check_llama_build()  # before any of llama.cpp's code runs
 import llama_cpp as ll  # noqa: E402
 
+LLAMA_MAX_SEQ = 256  # llama.cpp's limit on sequence ids per context (src/llama-cparams.h)
+
+
+class LlamaSequence:
+    """One token sequence in a llama.cpp context's KV cache: a request's (or a draft model's for one
+    request). ``tokens`` mirrors what the cache holds for it.
+
+    A sequence owns llama.cpp sequence ids: ``ids[0]`` is its own, and a token tree of N nodes
+    uses ``ids[0..N-1]``, node i being sequence ``ids[i]``, taken from the context's pool when
+    first needed and kept (their cells stay tagged with the whole cache: ``_mirrored`` of them hold
+    it, so a later tree needs no copy; tagging a long cache into N sequences costs ~0.2 us per cell
+    and sequence, 6 ms for 2000 x 15). Sequences of one context share its KV buffer (unified).
+    """
+
+    def __init__(self, backend: "LlamaCppBackend", seq_id: int) -> None:
+        self.backend, self.ids = backend, [seq_id]
+        self.n_ctx, self.max_tree_nodes = backend.n_ctx, backend.max_tree_nodes
+        self.tokens: list[int] = []
+        self._mirrored = 1
+        self._tree: tuple[list[int], tuple[int, ...], int] | None = None  # (tokens, parents, cache length) awaiting keep()
+
+    # --- a chain -------------------------------------------------------------------------------
+    def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
+        """Append ``tokens`` (n >= 1); return logits for the new positions: [n, V] for
+        ``outputs="all"``, [1, V] for the last position only (``"last"``), [0, V] for ``"none"``.
+        Longer than the context's batch: several decodes."""
+        b = self.backend
+        rows = []
+        for start in range(0, len(tokens), b.n_batch):
+            chunk = tokens[start:start + b.n_batch]
+            last = start + len(chunk) == len(tokens)
+            rows += b.forward_batch([Chunk(self, chunk, rows="none" if outputs == "none" or (outputs == "last" and not last)
+                                           else outputs)])
+        return np.concatenate(rows) if rows else np.empty((0, b.vocab_size), np.float32)
+
+    def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
+        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
+        With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
+        if it was cached), so a caller can sync and predict in one forward."""
+        common = reusable_prefix(self.tokens, tokens, last_logits=last_logits)
+        self.rollback(common)
+        if common < len(tokens):
+            rows = self.forward(list(tokens[common:]), outputs="last" if last_logits else "none")
+            return rows[-1] if last_logits else None
+        return None
+
+    def rollback(self, length: int) -> None:
+        """Keep the first ``length`` cached tokens."""
+        self._check_settled()
+        if length < len(self.tokens):
+            mem = self.backend._mem
+            for seq_id in self.ids:
+                if not ll.llama_memory_seq_rm(mem, seq_id, length, -1):
+                    raise QuickdraftError(f"{self.backend.path.name}: llama.cpp cannot roll back this model's cache "
+                                          "(recurrent models are not supported for speculation)")
+            del self.tokens[length:]
+
+    def clear(self) -> None:
+        """Empty the sequence (its cells are freed)."""
+        self._tree = None
+        self.rollback(0)
+
+    # --- a tree --------------------------------------------------------------------------------
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                     rows: Sequence[int] | None = None) -> np.ndarray:
+        """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
+        [N, V], row i the prediction after node i given the cache and node i's ancestors (only
+        the nodes ``rows``, in that order, when given: [len(rows), V], the others cost nothing).
+
+        Node i is llama.cpp sequence ``ids[i]``, holding the cache plus node i's ancestors and
+        itself: the cache cells belong to every sequence a tree has used (``_mirrored``; a new one
+        gets them by ``seq_cp``, which only tags cells in a unified cache), and node j's cell
+        joins the sequences of j and of every node below it. llama.cpp's mask lets a token see the
+        cells of its own sequence up to its position (len(cache) + depth): exactly the cache and
+        its ancestors. Call :meth:`keep` next.
+        """
+        return self.backend.forward_batch([Chunk(self, tokens, parents, "all" if rows is None else rows)])[0]
+
+    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
+                    rows: Sequence[int] | None = None) -> np.ndarray:
+        """Add M nodes to the tree :meth:`forward_tree` evaluated (still awaiting :meth:`keep`) in
+        one ``llama_decode``; ``parents`` index the pending tree's nodes, the new node j gets
+        index N + j (topological order still holds). Returns [M, V], the new nodes' rows (or
+        the rows of the new nodes ``rows``, numbered from 0 like ``tokens``).
+        Used to grow a draft tree level by level without evaluating a node twice."""
+        if self._tree is None:
+            raise QuickdraftError("extend_tree() needs a forward_tree() first")
+        return self.backend.forward_batch([Chunk(self, tokens, parents, "all" if rows is None else rows)],
+                                          extend=True)[0]
+
+    def keep(self, path: Sequence[int]) -> None:
+        """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
+
+        Removing the tree part of every sequence not on the path frees the other nodes' cells
+        (each belongs only to sequences of its own subtree); the path's cells, still in sequence
+        ``ids[path[-1]]``, are then tagged with every mirrored sequence (a few cells each).
+        """
+        if self._tree is None:
+            raise QuickdraftError("keep() needs a forward_tree() first")
+        tokens, parents, first = self._tree
+        check_path(parents, path)
+        mem, on_path = self.backend._mem, set(path)
+        for m in range(len(parents)):
+            if m not in on_path:
+                ll.llama_memory_seq_rm(mem, self.ids[m], first, -1)
+        for m in range(self._mirrored):
+            if m != path[-1]:
+                ll.llama_memory_seq_cp(mem, self.ids[path[-1]], self.ids[m], first, first + len(path))
+        self.tokens.extend(int(tokens[i]) for i in path)
+        self._tree = None
+
+    def _check_settled(self) -> None:
+        if self._tree is not None:
+            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
+
+    def _layout(self, chunk: Chunk, extend: bool) -> tuple[list[int], list[list[int]], list[bool]]:
+        """The llama.cpp batch entries of ``chunk`` (positions, sequence ids, logits wanted per
+        token); records the pending tree. Takes sequence ids from the pool as a tree needs them."""
+        b, n = self.backend, len(chunk.tokens)
+        if n == 0:
+            raise QuickdraftError("a forward needs at least one token")
+        if chunk.parents is None:  # a chain after the cache, in every mirrored sequence
+            self._check_settled()
+            if len(self.tokens) + n > b.n_ctx:
+                raise QuickdraftError(f"context full: {len(self.tokens)} + {n} tokens > n_ctx {b.n_ctx}")
+            first, mirrored = len(self.tokens), self.ids[:self._mirrored]
+            wanted = [chunk.rows == "all" or (chunk.rows == "last" and i == n - 1) for i in range(n)]
+            return list(range(first, first + n)), [mirrored] * n, wanted
+        if not extend:
+            self._check_settled()
+            self._tree = ([], (), len(self.tokens))
+        old_tokens, old_parents, first = self._tree
+        n_old, all_parents = len(old_parents), (*old_parents, *chunk.parents)
+        if n != len(chunk.parents):
+            raise InvalidParameterError(f"{len(chunk.parents)} tree nodes need {len(chunk.parents)} tokens, got {n}")
+        tree = layout(all_parents)
+        if len(tree) > b.max_tree_nodes:
+            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds max_tree_nodes {b.max_tree_nodes}")
+        if first + len(tree) > b.n_ctx:
+            raise QuickdraftError(f"context full: {first} + {len(tree)} tree nodes > n_ctx {b.n_ctx}")
+        while len(self.ids) < len(tree):
+            self.ids.append(b._take_id())
+        for m in range(max(n_old, 1), len(tree)):  # sequence m starts as its nearest evaluated ancestor's
+            if m >= self._mirrored:
+                ll.llama_memory_seq_cp(b._mem, self.ids[0], self.ids[m], -1, first)
+                self._mirrored = m + 1
+            a = all_parents[m]
+            while a >= n_old:
+                a = all_parents[a]
+            if a >= 0:
+                ll.llama_memory_seq_cp(b._mem, self.ids[a], self.ids[m], first, -1)
+        new = range(n_old, len(tree))
+        seqs = [[self.ids[j], *(self.ids[i] for i in range(j + 1, len(tree)) if tree.mask[i, j])] for j in new]
+        wanted = [True] * n if chunk.rows == "all" else [j in chunk.rows for j in range(n)]
+        self._tree = ([*old_tokens, *chunk.tokens], all_parents, first)
+        return [first + tree.depth[j] for j in new], seqs, wanted
+
 
 class LlamaCppBackend:
-    """One llama.cpp model and context holding a single token sequence (seq id 0).
+    """One llama.cpp model and context; its KV cache holds token sequences (:class:`LlamaSequence`).
 
-    ``tokens`` mirrors the KV cache. ``n_batch`` bounds how many tokens one ``llama_decode``
-    takes; longer inputs are split (a token tree must fit in one). ``max_tree_nodes`` (at most
-    ``n_batch``) bounds a token tree's size: each node is a llama.cpp sequence id in a unified KV
-    cache (``n_seq_max = max_tree_nodes``, ``kv_unified``), see :meth:`forward_tree`.
-    ``n_gpu_layers`` offloads layers when llama.cpp was built with a GPU backend (ignored on CPU
-    builds). ``precise`` uses an F32 KV cache and no flash
-    attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test models
-    rely on it; on quantized models the matmul kernels still differ between batch sizes).
+    The backend's own sequence (``main``) serves the single-sequence protocol (``tokens``,
+    ``prefill``, ``forward``, ``rollback``, the tree methods); :meth:`new_sequence` opens more,
+    and :meth:`forward_batch` evaluates several sequences' tokens in one ``llama_decode`` (the
+    ``batch`` capability: continuous batching). All sequences share one unified KV buffer of
+    ``n_ctx`` cells (``free_cells``). ``n_batch`` bounds how many tokens one decode takes (longer
+    single-sequence inputs are split; a token tree must fit in one). ``max_tree_nodes`` (at most
+    ``n_batch``) bounds a token tree's size; the context has ``n_seq_max`` sequence ids in all
+    (one per sequence, one per tree node beyond the first). ``n_gpu_layers`` offloads layers when
+    llama.cpp was built with a GPU backend (ignored on CPU builds). ``precise`` uses an F32 KV cache
+    and no flash attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test
+    models rely on it; on quantized models the matmul kernels still differ between batch sizes).
     """
 
     name = "llamacpp"
-    capabilities = frozenset({TREE})
+    capabilities = frozenset({TREE, BATCH})
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
@@ -65,10 +225,11 @@ class LlamaCppBackend:
         # context must shrink them here rather than abort the process there.
         cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
-        # Token trees: one sequence per node, all sharing one KV buffer (unified), so a node on
-        # several paths is stored once and n_ctx is not split between sequences. llama.cpp
-        # asserts n_seq_max <= n_batch (it reserves an output row per sequence).
-        cparams.n_seq_max = self.max_tree_nodes = min(max_tree_nodes, self.n_batch)
+        # Sequences and tree nodes are llama.cpp sequence ids, all sharing one KV buffer (unified),
+        # so a node on several paths is stored once and n_ctx is not split between sequences.
+        # llama.cpp asserts n_seq_max <= n_batch (it reserves an output row per sequence).
+        cparams.n_seq_max = self.n_seq_max = min(LLAMA_MAX_SEQ, self.n_batch)
+        self.max_tree_nodes = min(max_tree_nodes, self.n_seq_max)
         cparams.kv_unified = True
         self.precise = precise
         if precise:
@@ -83,15 +244,13 @@ class LlamaCppBackend:
         self.vocab_size = ll.llama_vocab_n_tokens(self._vocab)
         self.eos_token = ll.llama_vocab_eos(self._vocab)
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(n_batch, 0, self.max_tree_nodes)
-        self._tree: tuple[list[int], tuple[int, ...], int] | None = None  # (tokens, parents, cache length) awaiting keep()
-        # Sequences 0..mirrored-1 all hold exactly the cache, so a tree needs no copy of it (tagging
-        # a long cache into N sequences costs ~0.2 us per cell and sequence: 6 ms for 2000 x 15).
-        self._mirrored = 1
+        self._batch = ll.llama_batch_init(self.n_batch, 0, self.max_tree_nodes)
+        self._free_ids = list(range(self.n_seq_max - 1, -1, -1))
+        self._sequences: list[LlamaSequence] = []
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
-        self.tokens: list[int] = []
+        self.main = self.new_sequence()
 
     def sibling(self, path: Path) -> "LlamaCppBackend":
         """Another model (a resolved path) with this one's settings (used for a draft model)."""
@@ -109,148 +268,102 @@ class LlamaCppBackend:
     def __del__(self) -> None:
         self.close()
 
-    # --- the KV cache -------------------------------------------------------------------------
-    def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
-        """Append ``tokens`` (n >= 1); return logits for the new positions: [n, V] for
-        ``outputs="all"``, [1, V] for the last position only (``"last"``), [0, V] for ``"none"``."""
-        self._check_room(len(tokens))
-        rows = []
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
-            final = start + len(chunk) == len(tokens)
-            wanted = [outputs == "all" or (outputs == "last" and final and i == len(chunk) - 1)
-                      for i in range(len(chunk))]
-            self._decode(chunk, wanted)
-            if any(wanted):
-                out = ll.llama_get_logits(self._ctx)
-                rows.append(np.ctypeslib.as_array(out, shape=(sum(wanted), self.vocab_size)).copy())
-        return np.concatenate(rows) if rows else np.empty((0, self.vocab_size), np.float32)
+    # --- sequences -----------------------------------------------------------------------------
+    def new_sequence(self) -> LlamaSequence:
+        """An empty sequence of its own in this context's KV cache."""
+        sequence = LlamaSequence(self, self._take_id())
+        self._sequences.append(sequence)
+        return sequence
 
-    def _check_room(self, n: int) -> None:
-        if self._tree is not None:
-            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
-        if len(self.tokens) + n > self.n_ctx:
-            raise QuickdraftError(f"context full: {len(self.tokens)} + {n} tokens > n_ctx {self.n_ctx}")
+    def release(self, sequence: LlamaSequence) -> None:
+        """Free a sequence's cells and sequence ids (it must not be used afterwards)."""
+        sequence.clear()
+        self._sequences.remove(sequence)
+        self._free_ids += sequence.ids
+        sequence.ids = []
 
-    def _decode(self, chunk: Sequence[int], wanted: Sequence[bool]) -> None:
-        first, mirrored = len(self.tokens), range(self._mirrored)
-        self._decode_batch(chunk, range(first, first + len(chunk)), [mirrored] * len(chunk), wanted)
-        self.tokens.extend(int(t) for t in chunk)
+    def free_cells(self) -> int:
+        """KV cells no sequence holds (the unified buffer is shared; tree nodes awaiting keep()
+        count as held)."""
+        held = sum(len(s.tokens) + (len(s._tree[1]) if s._tree else 0) for s in self._sequences)
+        return self.n_ctx - held
 
-    def _decode_batch(self, tokens: Sequence[int], positions: Sequence[int],
-                      seqs: Sequence[Sequence[int]], wanted: Sequence[bool]) -> None:
-        """One llama_decode: token i at ``positions[i]`` in the sequences ``seqs[i]``."""
-        b = self._batch
-        b.n_tokens = len(tokens)
-        for i, token in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, positions[i], len(seqs[i]), wanted[i]
-            for k, s in enumerate(seqs[i]):
-                b.seq_id[i][k] = s
-        status = ll.llama_decode(self._ctx, b)
-        if status != 0:
-            raise QuickdraftError(f"llama_decode failed with status {status} at position {positions[0]}")
+    def _take_id(self) -> int:
+        if not self._free_ids:
+            raise QuickdraftError(f"all {self.n_seq_max} llama.cpp sequence ids are in use (sequences and tree "
+                                  "nodes): fewer concurrent requests or smaller trees")
+        return self._free_ids.pop()
 
-    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
-                     rows: Sequence[int] | None = None) -> np.ndarray:
-        """Evaluate a token tree (see tree.py) after the cache in one ``llama_decode``; return
-        [N, V], row i the prediction after node i given the cache and node i's ancestors (only
-        the nodes ``rows``, in that order, when given: [len(rows), V], the others cost nothing).
-
-        Node i is llama.cpp sequence i, holding the cache plus node i's ancestors and itself: the
-        cache cells belong to every sequence a tree has used (``_mirrored``; a new one gets them by
-        ``seq_cp``, which only tags cells in a unified cache), and node j's cell joins the
-        sequences of j and of every node below it. llama.cpp's mask lets a token see the cells of
-        its own sequence up to its position (len(cache) + depth): exactly the cache and its
-        ancestors. Call :meth:`keep` next.
-        """
-        if self._tree is not None:
-            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
-        self._tree = ([], (), len(self.tokens))
+    def forward_batch(self, chunks: Sequence[Chunk], *, extend: bool = False) -> list[np.ndarray]:
+        """One ``llama_decode`` over several sequences' new tokens (see :class:`Chunk`); returns
+        each chunk's logits rows ([rows, V] each, in its order). Chains join their sequence's
+        ``tokens`` at once; a tree awaits its sequence's :meth:`LlamaSequence.keep`. ``extend``:
+        the trees add nodes to their pending trees (:meth:`LlamaSequence.extend_tree`)."""
+        pending = [chunk.sequence._tree for chunk in chunks]  # restored if the forward fails
         try:
-            return self.extend_tree(tokens, parents, rows=rows)
+            tokens, positions, seqs, wanted = [], [], [], []
+            for chunk in chunks:
+                pos, ids, want = chunk.sequence._layout(chunk, extend)
+                tokens += [int(t) for t in chunk.tokens]
+                positions += pos
+                seqs += ids
+                wanted += want
+            if len(tokens) > self.n_batch:
+                raise QuickdraftError(f"a batch of {len(tokens)} tokens exceeds n_batch {self.n_batch}")
+            b = self._batch
+            b.n_tokens = len(tokens)
+            for i, token in enumerate(tokens):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, positions[i], len(seqs[i]), wanted[i]
+                for k, seq_id in enumerate(seqs[i]):
+                    b.seq_id[i][k] = seq_id
+            status = ll.llama_decode(self._ctx, b)
+            if status != 0:
+                raise QuickdraftError(f"llama_decode failed with status {status} (1: no room in the KV cache for "
+                                      f"{len(tokens)} more tokens, {self.free_cells()} cells free)")
         except BaseException:
-            self._tree = None
+            for chunk, tree in zip(chunks, pending):
+                chunk.sequence._tree = tree
             raise
-
-    def extend_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
-                    rows: Sequence[int] | None = None) -> np.ndarray:
-        """Add M nodes to the tree :meth:`forward_tree` evaluated (still awaiting :meth:`keep`) in
-        one ``llama_decode``; ``parents`` index the pending tree's nodes, the new node j gets
-        index N + j (topological order still holds). Returns [M, V], the new nodes' rows (or
-        the rows of the new nodes ``rows``, numbered from 0 like ``tokens``).
-        Used to grow a draft tree level by level without evaluating a node twice."""
-        if self._tree is None:
-            raise QuickdraftError("extend_tree() needs a forward_tree() first")
-        old_tokens, old_parents, first = self._tree
-        n_old, all_parents = len(old_parents), (*old_parents, *parents)
-        tree = layout(all_parents)
-        if len(tokens) != len(parents):
-            raise InvalidParameterError(f"{len(parents)} tree nodes need {len(parents)} tokens, got {len(tokens)}")
-        if len(tree) > self.max_tree_nodes:
-            raise InvalidParameterError(f"a tree of {len(tree)} nodes exceeds max_tree_nodes {self.max_tree_nodes}")
-        if first + len(tree) > self.n_ctx:
-            raise QuickdraftError(f"context full: {first} + {len(tree)} tree nodes > n_ctx {self.n_ctx}")
-        for m in range(max(n_old, 1), len(tree)):  # sequence m starts as its nearest evaluated ancestor's
-            if m >= self._mirrored:
-                ll.llama_memory_seq_cp(self._mem, 0, m, -1, first)
-                self._mirrored = m + 1
-            a = all_parents[m]
-            while a >= n_old:
-                a = all_parents[a]
-            if a >= 0:
-                ll.llama_memory_seq_cp(self._mem, a, m, first, -1)
-        new = range(n_old, len(tree))
-        seqs = [[j, *(i for i in range(j + 1, len(tree)) if tree.mask[i, j])] for j in new]
-        wanted = [True] * len(new) if rows is None else [j in rows for j in range(len(new))]
-        self._decode_batch(tokens, [first + tree.depth[j] for j in new], seqs, wanted)
-        self._tree = ([*old_tokens, *tokens], all_parents, first)
         out = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(sum(wanted), self.vocab_size))
-        if rows is None:
-            return out.copy()
-        order = list(np.cumsum(wanted) - 1)  # output row of each wanted node
-        return out[[order[j] for j in rows]]
+        results, row, offset = [], 0, 0
+        for chunk in chunks:
+            n = len(chunk.tokens)
+            flags = wanted[offset:offset + n]
+            count = sum(flags)
+            rows = out[row:row + count]
+            if chunk.parents is not None and chunk.rows not in ("all", "none", "last"):
+                order = list(np.cumsum(flags) - 1)  # output row of each wanted node
+                rows = rows[[order[j] for j in chunk.rows]]
+            else:
+                rows = rows.copy()
+            if chunk.parents is None:
+                chunk.sequence.tokens.extend(int(t) for t in chunk.tokens)
+            results.append(rows)
+            row, offset = row + count, offset + n
+        return results
 
-    def keep(self, path: Sequence[int]) -> None:
-        """After :meth:`forward_tree`: the cache becomes the old cache plus ``path``'s nodes.
+    # --- the single-sequence protocol, on ``main`` ----------------------------------------------
+    @property
+    def tokens(self) -> list[int]:
+        return self.main.tokens
 
-        Removing the tree part of every sequence not on the path frees the other nodes' cells
-        (each belongs only to sequences of its own subtree); the path's cells, still in sequence
-        ``path[-1]``, are then tagged with every mirrored sequence (a few cells each).
-        """
-        if self._tree is None:
-            raise QuickdraftError("keep() needs a forward_tree() first")
-        tokens, parents, first = self._tree
-        check_path(parents, path)
-        on_path = set(path)
-        for m in range(len(parents)):
-            if m not in on_path:
-                ll.llama_memory_seq_rm(self._mem, m, first, -1)
-        for m in range(self._mirrored):
-            if m != path[-1]:
-                ll.llama_memory_seq_cp(self._mem, path[-1], m, first, first + len(path))
-        self.tokens.extend(int(tokens[i]) for i in path)
-        self._tree = None
+    def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
+        return self.main.forward(tokens, outputs=outputs)
 
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
-        """Make the cache hold exactly ``tokens``, reusing the longest cached common prefix.
-        With ``last_logits`` return the logits after the last token [V] (re-evaluating that token
-        if it was cached), so a caller can sync and predict in one forward."""
-        common = reusable_prefix(self.tokens, tokens, last_logits=last_logits)
-        self.rollback(common)
-        if common < len(tokens):
-            rows = self.forward(list(tokens[common:]), outputs="last" if last_logits else "none")
-            return rows[-1] if last_logits else None
-        return None
+        return self.main.prefill(tokens, last_logits=last_logits)
 
     def rollback(self, length: int) -> None:
-        """Keep the first ``length`` cached tokens."""
-        if self._tree is not None:
-            raise QuickdraftError("forward_tree() must be followed by keep() before the cache is used again")
-        if length < len(self.tokens):
-            if not ll.llama_memory_seq_rm(self._mem, -1, length, -1):  # -1: every sequence
-                raise QuickdraftError(f"{self.path.name}: llama.cpp cannot roll back this model's cache "
-                                      "(recurrent models are not supported for speculation)")
-            del self.tokens[length:]
+        self.main.rollback(length)
+
+    def forward_tree(self, tokens, parents, *, rows=None) -> np.ndarray:
+        return self.main.forward_tree(tokens, parents, rows=rows)
+
+    def extend_tree(self, tokens, parents, *, rows=None) -> np.ndarray:
+        return self.main.extend_tree(tokens, parents, rows=rows)
+
+    def keep(self, path) -> None:
+        self.main.keep(path)
 
     # --- the vocabulary -----------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:

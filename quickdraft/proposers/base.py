@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 import numpy as np
 
 from ..backends.base import Backend
-from ..control import Prior
+from ..control import ForwardCost, Offer, Prior
 from ..errors import InvalidParameterError, UnknownMethodError
 from ..sampling import SamplingParams
 from ..types import Acceptance, Draft, StepTimes
@@ -46,6 +46,19 @@ class Proposer(Protocol):
         every emitted token. The place to learn from it for later requests."""
 
 
+class SelfBudgeting(Proposer, Protocol):
+    """A method that decides its own draft lengths (``ProposerSpec.decides_budget``): instead of
+    ``propose`` under a controller's budget, it offers each step what its sources could draft and
+    drafts what the engine allocated."""
+
+    def offers(self, context: Sequence[int], cap: int) -> list[Offer]:
+        """Per source, what the next step could draft (at most ``cap`` tokens); none: a plain step."""
+
+    def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
+              rng: np.random.Generator) -> Draft:
+        """``k`` tokens from ``offer``'s source (None and 0: a plain step)."""
+
+
 class BaseProposer:
     """No-op ``begin``, ``observe`` and ``end``: subclass and override what a method needs."""
 
@@ -62,11 +75,14 @@ class BaseProposer:
 @dataclass(frozen=True)
 class Resources:
     """What the engine gives a method: the target, the draft model (when the method uses one and
-    the engine has one), and what this machine was measured to cost (control.Prior)."""
+    the engine has one: a sequence of the draft model's cache for this request, with the
+    single-sequence protocol of a backend), what this machine was measured to cost
+    (control.Prior), and the engine's learned forward cost of the target by size (shared)."""
 
     target: Backend
-    draft: Backend | None = None
+    draft: Any = None
     prior: Prior = field(default_factory=Prior)
+    cost: ForwardCost = field(default_factory=ForwardCost)
 
 
 @dataclass(frozen=True)

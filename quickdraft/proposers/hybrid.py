@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..control import AdaptiveBudget, ForwardCost, best_rate
+from ..control import AdaptiveBudget, Offer
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
 from ..types import Acceptance, Draft, StepTimes
@@ -53,27 +53,27 @@ class AutoOptions(SuffixOptions, DraftOptions):
 
 class AutoMemory:
     """What auto learns across requests: the suffix store of earlier outputs, and per source (the
-    suffix match classes and the draft model) an :class:`AdaptiveBudget`, all sharing one
-    estimate of the target's forward cost by size, seeded from the calibrated prior."""
+    suffix match classes and the draft model) an :class:`AdaptiveBudget`, seeded from the
+    calibrated prior; the target's forward cost is the engine's (``resources.cost``)."""
 
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
-        prior = resources.prior
+        prior, k = resources.prior, options.max_draft
         self.suffix = SuffixMemory(options.suffix())
-        self.cost = ForwardCost.from_prior(options.max_draft, prior)
-        self.control = {name: AdaptiveBudget(max_k=options.max_draft, cost=self.cost, positional=False,
-                                             prior_accept=accept)
+        self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, positional=False, prior_accept=accept,
+                                             source=name)
                         for name, _, accept in SUFFIX_CLASSES}
         if resources.draft is not None:
-            self.control["draft"] = AdaptiveBudget(max_k=options.max_draft, cost=self.cost,
-                                                   draft_token_s=prior.draft_token_s(),
-                                                   prior_accept=prior.draft_accept or 0.5)
+            self.control["draft"] = AdaptiveBudget(max_k=k, cost=resources.cost, draft_token_s=prior.draft_token_s(),
+                                                   prior_accept=prior.draft_accept or 0.5, source="draft")
 
 
 class AutoProposer(BaseProposer):
     """``auto``: a suffix drafter (this request and earlier outputs) plus, when the engine has a
-    draft model, that draft model; per step the source with the highest expected tokens per
-    second, or none. It decides its own draft lengths (the engine's budget is only the upper
-    bound); each draft names its source (``Draft.source``: a suffix class, "draft" or "plain").
+    draft model, that draft model. Each step it offers what each source could draft (the suffix
+    candidate with the trie's probability of each token times the rate learned for its match
+    class; the draft model's learned acceptance and cost) and drafts what the engine allocates
+    (control.allocate: the most expected tokens per second, for one request or a whole batch, a
+    plain step included). Each draft names its source (a suffix class, "draft" or "plain").
 
     Suffix drafts cost nothing to propose, so their acceptance is learned from every step, drafted
     or not: the tokens the target emitted say how the step's suffix candidate would have fared
@@ -85,8 +85,8 @@ class AutoProposer(BaseProposer):
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
-        self._source: str | None = None  # the last proposal's source, until observed
-        self._candidate: tuple[str, Candidate] | None = None  # the last step's suffix candidate and class
+        self._source: str | None = None  # the last draft's source, until observed
+        self._candidate: tuple[str, Candidate] | None = None  # the last offer's suffix candidate and class
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
@@ -96,37 +96,28 @@ class AutoProposer(BaseProposer):
     def end(self, context: Sequence[int]) -> None:
         self.suffix.end(context)
 
-    def plan(self, context: Sequence[int], budget: int) -> tuple[str, int]:
-        """(source, k): the choice for the next step (``_candidate`` holds the suffix candidate)."""
-        memory = self.memory
-        forward_s = memory.cost.seconds()[:budget + 1]
-        best = ("plain", 0, 1.0 / forward_s[0])
-        candidate, match = self.suffix.candidate(context, budget)
+    def offers(self, context: Sequence[int], cap: int) -> list[Offer]:
+        control, offers = self.memory.control, []
+        candidate, match = self.suffix.candidate(context, cap)
         self._candidate = None
         if candidate.tokens:
             name = match_strength(match)
             self._candidate = (name, candidate)
-            control = memory.control[name]
-            accept = [min(1.0, a * p) for a, p in zip(control.acceptance(), candidate.probs)]
-            k, rate = best_rate(accept, control.draft_token_s, forward_s)
-            if k and rate > best[2]:
-                best = (name, k, rate)
+            accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
+            offers.append(Offer(name, accept, control[name].draft_token_s))
         if self.drafter:
-            k, rate = memory.control["draft"].plan()
-            if k and rate > best[2]:
-                best = ("draft", min(k, budget), rate)
-        return best[0], best[1]
+            offers.append(control["draft"].offer(cap))
+        return offers
 
-    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
-                rng: np.random.Generator) -> Draft:
-        self._source, k = self.plan(context, budget) if budget > 0 else ("plain", 0)
-        if self._source in self.memory.control:
-            self.memory.control[self._source].decide(k)
+    def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
+              rng: np.random.Generator) -> Draft:
+        self._source = offer.source if offer is not None and k else "plain"
+        if offer is not None:
+            self.memory.control[offer.source].decide(k)
         if self._source == "draft":
             draft = self.drafter.propose(context, k, sampling, rng)
             return Draft(draft.tokens, draft.q, source="draft")
-        tokens = self._candidate[1].tokens[:k] if k else []
-        return Draft(tuple(tokens), source=self._source)
+        return Draft(tuple(self._candidate[1].tokens[:k]) if k else (), source=self._source)
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """Learn from the step just verified (the engine's timings of it). A step the engine took
@@ -134,8 +125,6 @@ class AutoProposer(BaseProposer):
         source, self._source = self._source, None
         if source is None:
             return
-        if source == "plain":
-            self.memory.cost.observe(0, times.verify_s)
         for name, control in self.memory.control.items():
             control.observe(acceptance, times, own_step=name == source, learn=name == "draft")
         if self._candidate is not None:  # drafted or not, the emitted tokens grade the candidate

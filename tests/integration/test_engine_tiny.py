@@ -45,6 +45,10 @@ class Timed:
         self._clock.now += self._step_s
         return self._backend.extend_tree(*args, **kwargs)
 
+    def forward_batch(self, *args, **kwargs):
+        self._clock.now += self._step_s
+        return self._backend.forward_batch(*args, **kwargs)
+
 
 def simulated_engine(tiny_engine):
     """An engine of its own on the tiny pair whose timings are synthetic: a flat verifier of 40 ms

@@ -29,7 +29,7 @@ def backend(tiny_target_backend):
     prompt = tiny_target_backend.tokenize("def hello(world): return the", special=False)
     tiny_target_backend.prefill(prompt)
     yield tiny_target_backend
-    pending = tiny_target_backend._tree is not None
+    pending = tiny_target_backend.main._tree is not None
     if pending:  # do not break the tests that share this backend
         tiny_target_backend.keep((0,))
     assert not pending, "a test left a tree awaiting keep()"

@@ -40,7 +40,7 @@ def test_draft_tree_is_a_tree_within_budget(tiny_engine):
             kids = [draft.tokens[c - 1] for c in tree.children[node]]
             assert len(kids) == len(set(kids))
         # the draft model's cache is back to the context, ready for the next step
-        assert proposer.model.tokens == context and proposer.model._tree is None
+        assert proposer.model.tokens == context and proposer.model.main._tree is None
 
 
 def test_ngram_tree_proposes_a_tree_and_stays_exact(tiny_engine):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Prior, best_budget, create_controller,
-                                expected_tokens)
+from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Offer, Prior, allocate, best_budget,
+                                best_rate, create_controller, expected_tokens)
 from quickdraft.errors import InvalidParameterError
 from quickdraft.types import Acceptance, StepTimes
 
@@ -31,6 +31,7 @@ def step(controller, accepted_fraction, draft_s, forward):
     k = controller.budget()
     accepted = int(k * accepted_fraction)
     times = StepTimes(draft_s * k, forward(k))
+    controller.cost.observe(k + 1, times.verify_s)  # what the engine does for every step
     controller.observe(Acceptance((1,) * accepted + (2,), accepted, k), times)
     return k, times.draft_s + times.verify_s, accepted + 1
 
@@ -46,7 +47,7 @@ def run(controller, steps, accepted_fraction, draft_s, forward):
 
 def test_no_drafting_and_no_probes_where_even_perfect_drafts_cannot_pay():
     """A draft token costing 0.6 of a step against this verify curve never pays: not one probe."""
-    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04),
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.6 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.024)
     ks, _, _ = run(c, 300, 1.0, 0.024, steep)
     assert ks == [0] * 300
@@ -55,7 +56,7 @@ def test_no_drafting_and_no_probes_where_even_perfect_drafts_cannot_pay():
 def test_probes_that_fail_lose_at_most_the_explore_share_of_the_time():
     """Drafts that are never accepted, where good ones would pay: probes, backing off, and all of
     them together lose under ``explore`` of the time plain decoding took (plus one probe)."""
-    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04),
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.6 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.001)
     ks, seconds, tokens = run(c, 1500, 0.0, 0.001, steep)
     probes = [i for i, k in enumerate(ks) if k]
@@ -67,14 +68,14 @@ def test_probes_that_fail_lose_at_most_the_explore_share_of_the_time():
 
 
 def test_adaptive_keeps_drafting_when_it_pays():
-    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.05 * k for k in range(5)], step_s=0.04),
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.05 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.001)
     ks, _, _ = run(c, 40, 1.0, 0.001, lambda k: 0.04 * (1 + 0.05 * k))
     assert ks[0] > 0 and ks[1:] == [4] * 39  # from the first step: the prior says it pays
 
 
 def test_a_source_that_turns_good_is_noticed_by_a_probe_and_kept():
-    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.3 * k for k in range(5)], step_s=0.04),
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.3 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.002, prior_accept=0.1)
     bad, _, _ = run(c, 200, 0.0, 0.002, lambda k: 0.04 * (1 + 0.3 * k))
     good, _, _ = run(c, 600, 1.0, 0.002, lambda k: 0.04 * (1 + 0.3 * k))
@@ -82,16 +83,36 @@ def test_a_source_that_turns_good_is_noticed_by_a_probe_and_kept():
 
 
 def test_a_calibrated_curve_scales_by_the_step_time_until_measured():
-    cost = ForwardCost(max_k=2, relative_cost=[1.0, 3.0, 5.0], step_s=0.02)
-    assert cost.seconds() == pytest.approx([0.02, 0.06, 0.1])
-    cost.observe(0, 0.05)
-    assert cost.seconds() == pytest.approx([0.05, 0.15, 0.25])
+    cost = ForwardCost([1.0, 3.0, 5.0], step_s=0.02)
+    assert cost.curve(2) == pytest.approx([0.02, 0.06, 0.1])
+    cost.observe(1, 0.05)
+    assert cost.curve(2) == pytest.approx([0.05, 0.15, 0.25])
+    assert cost.seconds(5) == pytest.approx(0.05 * 9)  # beyond the curve: its last slope (2 per token)
+
+
+def test_allocate_is_best_rate_for_one_request_and_backs_off_as_a_batch_grows():
+    forward = [1.0 + 0.25 * k for k in range(17)]  # a fairly flat verifier at small sizes
+    accept = (0.9,) * 8
+    assert allocate([[Offer("s", accept)]], lambda n: forward[n - 1] if n <= 17 else 0.5 * n)[0] == \
+        (0, best_rate(accept, 0.0, forward[:9])[0])
+    # A batch forward costs 0.45 s per token beyond the first: each draft token costs nearly what
+    # it gains, and with 16 requests the step drafts less per request than one request alone.
+    def cpu(n):
+        return 1.0 + 0.45 * (n - 1)
+    alone = allocate([[Offer("s", (0.7,) * 8)]], cpu)[0][1]
+    crowd = allocate([[Offer("s", (0.7,) * 8)] for _ in range(16)], cpu)
+    assert alone > 0 and sum(k for _, k in crowd) / 16 < alone
+    # Useless drafts are never taken, forced ones always, probes only where nothing else is drafted.
+    assert allocate([[Offer("s", (0.0,) * 4)]], cpu) == [(None, 0)]
+    assert allocate([[Offer("f", (1.0,) * 3, forced=3)]], cpu) == [(0, 3)]
+    assert allocate([[Offer("p", (0.1,) * 4, probe=2)]], cpu) == [(0, 2)]
+    assert allocate([[Offer("good", (0.99,) * 4), Offer("p", (0.1,) * 4, probe=2)]], lambda n: 1.0)[0] == (0, 4)
 
 
 def test_weighted_learning_is_relative_to_the_expected_worth():
     """A suffix source offered tokens at trie probability 0.5 that were accepted half the time is
     as good as its trie says: the learned factor tends to 1."""
-    c = AdaptiveBudget(max_k=4, positional=False, prior_accept=0.2, decay=0.9)
+    c = AdaptiveBudget(max_k=4, positional=False, prior_accept=0.2, decay=0.9)  # a default cost
     for i in range(200):
         c.learn(i % 2, 1, weights=[0.5])
     assert c.acceptance()[0] == pytest.approx(1.0, abs=0.15)
@@ -100,15 +121,17 @@ def test_weighted_learning_is_relative_to_the_expected_worth():
 def test_controller_registry_and_validation():
     assert isinstance(create_controller("fixed", 3), FixedBudget)
     prior = Prior(curve=[1.0, 1.5, 2.0, 2.5, 3.0], step_s=0.03, draft_token=0.5)
-    adaptive = create_controller("adaptive", 3, prior)
-    assert adaptive.relative_cost == [1.0, 1.5, 2.0, 2.5] and adaptive.draft_token_s == pytest.approx(0.015)
+    cost = ForwardCost.from_prior(prior)
+    adaptive = create_controller("adaptive", 3, cost, prior.draft_token_s())
+    assert adaptive.cost is cost and adaptive.draft_token_s == pytest.approx(0.015)
     with pytest.raises(InvalidParameterError, match="unknown controller"):
         create_controller("psychic", 3)
     with pytest.raises(InvalidParameterError, match="num_draft"):
         AdaptiveBudget(max_k=-1)
+    assert FixedBudget(3).offer(2) == Offer("fixed", (1.0, 1.0), forced=2)
 
 
 def test_what_was_learned_carries_over_to_the_next_request():
-    c = AdaptiveBudget(max_k=4, cost=ForwardCost(4, [1 + 0.6 * k for k in range(5)], step_s=0.04))
+    c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.6 * k for k in range(5)], step_s=0.04), draft_token_s=0.025)
     run(c, 30, 0.0, 0.025, steep)
     assert step(c, 0.0, 0.025, steep)[0] == 0

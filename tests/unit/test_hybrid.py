@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 
+from quickdraft.control import allocate
 from quickdraft.proposers.base import Resources
 from quickdraft.proposers.hybrid import AutoMemory, AutoOptions, AutoProposer
 from quickdraft.sampling import SamplingParams
@@ -16,14 +17,19 @@ def make_auto():
 
 
 def run(auto, text, start, forward_s, budget=16, sources=None):
-    """Decode ``text`` from ``start`` as a greedy target whose output is ``text`` would: each
-    draft is accepted up to its first wrong token, and a forward over k drafts takes
-    ``forward_s(k)``. Returns the drafts' lengths per step (and counts their sources)."""
+    """Decode ``text`` from ``start`` as a greedy target whose output is ``text`` would, the way
+    the engine steps a request: auto offers, the step allocates, auto drafts; each draft is
+    accepted up to its first wrong token, and a forward over k drafts takes ``forward_s(k)``.
+    Returns the drafts' lengths per step (and counts their sources)."""
+    cost = next(iter(auto.memory.control.values())).cost  # the engine's forward cost
     auto.begin(text[:start])
     pos, lengths = start, []
     while pos < len(text) - 1:
-        draft = auto.propose(text[:pos], min(budget, len(text) - pos - 1), SamplingParams(), None)
+        offers = auto.offers(text[:pos], min(budget, len(text) - pos - 1))
+        index, k = allocate([offers], cost.seconds)[0]
+        draft = auto.draft(text[:pos], offers[index] if index is not None else None, k, SamplingParams(), None)
         accepted = next((i for i, t in enumerate(draft.tokens) if t != text[pos + i]), len(draft))
+        cost.observe(len(draft) + 1, forward_s(len(draft)))
         auto.observe(Acceptance(tuple(text[pos:pos + accepted + 1]), accepted, len(draft)),
                      StepTimes(0.0, forward_s(len(draft))))
         pos += accepted + 1
