@@ -59,6 +59,9 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
             on_step()
         if draft is not None:
             draft_times.append(time_forward(draft, context, 1))
+    target.rollback(0)  # leave no cells held (a batching server needs them)
+    if draft is not None:
+        draft.rollback(0)
     med = [median(times[k]) for k in ks]
     return {
         "context_tokens": len(context),
@@ -95,7 +98,7 @@ def logit_spread(backend, context: Sequence[int], positions: int = TOLERANCE_POS
                 cand = np.unique(np.concatenate([np.argpartition(-one, top)[:top], np.argpartition(-row, top)[:top]]))
                 gaps = (row[cand, None] - row[None, cand]) - (one[cand, None] - one[None, cand])
                 worst = max(worst, float(np.abs(gaps).max()))
-    backend.rollback(start)
+    backend.rollback(0)
     return worst
 
 
@@ -163,6 +166,8 @@ def draft_agreement(target, draft, prompts: Sequence[str] = AGREEMENT_PROMPTS, t
         guesses = draft.forward([prompt[-1], *out[:-1]]).argmax(axis=1)  # [tokens]
         agree += int((guesses == np.asarray(out)).sum())
         total += len(out)
+    target.rollback(0)
+    draft.rollback(0)
     return agree / total
 
 

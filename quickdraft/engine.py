@@ -10,6 +10,7 @@ the engine's rules. Nothing here is model-specific.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -305,11 +306,25 @@ class Engine:
     def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
         """Run one stream at a time: a second one started while another is unfinished (from
         another thread, or interleaved in one) would corrupt the shared KV caches."""
+        with self.exclusive():
+            yield from pieces
+
+    def clear_caches(self) -> None:
+        """Empty the backends' own sequences (what single requests left for prefix reuse), so a
+        batch has every KV cell."""
+        self.target.rollback(0)
+        if not isinstance(self._draft, (str, Path)) and self._draft is not None:
+            self._draft.rollback(0)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the engine for one user (a stream, or the server's batch loop, which steps many
+        generations itself); anyone else gets EngineBusyError meanwhile."""
         if not self._busy.acquire(blocking=False):
             raise EngineBusyError("this engine is already generating; finish or close the other stream first "
                                   "(use one engine per thread; the server queues requests for you)")
         try:
-            yield from pieces
+            yield
         finally:
             self._busy.release()
 

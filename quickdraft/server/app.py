@@ -32,6 +32,8 @@ from .schemas import ChatCompletionRequest, CompletionRequest
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_BATCH = 8
+DEFAULT_PREFILL_CHUNK = 64
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 OPEN_PATHS = ("/health",)  # reachable without the API key
@@ -39,11 +41,14 @@ OPEN_PATHS = ("/health",)  # reachable without the API key
 
 def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, api_key: str | None = None, *,
                max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
+               prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> FastAPI:
     """An OpenAI-compatible app serving ``model_name``.
 
     engine_or_engines: one Engine, or several replicas of the same model pair (each has its own
-        llama.cpp context and worker thread; requests go to whichever is free).
+        llama.cpp context and worker thread; requests go to whichever has room).
+    max_batch: requests an engine runs at once, in shared steps (continuous batching; backends
+        that cannot batch run one). prefill_chunk: prompt tokens prefilled between two steps.
     api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
     max_queue: requests that may wait for an engine; beyond that the server answers 503.
     timeout_s: per request, from arrival (queueing included) to the last token; then 504 (or an
@@ -54,7 +59,8 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
     """
     engines = list(engine_or_engines) if isinstance(engine_or_engines, (list, tuple)) else [engine_or_engines]
     metrics = Metrics()
-    scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics)
+    scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics, max_batch=max_batch,
+                          prefill_chunk=prefill_chunk)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -57,6 +57,11 @@ class Metrics:
                                              "first generated text.", buckets=_LATENCY_BUCKETS, registry=r)
         self.request_duration = Histogram("quickdraft_generation_duration_seconds", "From arrival to the end "
                                           "of the generation.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("quickdraft_batch_size", "Requests in a step (continuous batching).",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
+        self.request_acceptance = Histogram("quickdraft_request_acceptance", "Acceptance rate of each finished "
+                                            "generation that drafted.", ["method"],
+                                            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
         self.queue_length = Gauge("quickdraft_queue_length", "Requests waiting for an engine.", registry=r)
         self.running = Gauge("quickdraft_requests_running", "Requests being generated now.", registry=r)
 
@@ -74,6 +79,8 @@ class Metrics:
         if not stats:
             return
         self.drafted_tokens.labels(method).inc(stats.get("drafted_tokens", 0))
+        if stats.get("drafted_tokens"):
+            self.request_acceptance.labels(method).observe(stats.get("acceptance_rate", 0.0))
         self.accepted_tokens.labels(method).inc(stats.get("accepted_tokens", 0))
         self.target_forwards.labels(method).inc(stats.get("target_forwards", 0))
         self.draft_seconds.labels(method).inc(stats.get("draft_time_s", 0.0))

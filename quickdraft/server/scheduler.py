@@ -1,23 +1,30 @@
-"""Serializing generation: one worker thread per engine, one fair queue in front of them.
+"""Continuous batching: one worker thread per engine runs every admitted request in shared steps.
 
 An :class:`~quickdraft.Engine` holds one llama.cpp context and is not thread-safe, so each engine
-is owned by exactly one worker thread, which runs one request at a time from start to end. All
-workers take requests from the same first-in first-out queue, so requests are served in arrival
-order. The queue is bounded: :meth:`Scheduler.submit` refuses a request at once (503) when
-``max_queue`` requests are already waiting, instead of letting clients hang.
+is owned by exactly one worker thread. The worker keeps a batch of running generations, each in
+a KV sequence of its own (``Engine.start(request, batched=True)``), and loops:
+
+1. admit waiting requests, in arrival order, while the batch has room (``max_batch`` requests,
+   and KV cells for each one's prompt, ``max_tokens`` and draft: a request never runs out of
+   room mid-way);
+2. prefill one chunk (``prefill_chunk`` tokens) of the oldest admitted prompt, so a long prompt
+   does not stall the running streams for its whole length;
+3. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
+   chosen for the whole batch, one forward verifies them all) and hand each its new text;
+4. end what finished, was cancelled (the client disconnected, or the HTTP side gave up) or passed
+   its deadline, freeing its sequences at once.
+
+Backends without batching (torch) run a batch of one. The queue in front is first-in first-out
+and bounded: :meth:`Scheduler.submit` refuses a request at once (503) when ``max_queue`` requests
+are already waiting, instead of letting clients hang.
 
 A job carries a :class:`~quickdraft.engine.Request` the HTTP side prepared (``Engine.prepare``:
 prompt tokenized, every parameter checked, defaults filled in) before queueing it, so a bad
 request is refused at once and the worker only runs what is ready. Events flow back to the
 request's asyncio task through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``:
-:class:`Started` once an engine begins it, then one :class:`~quickdraft.Piece` per step, then
-:class:`Finished` or :class:`Failed`.
-
-Cancellation and timeouts: the engine's stream is a generator that runs one speculative step per
-``next()``, so the worker checks between steps whether the request was cancelled (the client
-disconnected, or the HTTP side gave up) or passed its deadline, and if so closes the generator.
-A request's slot is therefore free after at most one step; a request cancelled while waiting is
-removed from the queue at once. The deadline counts from arrival (queueing included).
+:class:`Started` once it is admitted, then one :class:`~quickdraft.Piece` per step that produced
+text, then :class:`Finished` or :class:`Failed`. The deadline counts from arrival (queueing
+included).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..engine import Engine, Request
+from ..backends.base import BATCH
+from ..engine import Engine, Generation, Request
 from ..errors import QuickdraftError
 from ..types import GenerationResult, Piece
 from .metrics import Metrics
@@ -93,23 +101,38 @@ class Job:
             self._cancelled.set()
 
 
-class Scheduler:
-    """Runs jobs on ``engines`` (one worker thread each) in arrival order.
+@dataclass
+class _Running:
+    job: Job
+    generation: Generation
+    admitted: float
+    tokens: int = 0  # completion tokens sent
 
-    max_queue: how many requests may wait for an engine (the ones running are not counted).
+
+class Scheduler:
+    """Runs jobs on ``engines`` (one worker thread each, a batch of running generations each), in
+    arrival order.
+
+    max_queue: how many requests may wait (the running ones are not counted). max_batch: requests
+    an engine runs at once (1 for backends that cannot batch). prefill_chunk: prompt tokens a step
+    of the loop prefills at most.
     """
 
-    def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics, max_batch: int = 8,
+                 prefill_chunk: int = 64) -> None:
         if not engines:
             raise ValueError("the scheduler needs at least one engine")
-        if max_queue < 0:
-            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if max_queue < 0 or max_batch < 1 or prefill_chunk < 1:
+            raise ValueError(f"need max_queue >= 0, max_batch >= 1, prefill_chunk >= 1; got {max_queue}, "
+                             f"{max_batch}, {prefill_chunk}")
         self.engines = list(engines)
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.metrics = metrics
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
-        self._active: set[Job] = set()  # being generated now
+        self._active: dict[Job, int] = {}  # admitted and not yet ended -> the index of its engine
         self._stopping = False
         self._threads: list[threading.Thread] = []
         metrics.track_queue(lambda: self.waiting, lambda: self.running)
@@ -146,82 +169,158 @@ class Scheduler:
 
     # --- requests ----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        """Queue ``job``; raises :class:`APIError` 503 when the queue is full or the server stopping."""
+        """Queue ``job``; raises :class:`APIError` 503 when the server is stopping, or when the job
+        would wait behind ``max_queue`` others (jobs about to start do not count as waiting)."""
         with self._cond:
-            if self._stopping or len(self._pending) >= self.max_queue + self._idle_workers():
+            queue = [*self._pending, job]
+            if self._stopping or len(queue) - self._startable(queue) > self.max_queue:
                 raise busy_error(self.max_queue)
             self._pending.append(job)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
-        """Stop ``job``: dropped from the queue now, or stopped after the engine's current step."""
+        """Stop ``job``: dropped from the queue now, or ended by its worker after the current step."""
         job._cancel(reason)
         with self._cond:
             try:
                 self._pending.remove(job)
             except ValueError:
-                return  # running or done: the worker sees the flag
+                self._cond.notify_all()  # running or done: the worker sees the flag
+                return
         self.metrics.generations.labels(job.request.method, reason).inc()
 
-    def _idle_workers(self) -> int:
-        return len(self.engines) - len(self._active)
+    def _room(self, index: int, job: Job, running: Sequence[Job] | None = None) -> bool:
+        """Whether engine ``index`` can start ``job`` beside ``running`` (default: its running
+        jobs; called under the lock): a place in its batch, and KV cells for the job's whole
+        generation beside what the running ones may still take (a lone job always fits: prepare
+        checked it against the context)."""
+        engine = self.engines[index]
+        mine = [j for j, i in self._active.items() if i == index] if running is None else running
+        if not mine:
+            return True
+        if BATCH not in engine.target.capabilities or len(mine) >= self.max_batch:
+            return False
+        return sum(map(_reserve, mine)) + _reserve(job) <= engine.target.n_ctx
+
+    def _startable(self, queue: Sequence[Job]) -> int:
+        """How many of ``queue``'s first jobs the engines have room for now, in order."""
+        running = {i: [j for j, e in self._active.items() if e == i] for i in range(len(self.engines))}
+        for n, job in enumerate(queue):
+            index = next((i for i in running if self._room(i, job, running[i])), None)
+            if index is None:
+                return n
+            running[index].append(job)
+        return len(queue)
 
     # --- the worker threads ------------------------------------------------------------------
     def _work(self, engine: Engine) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._pending.popleft()
-                self._active.add(job)
-            try:
-                self._run(engine, job)
-            except Exception:  # never let one request kill the worker
-                log.exception("unexpected error while running a request")
-            finally:
+        index = self.engines.index(engine)
+        batch: list[_Running] = []
+        with engine.exclusive():
+            if BATCH in engine.target.capabilities:
+                engine.clear_caches()
+            while True:
                 with self._cond:
-                    self._active.discard(job)
+                    while not batch and not self._pending and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    jobs = self._admit(index)
+                for job in jobs:
+                    self._begin(engine, job, batch)
+                try:
+                    self._advance(engine, batch)
+                except Exception:  # never let one bad step kill the worker: end the batch's requests
+                    log.exception("a step failed")
+                    for running in batch:
+                        running.job.emit(Failed(internal_error()))
+                        self._end(engine, running, batch, "error", stats=None, send=False)
+                    continue
+                for running in list(batch):
+                    self._check(engine, running, batch)
+            for running in list(batch):
+                self._end(engine, running, batch, "shutdown", stats=None, send=False)
 
-    def _run(self, engine: Engine, job: Job) -> None:
-        start = time.monotonic()
-        self.metrics.queue_wait.observe(start - job.arrived)
-        method, prompt_tokens, completion_tokens = job.request.method, len(job.request.tokens), 0
-        finish, stats = "error", None
-        if job.cancelled:  # cancelled between leaving the queue and here
-            self.metrics.observe_generation(method, job.cancel_reason or "cancelled", 0, 0, None)
+    def _admit(self, index: int) -> list[Job]:
+        """Pop, in arrival order, the waiting jobs engine ``index`` has room for (under the lock)."""
+        jobs: list[Job] = []
+        while self._pending and self._room(index, self._pending[0]):
+            job = self._pending.popleft()
+            self._active[job] = index
+            jobs.append(job)
+        return jobs
+
+    def _begin(self, engine: Engine, job: Job, batch: list[_Running]) -> None:
+        now = time.monotonic()
+        self.metrics.queue_wait.observe(now - job.arrived)
+        if job.cancelled or job.expired():
+            reason = job.cancel_reason or ("timeout" if job.expired() else "cancelled")
+            if reason == "timeout":
+                job.emit(Failed(timeout_error(job.timeout_s)))
+            self.metrics.observe_generation(job.request.method, reason, len(job.request.tokens), 0, None)
+            self._forget(job)
             return
-        if job.expired():
-            job.emit(Failed(timeout_error(job.timeout_s)))
-            self.metrics.observe_generation(method, "timeout", prompt_tokens, 0, None)
-            return
-        stream = engine.stream(job.request)
-        pieces = iter(stream)
-        job.emit(Started())
         try:
-            for piece in pieces:
-                if completion_tokens == 0:
-                    self.metrics.time_to_first_token.observe(time.monotonic() - job.arrived)
-                completion_tokens += len(piece.token_ids)
-                job.emit(piece)
-                if job.cancelled:
-                    finish = job.cancel_reason or "cancelled"
-                    break
-                if job.expired():
-                    finish = "timeout"
-                    job.emit(Failed(timeout_error(job.timeout_s)))
-                    break
-            else:
-                result = stream.result
-                finish, stats = result.finish_reason, result.stats
-                job.emit(Finished(result))
+            generation = engine.start(job.request, batched=BATCH in engine.target.capabilities)
         except QuickdraftError as e:
             job.emit(Failed(engine_error(e, prompt_param=job.prompt_param)))
+            self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
+            self._forget(job)
+            return
+        job.emit(Started())
+        batch.append(_Running(job, generation, now))
+
+    def _advance(self, engine: Engine, batch: list[_Running]) -> None:
+        """One prefill chunk for the oldest prompt not yet in, then one step over the rest."""
+        waiting = [r for r in batch if not r.generation.prefilled]
+        if waiting:
+            waiting[0].generation.prefill(self.prefill_chunk)
+        ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
+        if not ready:
+            return
+        self.metrics.batch_size.observe(len(ready))
+        for running, piece in zip(ready, engine.step([r.generation for r in ready])):
+            if piece is not None:
+                if running.tokens == 0:
+                    self.metrics.time_to_first_token.observe(time.monotonic() - running.job.arrived)
+                running.tokens += len(piece.token_ids)
+                running.job.emit(piece)
+
+    def _check(self, engine: Engine, running: _Running, batch: list[_Running]) -> None:
+        """End ``running`` if it finished, was cancelled or passed its deadline."""
+        job, generation = running.job, running.generation
+        if job.cancelled:
+            self._end(engine, running, batch, job.cancel_reason or "cancelled", stats=None, send=False)
+        elif generation.done:
+            self._end(engine, running, batch, None, stats=None, send=True)
+        elif job.expired():
+            job.emit(Failed(timeout_error(job.timeout_s)))
+            self._end(engine, running, batch, "timeout", stats=None, send=False)
+
+    def _end(self, engine: Engine, running: _Running, batch: list[_Running], finish: str | None, *,
+             stats: dict | None, send: bool) -> None:
+        """Free the generation's sequences and account for it; ``send``: it finished, tell the client."""
+        job, generation = running.job, running.generation
+        batch.remove(running)
+        try:
+            engine.release(generation)
         except Exception:
-            log.exception("generation failed")
-            job.emit(Failed(internal_error()))
-        finally:
-            pieces.close()  # a no-op when exhausted; otherwise stops the engine at this step
-            self.metrics.request_duration.observe(time.monotonic() - job.arrived)
-            self.metrics.observe_generation(method, finish, prompt_tokens, completion_tokens, stats)
+            log.exception("could not release a generation")
+        result = generation.result()
+        if send:
+            job.emit(Finished(result))
+        self.metrics.request_duration.observe(time.monotonic() - job.arrived)
+        self.metrics.observe_generation(job.request.method, finish or result.finish_reason,
+                                        len(job.request.tokens), running.tokens, result.stats)
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        with self._cond:
+            self._active.pop(job, None)
+            self._cond.notify_all()
+
+
+def _reserve(job: Job) -> int:
+    """KV cells a job may take at most: its prompt, its new tokens and a step's draft."""
+    request = job.request
+    return len(request.tokens) + request.max_tokens + request.budget + 1

@@ -103,27 +103,42 @@ def test_stop_strings(client, reference_engine):
 
 
 def test_eight_concurrent_streams_complete_unmixed(server, reference_engine):
-    """Chat and completion streams at once: each gets exactly its own greedy output."""
-    prompts = [f"request {i}: {word} the code" for i, word in enumerate(
-        ["alpha", "return", "class", "print", "value", "yield", "while", "lambda"])]
-    expected = {p: (reference_engine.generate([{"role": "user", "content": p}], **GREEDY).text
-                    if i % 2 else reference_engine.generate(p, chat=False, **GREEDY).text)
-                for i, p in enumerate(prompts)}
+    """Chat and completion streams at once, with different methods, lengths and stop strings, in
+    the server's continuous batch: each gets exactly its own greedy output, as served alone."""
+    words = ["alpha", "return", "class", "print", "value", "yield", "while", "lambda"]
+    methods = ["ar", "draft", "ngram", "suffix", "auto", "draft-tree", "ngram-tree", "draft"]
+    cases = [(i, f"request {i}: {word} the code", methods[i], 16 + 3 * i) for i, word in enumerate(words)]
 
-    def run(i_prompt):
-        i, prompt = i_prompt
+    def alone(i, prompt, method, max_tokens, stop=()):
+        options = dict(temperature=0, max_tokens=max_tokens, method=method, stop=stop)
+        if i % 2:
+            return reference_engine.generate([{"role": "user", "content": prompt}], **options).text
+        return reference_engine.generate(prompt, chat=False, **options).text
+
+    stops = {i: [alone(i, p, m, n)[5:8]] if i in (2, 5) else [] for i, p, m, n in cases}  # two end on a stop string
+    expected = {prompt: alone(i, prompt, method, n, stops[i]) for i, prompt, method, n in cases}
+    before = scrape(server)
+
+    def run(case):
+        i, prompt, method, max_tokens = case
+        options = dict(model=MODEL, stream=True, temperature=0, max_tokens=max_tokens, stop=stops[i] or None,
+                       extra_body={"speculative": {"method": method}})
         with openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60) as c:
             if i % 2:
-                stream = c.chat.completions.create(model=MODEL, stream=True, **GREEDY,
-                                                   messages=[{"role": "user", "content": prompt}])
+                stream = c.chat.completions.create(messages=[{"role": "user", "content": prompt}], **options)
                 return prompt, collect_chat_stream(stream)[0]
-            stream = c.completions.create(model=MODEL, prompt=prompt, stream=True, **GREEDY)
+            stream = c.completions.create(prompt=prompt, **options)
             return prompt, "".join(chunk.choices[0].text for chunk in stream)
 
     with ThreadPoolExecutor(8) as pool:
-        results = dict(pool.map(run, enumerate(prompts)))
+        results = dict(pool.map(run, cases))
     assert results == expected
     assert len(set(results.values())) > 1  # the prompts really lead to different outputs
+    after = scrape(server)
+    batched = sum(after.get(("quickdraft_batch_size_bucket", (("le", le),)), 0)
+                  - before.get(("quickdraft_batch_size_bucket", (("le", le),)), 0) for le in ("1.0",))
+    steps = (after[("quickdraft_batch_size_count", ())] - before.get(("quickdraft_batch_size_count", ()), 0))
+    assert steps > batched  # some steps carried more than one request
 
 
 def test_models_and_health(client, server):

@@ -4,12 +4,15 @@ order, the bounded queue, cancelling a waiting request, and replicas running sid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from quickdraft.engine import Request, Stream
+from quickdraft.backends.base import BATCH
+from quickdraft.engine import Request
 from quickdraft.proposers import METHODS
 from quickdraft.sampling import SamplingParams
 from quickdraft.server.metrics import Metrics
@@ -18,24 +21,54 @@ from quickdraft.server.scheduler import Finished, Job, Scheduler, Started
 from quickdraft.types import GenerationResult, Piece
 
 
-class GatedEngine:
-    """Engine stand-in: each generation emits one piece, then waits for ``gate`` before finishing."""
+class GatedGeneration:
+    """A generation of the stand-in engine: one piece, then done once the engine's gate opens."""
 
-    def __init__(self) -> None:
+    prefilled, done, emitted = True, False, False
+
+    def prefill(self, chunk=None) -> bool:
+        return True
+
+    def result(self) -> GenerationResult:
+        return GenerationResult("x", [3], "length", {}, prompt_tokens=2)
+
+
+class GatedEngine:
+    """Engine stand-in (a backend that cannot batch, or one that can with ``capabilities``): each
+    generation emits one piece, then waits for ``gate`` before finishing."""
+
+    def __init__(self, capabilities=frozenset(), n_ctx: int = 64) -> None:
+        self.target = SimpleNamespace(capabilities=capabilities, n_ctx=n_ctx)
         self.gate = threading.Event()
         self.started: list = []
+        self.batch_sizes: list[int] = []
 
-    def stream(self, request: Request) -> Stream:
-        stream = Stream(iter(()), request)
+    @contextlib.contextmanager
+    def exclusive(self):
+        yield
 
-        def pieces():
-            self.started.append(request.sampling.seed)
-            yield Piece("x", (3,), (False,))
-            assert self.gate.wait(10)
-            stream.result = GenerationResult("x", [3], "length", {}, prompt_tokens=2)
+    def clear_caches(self) -> None:
+        pass
 
-        stream.pieces = pieces()
-        return stream
+    def start(self, request: Request, *, batched: bool = False) -> GatedGeneration:
+        self.started.append(request.sampling.seed)
+        return GatedGeneration()
+
+    def step(self, generations) -> list:
+        self.batch_sizes.append(len(generations))
+        pieces = []
+        for g in generations:
+            if not g.emitted:
+                g.emitted = True
+                pieces.append(Piece("x", (3,), (False,)))
+            else:
+                assert self.gate.wait(10)
+                g.done = True
+                pieces.append(None)
+        return pieces
+
+    def release(self, generation) -> None:
+        pass
 
 
 @pytest.fixture()
@@ -45,8 +78,8 @@ def loop():
     loop.close()
 
 
-def job(loop, seed: int) -> Job:
-    request = Request((1, 2), 1, SamplingParams(seed=seed), (), METHODS["ar"], 0, "fixed")
+def job(loop, seed: int, max_tokens: int = 1) -> Job:
+    request = Request((1, 2), max_tokens, SamplingParams(seed=seed), (), METHODS["ar"], 0, "fixed")
     return Job(request, timeout_s=30, loop=loop)
 
 
@@ -126,4 +159,27 @@ def test_replicas_serve_requests_side_by_side(loop):
     finally:
         for engine in engines:
             engine.gate.set()
+        scheduler.stop()
+
+
+def test_a_batching_engine_runs_requests_together_within_its_batch_and_its_cells(loop):
+    """max_batch requests share steps; beyond it, and beyond the KV cells their whole generations
+    may take, requests wait in arrival order."""
+    engine = GatedEngine(capabilities=frozenset({BATCH}), n_ctx=64)
+    scheduler = Scheduler([engine], max_queue=8, metrics=Metrics(), max_batch=3)
+    scheduler.start()
+    try:
+        small = [job(loop, seed) for seed in range(4)]  # 4 cells each
+        for j in small:
+            scheduler.submit(j)
+        until(lambda: scheduler.running == 3 and scheduler.waiting == 1)  # the batch is full
+        big = job(loop, 10, max_tokens=55)  # 58 cells: only alone
+        scheduler.submit(big)
+        engine.gate.set()
+        for j in [*small, big]:
+            assert [type(e).__name__ for e in events(loop, j)] == ["Started", "Piece", "Finished"]
+        assert engine.started == [0, 1, 2, 3, 10]
+        assert max(engine.batch_sizes) == 3
+    finally:
+        engine.gate.set()
         scheduler.stop()
