@@ -265,6 +265,39 @@ def bench(
 
 @app.command()
 @friendly
+def loadtest(
+    servers: str = typer.Option(",".join(("quickdraft", "quickdraft-one-at-a-time", "llama-server",
+                                          "llama-server-draft")), "--servers",
+                                help="Comma-separated: quickdraft, quickdraft-one-at-a-time, llama-server, "
+                                     "llama-server-draft (the last two need `make llama-server`)."),
+    concurrency: str = typer.Option("1,2,4,8,16", "--concurrency", "-c", help="Comma-separated client counts."),
+    requests_per_client: int = typer.Option(2, "--requests-per-client"),
+    task: str = typer.Option("code-edit", "--task", help="Where the prompts come from (a bench task)."),
+    prompt_tokens: str = typer.Option("170-230", "--prompt-tokens", help="Keep the task's prompts of this many tokens."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
+    soak: float = typer.Option(0.0, "--soak", help="Seconds to run the first server at the first concurrency "
+                               "instead (a reliability run: errors, answers, memory)."),
+    target: str = Target, draft: str = DraftModel, method: str = typer.Option("auto", "--method"),
+    n_ctx: int = typer.Option(16384, "--n-ctx"), threads: Optional[int] = Threads,
+    out: Path = typer.Option(Path("load-out"), "--out", help="Output directory."),
+):
+    """Serve under load: N concurrent OpenAI clients on loopback against quickdraft and llama-server."""
+    from .bench.load import LoadConfig, run_load
+
+    low, _, high = prompt_tokens.partition("-")
+    config = LoadConfig(target=target, draft=draft, task=task, prompt_tokens=(int(low), int(high or low)),
+                        concurrency=tuple(int(c) for c in concurrency.split(",") if c), max_tokens=max_tokens,
+                        requests_per_client=requests_per_client, n_ctx=n_ctx, threads=threads,
+                        servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak)
+    doc = run_load(config, out)
+    mixed = sum(level["answers"]["mixed"] for level in doc["levels"])
+    if mixed:
+        err.print(f"[bold red]{mixed} answer(s) were another prompt's: see {out / 'load.md'}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def calibrate(
     target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
     repeats: int = typer.Option(5, "--repeats"),
@@ -318,7 +351,12 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; more get HTTP 503."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
-    n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
+    parallel: int = typer.Option(8, "--parallel", "-np", help="Requests served at once, in shared steps "
+                                 "(continuous batching; they share the --n-ctx context)."),
+    prefill_chunk: int = typer.Option(64, "--prefill-chunk", help="Prompt tokens prefilled between two steps "
+                                      "of the running requests."),
+    n_ctx: int = typer.Option(16384, "--n-ctx", help="Context size in tokens, shared by the requests served at once."),
+    threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     heads: Optional[str] = Heads,
 ):
@@ -335,7 +373,10 @@ def serve(
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                   "this address can use the model", highlight=False)
     err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
-    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout), host=host, port=port)
+    if engine.spec(engine.method).uses_draft_model:
+        engine.draft_model()  # loaded and checked now, not by the first request
+    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
+                   prefill_chunk=prefill_chunk), host=host, port=port)
 
 
 @app.command()

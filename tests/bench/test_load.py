@@ -1,0 +1,49 @@
+"""The load bench: its pure parts, and a short run against a real quickdraft server subprocess
+on the tiny models."""
+
+import json
+
+import pytest
+
+from quickdraft.bench.load import LoadConfig, Record, classify_answer, percentile, run_load, summarize
+from quickdraft.errors import QuickdraftError
+
+
+def test_percentile_and_answer_classes():
+    assert percentile([4, 1, 3, 2], 50) == 2 and percentile([1, 2, 3, 4], 99) == 4 and percentile([], 50) is None
+    assert classify_answer("ab", "ab", ["ab", "cd"]) == "exact"
+    assert classify_answer("cdx", "ab", ["ab", "cd"]) == "mixed"
+    assert classify_answer("ax", "ab", ["ab", "cd"]) == "differs"
+
+
+def test_summary_of_records():
+    records = [Record("s", 2, 0, 0, start=10.0, first=0.5, end=2.5, tokens=21, max_gap=0.2, answer="exact"),
+               Record("s", 2, 1, 1, start=10.5, first=1.0, end=3.0, tokens=11, max_gap=0.4, answer="differs"),
+               Record("s", 2, 1, 2, start=11.0, error="boom")]
+    summary = summarize(records)
+    assert summary["requests"] == 3 and summary["errors"] == 1 and summary["tokens"] == 32
+    assert summary["wall_s"] == pytest.approx(3.5) and summary["throughput_tok_s"] == pytest.approx(32 / 3.5)
+    assert summary["tpot_p50_s"] == pytest.approx(0.1) and summary["ttft_p99_s"] == 1.0
+    assert summary["answers"] == {"exact": 1, "differs": 1, "mixed": 0}
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(QuickdraftError, match="unknown server"):
+        LoadConfig(servers=("vllm",))
+    with pytest.raises(QuickdraftError, match="between 1 and 64"):
+        LoadConfig(concurrency=(0,))
+
+
+def test_a_short_run_against_a_quickdraft_server(tiny_pair, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"request {i}: hello world the code"}) + "\n" for i in range(4)))
+    config = LoadConfig(target=str(tiny_pair[0]), draft=str(tiny_pair[1]), task=str(prompts), prompt_tokens=(1, 500),
+                        concurrency=(1, 3), requests_per_client=1, max_tokens=12, n_ctx=1024, threads=1,
+                        servers=("quickdraft",))
+    doc = run_load(config, tmp_path / "out")
+    assert [level["concurrency"] for level in doc["levels"]] == [1, 3]
+    for level in doc["levels"]:
+        assert level["errors"] == 0 and level["tokens"] > 0 and level["throughput_tok_s"] > 0
+        assert level["answers"]["mixed"] == 0
+    assert {"load.json", "load.md", "load.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert doc["memory_mb"] and all(m["rss_mb"] for m in doc["memory_mb"])
