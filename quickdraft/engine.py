@@ -126,12 +126,17 @@ class Engine:
     ``draft``: a draft model (a bundled name, a path, or an open backend), loaded when a method
     first uses it. ``method``: the default method. ``num_draft``: the default draft budget
     (else each method's declared default). ``controller``: the default budget policy (``fixed``
-    or ``adaptive``, control.py). ``cost_curve``: the target's calibrated forward cost relative to
-    one token (calibrate.py), ``draft_cost``: the draft model's per-token time relative to a
-    target step; both seed the cost models. ``default_max_tokens``: cap for requests that do not
+    or ``adaptive``, control.py). ``prior``: what the cost models start from (control.Prior: the
+    target's forward cost curve and step time, the draft model's token cost and agreement);
+    ``calibrate``: measure it (or read it from the calibration cache), the target's part now, the
+    draft model's when it is first loaded. ``default_max_tokens``: cap for requests that do not
     say (always at most what fits the context). ``methods``: the registry (tests add methods to a
     copy). ``clock``: what step timings are read from (tests pass a synthetic one). ``options``:
     method options, each given to the methods that declare it.
+
+    A request runs alone (:meth:`stream`, :meth:`generate`), or, on a backend that batches, with
+    others in shared steps (:meth:`start` each in sequences of its own, :meth:`step` them
+    together, :meth:`release` each when done: what the server's scheduler does).
     """
 
     def __init__(self, target: Backend, *, draft: str | Path | Backend | None = None, method: str = "auto",
@@ -358,7 +363,7 @@ class Engine:
     @staticmethod
     def _main(backend):
         """The sequence a backend's own single-sequence protocol works on."""
-        return getattr(backend, "main", backend) if BATCH in backend.capabilities else backend
+        return backend.main if BATCH in backend.capabilities else backend
 
     def step(self, generations: Sequence["Generation"]) -> list[Piece | None]:
         """One speculative step for every generation: each offers what it could draft, the

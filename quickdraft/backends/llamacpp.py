@@ -404,14 +404,22 @@ def system_info() -> str:
     return ll.llama_print_system_info().decode(errors="replace").strip()
 
 
-def requantize(source: Path, dest: Path, quant_type: str, n_threads: int | None = None) -> None:
+def requantize(source: Path, dest: Path, quant_type: str, n_threads: int | None = None,
+               output_type: str | None = None) -> None:
     """Write ``source`` re-encoded with every tensor as ``quant_type`` (e.g. ``"Q4_0"``) to ``dest``
-    with llama.cpp's own quantizer (``pure``: no per-tensor exceptions; requantizing allowed)."""
+    with llama.cpp's own quantizer (``pure``: no per-tensor exceptions; requantizing allowed), the
+    output matrix and the token embeddings as ``output_type`` (a ggml type, e.g. ``"Q8_0"``) when
+    given."""
     ftype = getattr(ll, f"LLAMA_FTYPE_MOSTLY_{quant_type}", None)
     if ftype is None:
         raise InvalidParameterError(f"llama.cpp has no quantization type {quant_type!r}")
     params = ll.llama_model_quantize_default_params()
     params.ftype, params.pure, params.allow_requantize = ftype, True, True
+    if output_type is not None:
+        ggml_type = getattr(ll, f"GGML_TYPE_{output_type}", None)
+        if ggml_type is None:
+            raise InvalidParameterError(f"ggml has no tensor type {output_type!r}")
+        params.output_tensor_type = params.token_embedding_type = ggml_type
     params.nthread = n_threads or default_threads()
     logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
     if ll.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params)) != 0:
