@@ -20,10 +20,12 @@ NO_AMX           := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' -DLLAVA_BUILD=OFF
 CPU_SIGNATURE    := $(shell $(PYTHON) quickdraft/system.py signature)
 LLAMA_STAMP      := $(VENV)/.llama-cpp-python-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
+INVARIANT_DIR    := build/llama-invariant-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
+INVARIANT_STAMP  := $(INVARIANT_DIR)/.built
 
 DEMO_PROMPT ?= Write a Python function that merges two sorted lists.
 
-.PHONY: demo test test-fast test-vllm llama-server install install-dev info clean
+.PHONY: demo test test-fast test-vllm llama-server batch-invariant install install-dev info clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +45,7 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
 
 # The tests cover the torch backend too (tiny models), so the dev install takes the torch extra:
 # torch==2.13.0, the CPU build (a bare `torch` would pull a multi-GB CUDA build).
-$(VENV)/.installed-dev: pyproject.toml $(LLAMA_STAMP)
+$(VENV)/.installed-dev: pyproject.toml $(LLAMA_STAMP) $(INVARIANT_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench,server,torch]"
 	touch $@
 
@@ -65,6 +67,35 @@ test: install-dev
 
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not real"
+
+# make batch-invariant: the libraries of the same llama.cpp (llama-cpp-python's vendored source, from its
+# sdist) built so that every row of a forward is computed the same way whatever the forward's shape:
+# without llamafile's GEMM kernels (-DGGML_LLAMAFILE=OFF; the one difference from the build above).
+# `--batch-invariant` / load(batch_invariant=True) loads them instead of llama-cpp-python's own (through
+# its LLAMA_CPP_LIB_PATH), with weights not repacked and an F32 KV cache without flash attention: then
+# an answer never depends on its batch or its drafts (README, "Same request, same answer"). Built into
+# build/llama-invariant-<version>-<cpu signature>/lib (about 3 minutes on 2 cores); the tests use it.
+INVARIANT_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DGGML_LLAMAFILE=OFF \
+	-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
+
+$(INVARIANT_STAMP): | $(BIN)/python
+	@echo "Building batch-invariant llama.cpp libraries ($(LLAMA_VERSION), $(CPU_SIGNATURE); about 3 minutes)..."
+	rm -rf $(INVARIANT_DIR)
+	mkdir -p $(INVARIANT_DIR)/src $(INVARIANT_DIR)/lib
+	$(BIN)/python -m pip download --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMA_VERSION) -d $(INVARIANT_DIR)
+	tar xzf $(INVARIANT_DIR)/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(INVARIANT_DIR)/src --strip-components=1
+	GIT_CEILING_DIRECTORIES=$(abspath build) cmake -S $(INVARIANT_DIR)/src/vendor/llama.cpp -B $(INVARIANT_DIR)/cmake \
+		$(INVARIANT_CMAKE_ARGS) > $(INVARIANT_DIR)/build.log 2>&1 || { tail -30 $(INVARIANT_DIR)/build.log; exit 1; }
+	cmake --build $(INVARIANT_DIR)/cmake --target llama -j $$(getconf _NPROCESSORS_ONLN) >> $(INVARIANT_DIR)/build.log 2>&1 \
+		|| { tail -30 $(INVARIANT_DIR)/build.log; exit 1; }
+	cp -a $(INVARIANT_DIR)/cmake/bin/*.so* $(INVARIANT_DIR)/lib/
+	rm -rf $(INVARIANT_DIR)/src $(INVARIANT_DIR)/cmake $(INVARIANT_DIR)/*.tar.gz
+	echo "$(INVARIANT_CMAKE_ARGS)" > $@
+
+batch-invariant: $(INVARIANT_STAMP)
+	@echo "batch-invariant llama.cpp libraries: $(abspath $(INVARIANT_DIR))/lib"
 
 # make llama-server: llama.cpp's own llama-server and llama-bench, the peer our server and kernels are
 # measured against (docs/kernels.md), built from the llama.cpp source that the PyPI package

@@ -16,8 +16,8 @@ from .errors import QuickdraftError
 from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from .proposers import METHODS
 from .sampling import SamplingParams
-from .system import quickdraft_version
-from .types import Acceptance, Draft, GenerationResult, Piece
+from .system import quickdraft_version, use_batch_invariant_llama
+from .records import Acceptance, Draft, GenerationResult, Piece
 
 __version__ = quickdraft_version()
 
@@ -42,12 +42,16 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     ``backend`` names the backend (``quickdraft.backends.BACKENDS``): ``llamacpp`` (GGUF; settings
     ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``precise``, ...) or ``torch`` (``pip install
     'quickdraft[torch]'``: transformers model directories or GGUF files, dequantized; settings
-    ``dtype``, ``device``, ...; it adds ``layerskip``, ``medusa`` and ``eagle``). Other keywords
+    ``dtype``, ``device``, ...; it adds ``layerskip``, ``medusa`` and ``eagle``); llama.cpp's
+    ``batch_invariant=True`` makes every answer independent of its batch and drafts (``make
+    batch-invariant`` first; see LlamaCppBackend). Other keywords
     are method options, each given to the methods that declare it (``min_confidence``,
     ``skip_layers``, ``heads=DIR`` for the heads made by ``quickdraft train``, ...).
     """
     spec = backend_spec(backend)
     backend_settings = {k: settings.pop(k) for k in list(settings) if k in COMMON_SETTINGS or k in spec.settings}
+    if backend_settings.get("batch_invariant"):
+        use_batch_invariant_llama()  # before llama.cpp is loaded
     model = spec.open(resolve_model(str(target)), **backend_settings)
     return Engine(model, draft=draft, method=method, num_draft=num_draft, controller=controller, chat=chat,
                   calibrate=calibrate, default_max_tokens=default_max_tokens, **settings)

@@ -37,8 +37,9 @@ def friendly(command):
 
 
 # Options shared by every command that loads models.
-Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: bundled name or .gguf path.")
-DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: bundled "
+Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: a model name (`quickdraft "
+                      "models` lists them) or a .gguf path.")
+DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: a model "
                           "name or .gguf path ('none': auto drafts without one).")
 Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
                       "| medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
@@ -58,13 +59,17 @@ DtypeOpt = typer.Option(None, "--dtype", help="torch backend: bfloat16 (default;
                         "float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
+BatchInvariant = typer.Option(False, "--batch-invariant", help="llamacpp backend: every row computed the same way "
+                              "whatever the batch, so answers never depend on batching or drafts (`make "
+                              "batch-invariant` first; about half the speed).")
 
 
 def backend_settings(n_ctx: int, threads: int | None, gpu_layers: int | None = None,
-                     dtype: str | None = None, device: str | None = None) -> dict:
+                     dtype: str | None = None, device: str | None = None, batch_invariant: bool = False) -> dict:
     """The backend settings given on the command line (one the chosen backend lacks is an error
     when it is opened)."""
-    given = {"n_ctx": n_ctx, "n_threads": threads, "n_gpu_layers": gpu_layers, "device": device, "dtype": dtype}
+    given = {"n_ctx": n_ctx, "n_threads": threads, "n_gpu_layers": gpu_layers, "device": device, "dtype": dtype,
+             "batch_invariant": batch_invariant or None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -96,10 +101,11 @@ def generate(
     check: bool = typer.Option(False, "--check", help="Also run plain AR and report the first divergence."),
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    heads: Optional[str] = Heads,
+    heads: Optional[str] = Heads, batch_invariant: bool = BatchInvariant,
 ):
     """Generate text, streaming it, then print a stats line."""
-    engine = load_engine(target, draft, method, num_draft, backend_settings(n_ctx, threads, gpu_layers, dtype, device),
+    engine = load_engine(target, draft, method, num_draft,
+                         backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
                          heads=heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -358,14 +364,15 @@ def serve(
     n_ctx: int = typer.Option(16384, "--n-ctx", help="Context size in tokens, shared by the requests served at once."),
     threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    heads: Optional[str] = Heads,
+    heads: Optional[str] = Heads, batch_invariant: bool = BatchInvariant,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     try:
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
-    engine = load_engine(target, draft, method, num_draft, backend_settings(n_ctx, threads, gpu_layers, dtype, device),
+    engine = load_engine(target, draft, method, num_draft,
+                         backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
                          min_confidence=min_confidence, heads=heads)
     name = model_name or (target if target in models.BUNDLED else Path(target).stem)

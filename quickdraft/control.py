@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from .errors import InvalidParameterError
-from .types import Acceptance, StepTimes
+from .records import Acceptance, StepTimes
 
 
 @dataclass(frozen=True)

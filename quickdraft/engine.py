@@ -30,7 +30,7 @@ from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
 from .sampling import SamplingParams
 from .stats import Stats
 from .system import cpu_info, quickdraft_version
-from .types import Acceptance, Draft, GenerationResult, Piece, StepTimes
+from .records import Acceptance, Draft, GenerationResult, Piece, StepTimes
 
 Prompt = str | Sequence[dict] | Sequence[int]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .types import Acceptance, StepTimes
+from .records import Acceptance, StepTimes
 
 
 @dataclass

@@ -6,7 +6,7 @@ different shapes: alone (1 token), as row j of a forward of n tokens of the same
 beside another sequence's tokens in one batch. Prints, per shape, the largest absolute difference
 from the one-token row and whether it is bit-identical to the first batched shape.
 
-    .venv/bin/python scripts/determinism.py [model ...]
+    .venv/bin/python scripts/determinism.py [--batch-invariant] [model ...]
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def row_in(backend, context: list[int], row: int, size: int, others: int = 0) ->
 
 
 def main() -> None:
-    for name in sys.argv[1:] or ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_0"]:
-        backend = LlamaCppBackend(resolve_model(name), n_ctx=2048)
+    invariant = "--batch-invariant" in sys.argv
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    for name in names or ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_0"]:
+        backend = LlamaCppBackend(resolve_model(name), n_ctx=2048, batch_invariant=invariant)
         context = backend.tokenize(backend.chat_prompt([{"role": "user", "content": TEXT}]), special=True)
         alone = row_in(backend, context, 0, 1)
         shapes = [(0, 2, 0), (1, 2, 0), (0, 4, 0), (3, 4, 0), (4, 5, 0), (0, 8, 0), (5, 8, 0), (0, 1, 3), (0, 2, 5),

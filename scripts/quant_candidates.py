@@ -7,7 +7,7 @@ file (the only reference we have: the unquantized weights are not shipped).
     .venv/bin/python scripts/quant_candidates.py [--out quant-out] [--threads N]
 
 Candidates live in <cache>/candidates/ (made once). Held-out text: three files of the Python
-standard library (code) and the license text of a package (prose), none of them bench prompts.
+standard library (code) and Python's license (prose), none of them bench prompts.
 Prints a Markdown table and writes it, with the raw numbers, to --out.
 """
 
@@ -18,13 +18,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from statistics import median
 
 import numpy as np
 
 from quickdraft.backends.llamacpp import LlamaCppBackend, requantize
 from quickdraft.calibrate import CONTEXT_TEXT, calibrate
-from quickdraft.models import BUNDLED, resolve_model
+from quickdraft.models import resolve_model
 from quickdraft.system import cache_dir, cpu_info
 
 TARGETS = {  # name -> (quant_type, output/embedding type or None)
@@ -39,14 +38,14 @@ WINDOW = 512  # tokens per perplexity window
 
 
 def held_out_text() -> list[str]:
+    """Three standard-library modules (code) and Python's license (prose), 6000 characters each."""
     import difflib
+    import os
     import textwrap
-    import this  # noqa: F401  (the Zen of Python: prose)
     import typing
 
-    license_text = Path(np.__file__).parent.parent.glob("numpy-*.dist-info/LICENSE*")
-    prose = next((p.read_text()[:6000] for p in license_text), "")
-    return [Path(m.__file__).read_text()[:6000] for m in (difflib, textwrap, typing)] + [prose]
+    prose = (Path(os.__file__).parent / "LICENSE.txt").read_text()
+    return [text[:6000] for text in (*(Path(m.__file__).read_text() for m in (difflib, textwrap, typing)), prose)]
 
 
 def candidate(base: str, name: str, recipe) -> Path:

@@ -45,7 +45,7 @@ class BackendSpec:
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("llamacpp", "llamacpp", "LlamaCppBackend", frozenset({TREE, BATCH}),
-                ("n_gpu_layers", "precise", "n_batch", "max_tree_nodes"),
+                ("n_gpu_layers", "precise", "n_batch", "max_tree_nodes", "batch_invariant"),
                 "GGUF models through llama.cpp: the fast CPU path"),
     BackendSpec("torch", "torch_hf", "TorchBackend", frozenset({TREE, HIDDEN_STATES, LAYER_SKIP}),
                 ("dtype", "device", "max_tree_nodes"),

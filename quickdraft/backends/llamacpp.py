@@ -196,6 +196,15 @@ class LlamaCppBackend:
     llama.cpp was built with a GPU backend (ignored on CPU builds). ``precise`` uses an F32 KV cache
     and no flash attention, so a batched forward matches one-token forwards to ~1e-5 (the tiny test
     models rely on it; on quantized models the matmul kernels still differ between batch sizes).
+
+    ``batch_invariant``: every row of a forward computed the same way whatever the forward's
+    shape, so an answer never depends on the batch it was in, on its drafts, or on prefix reuse:
+    the batch-invariant build of llama.cpp (``make batch-invariant``, chosen with
+    ``system.use_batch_invariant_llama`` before llama_cpp is loaded: no llamafile GEMM), weights
+    not repacked (their 4-row kernels), and ``precise``. Rows are then bit-identical for F32 and
+    Q4_0 weights (the K-quants still take another path from 8 rows on); it costs about half the
+    speed of plain decoding and most of what batching and speculation gain (README, "Same
+    request, same answer").
     """
 
     name = "llamacpp"
@@ -203,10 +212,14 @@ class LlamaCppBackend:
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
-                 max_tree_nodes: int = 64, verbose: bool = False) -> None:
+                 max_tree_nodes: int = 64, batch_invariant: bool = False, verbose: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelNotFoundError(f"no model file at {self.path}")
+        if batch_invariant and "LLAMAFILE = 1" in system_info():
+            raise QuickdraftError("batch-invariant mode needs the batch-invariant build of llama.cpp: choose it before "
+                                  "loading any model (load(batch_invariant=True), --batch-invariant)",
+                                  param="batch_invariant")
         self.build = describe_llama_build()
         # llama-cpp-python maps ggml's WARN level to logging.ERROR, so only CRITICAL keeps load-time
         # warnings quiet; failures still reach the user as our own error messages.
@@ -216,6 +229,9 @@ class LlamaCppBackend:
         self.n_gpu_layers = n_gpu_layers
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        self.batch_invariant = batch_invariant
+        mparams.use_extra_bufts = not batch_invariant  # repacked weights: other kernels for 4+ rows
+        precise = precise or batch_invariant
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelNotFoundError(f"llama.cpp could not load {self.path}: is it a valid GGUF model file?")
@@ -256,7 +272,7 @@ class LlamaCppBackend:
         """Another model (a resolved path) with this one's settings (used for a draft model)."""
         return LlamaCppBackend(path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
                                n_gpu_layers=self.n_gpu_layers, precise=self.precise,
-                               max_tree_nodes=self.max_tree_nodes)
+                               max_tree_nodes=self.max_tree_nodes, batch_invariant=self.batch_invariant)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

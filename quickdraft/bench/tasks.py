@@ -91,8 +91,23 @@ def load_code_edit() -> list[BenchPrompt]:
             for r in humaneval_rows()]
 
 
+DATA = Path(__file__).parent / "data"
+
+
+def load_everyday() -> list[BenchPrompt]:
+    """Our own: everyday writing and translation requests (6), answers not grounded in the input."""
+    return load_jsonl(DATA / "everyday.jsonl", "everyday")
+
+
+def load_grounded() -> list[BenchPrompt]:
+    """Our own, input-grounded: summaries of a given text and questions answered from a given
+    document with quotes (6); the answer reuses the input's wording."""
+    return load_jsonl(DATA / "grounded.jsonl", "grounded")
+
+
 TASKS: dict[str, Callable[[], list[BenchPrompt]]] = {"humaneval": load_humaneval, "mt-bench": load_mtbench,
-                                                     "code-edit": load_code_edit}
+                                                     "code-edit": load_code_edit, "everyday": load_everyday,
+                                                     "grounded": load_grounded}
 
 
 def load_jsonl(path: Path, task: str | None = None) -> list[BenchPrompt]:

@@ -32,7 +32,7 @@ from torch import nn
 from ..backends.base import HiddenStates, common_prefix
 from ..sampling import SamplingParams
 from ..tree import grow_tree
-from ..types import Acceptance, Draft, StepTimes
+from ..records import Acceptance, Draft, StepTimes
 from . import load_for_target
 from .common import DraftVocab, HeadConfig
 from .eagle import KVCache

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple, Sequence
 from ..control import AdaptiveBudget, ForwardCost, best_rate
 from ..proposers.hybrid import SUFFIX_CLASSES, match_strength
 from ..proposers.suffix import Candidate, SuffixTrie
-from ..types import StepTimes
+from ..records import StepTimes
 
 __all__ = ["OPTIONS", "BatchCost", "BatchDrafter", "QuickdraftProposer", "Row"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..types import Draft
+from ..records import Draft
 from .base import BaseProposer, ProposerSpec
 
 

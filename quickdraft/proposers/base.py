@@ -24,7 +24,7 @@ from ..backends.base import Backend
 from ..control import ForwardCost, Offer, Prior
 from ..errors import InvalidParameterError, UnknownMethodError
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft, StepTimes
+from ..records import Acceptance, Draft, StepTimes
 
 
 class Proposer(Protocol):

@@ -11,7 +11,7 @@ from ..backends.base import TREE, Backend, common_prefix
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams, sample, warp
 from ..tree import chain_parents, grow_tree
-from ..types import Draft
+from ..records import Draft
 from .base import BaseProposer, ProposerSpec
 
 

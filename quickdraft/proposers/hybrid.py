@@ -20,7 +20,7 @@ import numpy as np
 from ..control import AdaptiveBudget, Offer
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft, StepTimes
+from ..records import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftModelProposer, DraftOptions
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer

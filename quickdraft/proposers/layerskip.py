@@ -34,7 +34,7 @@ import numpy as np
 from ..backends.base import LAYER_SKIP, LayerSkipping
 from ..errors import InvalidParameterError, QuickdraftError
 from ..sampling import SamplingParams
-from ..types import Draft
+from ..records import Draft
 from .base import BaseProposer, ProposerSpec
 from .draft_model import draft_chain
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..backends.base import TREE
 from ..errors import InvalidParameterError
 from ..tree import trie
-from ..types import Draft
+from ..records import Draft
 from .base import BaseProposer, ProposerSpec
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InvalidParameterError
-from ..types import Draft
+from ..records import Draft
 from .base import BaseProposer, ProposerSpec
 
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import Engine, Request
 from ..errors import QuickdraftError
-from ..types import Piece
+from ..records import Piece
 from .protocol import (SSE_DONE, APIError, Reply, engine_error, engine_prompt, generation_options,
                        speculative_summary, sse, timeout_error, usage)
 from .scheduler import Failed, Finished, Job, Scheduler

@@ -40,7 +40,7 @@ from typing import Sequence
 from ..backends.base import BATCH
 from ..engine import Engine, Generation, Request
 from ..errors import QuickdraftError
-from ..types import GenerationResult, Piece
+from ..records import GenerationResult, Piece
 from .metrics import Metrics
 from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft
+from ..records import Acceptance, Draft
 from .greedy import verify_greedy
 from .rejection import verify_rejection
 from .tree import verify_tree_greedy, verify_tree_sampling

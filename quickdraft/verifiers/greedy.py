@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sampling import SamplingParams
-from ..types import Acceptance, Draft
+from ..records import Acceptance, Draft
 
 
 def verify_greedy(draft: Draft, target_logits: np.ndarray, sampling: SamplingParams | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sampling import SamplingParams, sample, warp
-from ..types import Acceptance, Draft
+from ..records import Acceptance, Draft
 
 
 def residual(p: np.ndarray, q: np.ndarray) -> np.ndarray:

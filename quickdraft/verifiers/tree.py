@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams, sample, warp
 from ..tree import Layout, layout
-from ..types import Acceptance, Draft
+from ..records import Acceptance, Draft
 from .rejection import residual
 
 

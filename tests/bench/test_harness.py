@@ -9,7 +9,7 @@ from quickdraft.bench.runner import BenchConfig, rotate, run_bench
 from quickdraft.bench.tasks import load_jsonl, spread
 from quickdraft.errors import QuickdraftError
 from quickdraft.proposers import METHODS, BaseProposer, ProposerSpec
-from quickdraft.types import Draft
+from quickdraft.records import Draft
 
 SUMMARY_KEYS = {"task", "method", "speedup", "mean_accepted_length", "acceptance_rate", "tokens_per_second",
                 "speedup_min", "speedup_max", "speedup_median", "acceptance_by_position", "checks"}

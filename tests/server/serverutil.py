@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import quickdraft
 from quickdraft.proposers import METHODS, ProposerSpec, Registry
 from quickdraft.proposers.ar import NoProposer
-from quickdraft.types import Draft
+from quickdraft.records import Draft
 
 MODEL = "tiny-test"
 SLOW = "test-slow"  # see slow_engine

@@ -18,7 +18,7 @@ from quickdraft.sampling import SamplingParams
 from quickdraft.server.metrics import Metrics
 from quickdraft.server.protocol import APIError
 from quickdraft.server.scheduler import Finished, Job, Scheduler, Started
-from quickdraft.types import GenerationResult, Piece
+from quickdraft.records import GenerationResult, Piece
 
 
 class GatedGeneration:

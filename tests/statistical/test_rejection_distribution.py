@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import chisquare
 
 from quickdraft.sampling import SamplingParams, sample, warp
-from quickdraft.types import Acceptance, Draft
+from quickdraft.records import Acceptance, Draft
 from quickdraft.verifiers import verify_rejection
 
 V, N, DRAWS = 5, 3, 20000

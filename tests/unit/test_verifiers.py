@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from quickdraft.sampling import SamplingParams, warp
-from quickdraft.types import Draft
+from quickdraft.records import Draft
 from quickdraft.verifiers import select, verify_greedy, verify_rejection
 
 V = 6
