@@ -230,7 +230,7 @@ class AdaptiveBudget:
     ``prior_accept`` is the rate assumed before any draft, weighted as one observation. The
     target's forward cost is the engine's (``cost``, shared), which the engine observes.
 
-    When drafting does not pay it still *probes* (offers a forced ``probe`` tokens) after
+    When drafting does not pay it still *probes* (offers a forced short draft, :meth:`short`) after
     ``probe_every`` steps without drafting, so it notices when drafts become good again, but
     only where drafting could pay at the best acceptance a source may reach
     (``optimistic_accept``) and only while what probes have lost, plus what this one could lose,
@@ -248,7 +248,7 @@ class AdaptiveBudget:
     source: str = "adaptive"
     decay: float = 0.9
     probe_every: int = 16
-    probe: int = 2
+    probe: int = 4  # the longest short draft (probes, and a first draft)
     optimistic_accept: float = 0.95
     explore: float = 0.02
     _accept: list[list[float]] = field(default_factory=list)  # position -> [accepted, weight reached]
@@ -276,10 +276,21 @@ class AdaptiveBudget:
         return rates if self.positional else rates * self.max_k
 
     def offer(self, cap: int) -> Offer:
-        """Its learned acceptance and cost, or a forced probe when one is due (see the class)."""
-        accept = tuple(self.acceptance()[:cap])
-        probe = min(self.probe, cap) if cap > 0 and self.probe_due() else None
+        """Its learned acceptance and cost, or a forced probe when one is due (see the class).
+        Until the source has drafted, at most a short draft: a prior is a guess about other
+        text, so a first draft is a trial whose loss is bounded like a probe's."""
+        tried = any(reached for _, reached in self._accept)
+        accept = tuple(self.acceptance()[:cap if tried else self.short(cap)])
+        probe = self.short(cap) if cap > 0 and self.probe_due() else None
         return Offer(self.source, accept, self.draft_token_s, probe=probe)
+
+    def short(self, cap: int) -> int:
+        """The short draft (1 to ``probe`` tokens, at most ``cap``) that would give the most tokens
+        per second were every token accepted: on CPUs a forward's cost is not smooth in its size
+        (repacked kernels take rows four at a time), so 3 drafted tokens may cost less than 2."""
+        n = max(1, min(self.probe, cap, self.max_k))
+        curve = self.cost.curve(n)
+        return max(range(1, n + 1), key=lambda k: (k + 1) / (curve[k] + k * self.draft_token_s))
 
     def could_pay(self) -> bool:
         """Whether drafting would beat a plain step at the best acceptance a source may reach."""
@@ -290,7 +301,7 @@ class AdaptiveBudget:
         would keep what probing has lost within ``explore`` of the time."""
         if self._since_draft < self._interval or not self.could_pay():
             return False
-        probe = min(self.probe, self.max_k)
+        probe = self.short(self.max_k)
         worst = probe * self.draft_token_s + self.cost.seconds(probe + 1) - self.cost.seconds(1)
         return self._lost + worst <= self.explore * self._elapsed
 
@@ -329,10 +340,13 @@ class AdaptiveBudget:
         position was expected to be worth (a suffix draft's trie probabilities): the rate then
         learns acceptance relative to them. Also for drafts that were only offered, never sent
         (shadow learning: the tokens the target emitted say how such a draft would have fared)."""
+        for stats in self._accept:  # every position forgets, so one not reached lately drifts back
+            stats[0] *= self.decay  # to what its predecessor shows (acceptance())
+            stats[1] *= self.decay
         for i in range(min(reached, self.max_k)):
             stats = self._accept[i if self.positional else 0]
-            stats[0] = self.decay * stats[0] + (i < accepted)
-            stats[1] = self.decay * stats[1] + (weights[i] if weights is not None else 1.0)
+            stats[0] += i < accepted
+            stats[1] += weights[i] if weights is not None else 1.0
 
 
 def _ewma(old: float | None, new: float, decay: float) -> float:

@@ -124,16 +124,18 @@ def summarize(records: Sequence[Record]) -> dict:
 
 
 def classify_answer(text: str, own: str, others: Sequence[str]) -> str:
-    """``exact`` if ``text`` is ``own``; ``mixed`` if it is (or starts like) another prompt's
-    answer instead; else ``differs`` (it parts from ``own`` somewhere, as a near-tie may).
+    """``exact`` if ``text`` is ``own``; ``mixed`` if it is mostly another prompt's answer instead
+    (shares more with it than with ``own``, and at least half of ``text``: answers of similar
+    prompts may begin alike, so a near-tie early on must not look like a mix-up); else ``differs``
+    (it parts from ``own`` somewhere, as a near-tie may).
 
     Example: classify_answer("ab", "ab", ["cd"]) == "exact"; classify_answer("cd", "ab", ["cd"]) ==
     "mixed"; classify_answer("ax", "ab", ["cd"]) == "differs".
     """
     if text == own:
         return "exact"
-    shared = os.path.commonprefix([text, own])
-    if any(o and o != own and len(os.path.commonprefix([text, o])) > len(shared) for o in others):
+    shared = len(os.path.commonprefix([text, own]))
+    if any(o and o != own and len(os.path.commonprefix([text, o])) > max(shared, len(text) // 2) for o in others):
         return "mixed"
     return "differs"
 
@@ -251,16 +253,17 @@ def server_command(server: str, config: LoadConfig, slots: int, port: int, targe
     command = [str(binary), "-m", str(target), "-np", str(slots), "-c", str(config.n_ctx), "-t", threads,
                "--host", "127.0.0.1", "--port", str(port), "-a", MODEL_NAME, "--temp", "0"]
     if server == "llama-server-draft":
-        command += ["-md", str(draft), "--draft-max", "16", "--draft-min", "0"]
+        command += ["-md", str(draft)]  # its own default draft lengths (b11434: at most 3, p-min 0)
     return command
 
 
 # --- the run ----------------------------------------------------------------------------------
 
-def load_prompts(config: LoadConfig) -> tuple[list[list[dict]], list[str]]:
+def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]], list[str]]:
     """The run's chat prompts (of the configured length, with the target's template) and each
     one's greedy answer served alone by quickdraft (plain decoding, ``max_tokens``)."""
     from .. import load
+    from .runner import progress_bar
     from .tasks import load_tasks
 
     engine = load(config.target, None, method="ar", n_ctx=config.n_ctx, calibrate=False, n_threads=config.threads)
@@ -273,7 +276,14 @@ def load_prompts(config: LoadConfig) -> tuple[list[list[dict]], list[str]]:
             prompts.append(messages)
     if not prompts:
         raise QuickdraftError(f"no {config.task} prompt has {low}-{high} tokens")
-    answers = [engine.generate(p, max_tokens=config.max_tokens).text for p in prompts]
+    if not config.soak_s:  # client i's j-th request asks prompt i + j * N: no more are ever sent
+        prompts = prompts[:max(config.concurrency) * config.requests_per_client]
+    answers = []
+    with progress_bar(console) as bar:
+        task = bar.add_task("answers alone", total=len(prompts), status="")
+        for p in prompts:
+            answers.append(engine.generate(p, max_tokens=config.max_tokens).text)
+            bar.advance(task)
     engine.target.close()
     return prompts, answers
 
@@ -284,7 +294,7 @@ def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> d
     out.mkdir(parents=True, exist_ok=True)
     target, draft = resolve_model(config.target), resolve_model(config.draft)
     console.print("preparing prompts and their answers alone ...")
-    prompts, answers = load_prompts(config)
+    prompts, answers = load_prompts(config, console)
     doc = {"config": {**asdict(config), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info().to_dict()},
            "prompts": len(prompts), "levels": [], "records": [], "memory_mb": []}
     servers = config.servers[:1] if config.soak_s else config.servers

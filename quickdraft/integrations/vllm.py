@@ -51,7 +51,7 @@ from typing import Any, NamedTuple, Sequence
 
 from ..control import AdaptiveBudget, ForwardCost, best_rate
 from ..proposers.hybrid import SUFFIX_CLASSES, match_strength
-from ..proposers.suffix import Candidate, SuffixTrie
+from ..proposers.suffix import Candidate, SuffixTrie, best_continuation
 from ..records import StepTimes
 
 __all__ = ["OPTIONS", "BatchCost", "BatchDrafter", "QuickdraftProposer", "Row"]
@@ -252,7 +252,7 @@ class BatchDrafter:
                     accept = [a * p for a, p in zip(control.acceptance(), candidate.probs)]
                     k = best_rate(accept, control.draft_token_s, self.cost.seconds()[:budget + 1])[0]
                     if k == 0 and control.probe_due():
-                        k = min(control.probe, len(candidate.tokens))
+                        k = control.short(len(candidate.tokens))
                 else:
                     k = len(candidate.tokens)
                 if k:
@@ -267,19 +267,8 @@ class BatchDrafter:
         """The best continuation from the request's trie or the global one, cut where its survival
         probability falls below ``min_prob``, and the length of the match it continues (as
         SuffixProposer.candidate)."""
-        best, match = Candidate([], []), 0
-        for trie in (state.local, self.global_trie):
-            tokens, probs, size = trie.continuation(context, budget, self.length_per_match)
-            found = Candidate(tokens, probs)
-            if found.expected_accepted() > best.expected_accepted():
-                best, match = found, size
-        survive, keep = 1.0, 0
-        for p in best.probs:
-            survive *= p
-            if survive < self.min_prob:
-                break
-            keep += 1
-        return Candidate(best.tokens[:keep], best.probs[:keep]), match
+        return best_continuation((state.local, self.global_trie), context, budget, self.length_per_match,
+                                 self.min_prob)
 
     # -- request bookkeeping -------------------------------------------------------------------
 

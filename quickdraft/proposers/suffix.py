@@ -167,6 +167,26 @@ class SuffixMemory:
             self.global_trie.end()
 
 
+def best_continuation(tries: Sequence[SuffixTrie], context: Sequence[int], budget: int,
+                      length_per_match: float, min_prob: float) -> tuple[Candidate, int]:
+    """The continuation of ``context`` with the most expected accepted tokens among ``tries``
+    (at most ``budget`` tokens), cut where its survival probability (the product of its tokens'
+    frequencies) falls below ``min_prob``; and the length of the context suffix it continues."""
+    best, match = Candidate([], []), 0
+    for trie in tries:
+        tokens, probs, size = trie.continuation(context, budget, length_per_match)
+        found = Candidate(tokens, probs)
+        if found.expected_accepted() > best.expected_accepted():
+            best, match = found, size
+    survive, keep = 1.0, 0
+    for p in best.probs:
+        survive *= p
+        if survive < min_prob:
+            break
+        keep += 1
+    return Candidate(best.tokens[:keep], best.probs[:keep]), match
+
+
 class SuffixProposer(BaseProposer):
     """Deterministic drafts from a local trie (this request's prompt and output) and the global
     one of :class:`SuffixMemory` (earlier outputs); the candidate with more expected accepted
@@ -191,19 +211,8 @@ class SuffixProposer(BaseProposer):
         of the context suffix it continues."""
         self.local.extend(context[self._seen:])
         self._seen = len(context)
-        best, match = Candidate([], []), 0
-        for trie in (self.local, self.memory.global_trie):
-            tokens, probs, size = trie.continuation(context, budget, self.options.length_per_match)
-            found = Candidate(tokens, probs)
-            if found.expected_accepted() > best.expected_accepted():
-                best, match = found, size
-        survive, keep = 1.0, 0
-        for p in best.probs:
-            survive *= p
-            if survive < self.options.min_prob:
-                break
-            keep += 1
-        return Candidate(best.tokens[:keep], best.probs[:keep]), match
+        return best_continuation((self.local, self.memory.global_trie), context, budget,
+                                 self.options.length_per_match, self.options.min_prob)
 
     def propose(self, context, budget, sampling, rng) -> Draft:
         return Draft(tuple(self.candidate(context, budget)[0].tokens))

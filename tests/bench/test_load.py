@@ -14,6 +14,10 @@ def test_percentile_and_answer_classes():
     assert classify_answer("ab", "ab", ["ab", "cd"]) == "exact"
     assert classify_answer("cdx", "ab", ["ab", "cd"]) == "mixed"
     assert classify_answer("ax", "ab", ["ab", "cd"]) == "differs"
+    # similar prompts' answers begin alike: an early near-tie toward another's opening is no mix-up
+    body = "\ndef iscube(a: int) -> bool:\n    return round(abs(a) ** (1 / 3)) ** 3 == abs(a)\n"
+    own, other = "from typing import *\nfrom collections import *\n" + body, "from typing import *\nfrom math import *\ndef f(): pass"
+    assert classify_answer("from typing import *\nfrom math import *\n" + body, own, [own, other]) == "differs"
 
 
 def test_summary_of_records():

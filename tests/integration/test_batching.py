@@ -2,12 +2,12 @@
 together in one forward, answer exactly what each answers alone (F32 cache: batched and
 one-token logits agree to ~1e-5, so greedy outputs are token for token equal)."""
 
-import numpy as np
 import pytest
+from distributions import two_token_distribution
 from scipy.stats import chisquare
 
 from quickdraft import Memory
-from quickdraft.sampling import SamplingParams, warp
+from quickdraft.sampling import SamplingParams
 
 REQUESTS = [  # (prompt, options): different methods, lengths, stop strings, trees, sampling
     ("the quick brown fox", dict(method="ar", max_tokens=30)),
@@ -76,14 +76,7 @@ def test_sampling_in_a_batch_follows_the_target_distribution(tiny_engine):
     params = SamplingParams(temperature=1.0, top_k=3)
     target = tiny_engine.target
     prompt = target.tokenize("hello world hello world hello", special=False)
-    target.prefill(prompt[:-1])
-    p0 = warp(target.forward(prompt[-1:])[0], params)
-    exact = {}
-    for a in np.flatnonzero(p0):
-        target.prefill(prompt)
-        p1 = warp(target.forward([int(a)])[0], params)
-        for b in np.flatnonzero(p1):
-            exact[(int(a), int(b))] = p0[a] * p1[b]
+    exact = two_token_distribution(target, prompt, params)
     draws, counts = 600, dict.fromkeys(exact, 0)
     for seed in range(draws):
         results = batched_results(tiny_engine, [

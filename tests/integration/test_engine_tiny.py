@@ -3,12 +3,13 @@
 
 import numpy as np
 import pytest
+from distributions import two_token_distribution
 from scipy.stats import chisquare
 
 from quickdraft import Engine, Memory
 from quickdraft.backends.llamacpp import LlamaCppBackend
 from quickdraft.proposers import METHODS
-from quickdraft.sampling import SamplingParams, warp
+from quickdraft.sampling import SamplingParams
 
 PROMPTS = ["the quick brown fox", "def main(): return", "hello world hello world hello", "a b c d e f g"]
 # every method that runs on the llama.cpp backend (the others declare capabilities it lacks)
@@ -149,14 +150,7 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
     params = SamplingParams(temperature=1.0, top_k=3)
     target = tiny_engine.target
     prompt = target.tokenize("hello world hello world hello", special=False)
-    target.prefill(prompt[:-1])
-    p0 = warp(target.forward(prompt[-1:])[0], params)
-    exact = {}
-    for a in np.flatnonzero(p0):
-        target.prefill(prompt)
-        p1 = warp(target.forward([int(a)])[0], params)
-        for b in np.flatnonzero(p1):
-            exact[(int(a), int(b))] = p0[a] * p1[b]
+    exact = two_token_distribution(target, prompt, params)
     draws = 1500
     counts, drafted = dict.fromkeys(exact, 0), 0
     # The budgets must follow the acceptance history, not this machine's timings: the adaptive

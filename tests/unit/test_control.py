@@ -74,6 +74,36 @@ def test_adaptive_keeps_drafting_when_it_pays():
     assert ks[0] > 0 and ks[1:] == [4] * 39  # from the first step: the prior says it pays
 
 
+def test_an_untried_source_drafts_a_short_trial_first_however_good_its_prior():
+    """A prior measured on other text (the draft model's agreement at load) may be wrong for this
+    request: the first draft is at most ``probe`` tokens, so a source that is bad here loses a
+    short trial (within the explore share after it), not a full-length draft; a good one grows to
+    full length."""
+    def fresh():
+        return AdaptiveBudget(max_k=8, cost=ForwardCost([1 + 0.2 * k for k in range(9)], step_s=0.04),
+                              draft_token_s=0.004, prior_accept=0.95)
+
+    forward = lambda k: 0.04 * (1 + 0.2 * k)  # noqa: E731
+    bad, seconds, tokens = run(fresh(), 96, 0.0, 0.004, forward)
+    assert bad[0] == fresh().probe
+    trial = fresh().probe * 0.004 + forward(fresh().probe) - forward(0)
+    assert seconds <= tokens * forward(0) * (1 + fresh().explore) + trial
+    good, _, _ = run(fresh(), 20, 1.0, 0.004, forward)
+    assert good[0] == fresh().probe and good[-1] == 8
+
+
+def test_a_short_draft_is_the_cheapest_per_token_on_a_sawtooth_curve():
+    """Repacked kernels take rows four at a time: on the default target 4 rows cost less than 3
+    (calibrated: 1, 1.54, 2.71, 1.97, 2.59 steps for 1-5 rows), so 3 drafted tokens is the short
+    draft, not 2; on a smooth steep curve (K-quants) with a dear draft, 1."""
+    sawtooth = AdaptiveBudget(max_k=16, cost=ForwardCost([1, 1.54, 2.71, 1.97, 2.59], step_s=0.03),
+                              draft_token_s=0.35 * 0.03)
+    assert sawtooth.short(16) == 3 and sawtooth.short(2) == 1
+    steep_dear = AdaptiveBudget(max_k=16, cost=ForwardCost([1 + 0.9 * k for k in range(5)], step_s=0.03),
+                                draft_token_s=0.7 * 0.03)
+    assert steep_dear.short(16) == 1
+
+
 def test_a_source_that_turns_good_is_noticed_by_a_probe_and_kept():
     c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.3 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.002, prior_accept=0.1)
