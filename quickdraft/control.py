@@ -214,6 +214,11 @@ class ForwardCost:
         """Seconds of a single request's step drafting k tokens, k = 0 .. max_k (n = k + 1)."""
         return [self.seconds(k + 1) for k in range(max_k + 1)]
 
+    @property
+    def measured(self) -> bool:
+        """Whether any forward was observed (else the calibrated curve alone)."""
+        return bool(self._seen)
+
     def observe(self, n: int, seconds: float) -> None:
         if seconds > 0:  # a clock too coarse to see the forward says nothing
             self._seen[n] = _ewma(self._seen.get(n), seconds, self.decay)

@@ -113,8 +113,8 @@ class BatchCost:
 
     def __init__(self, max_k: int, relative_cost: Sequence[float] | None = None, decay: float = 0.9) -> None:
         self.max_k, self.decay = max_k, decay
-        self._prior = ForwardCost(max_k, relative_cost, decay)
-        self.relative_cost = self._prior.relative_cost
+        self._prior = ForwardCost(relative_cost, decay=decay)  # n = k + 1: k draft tokens per request
+        self.relative_cost = self._prior.relative
         self.by_size: dict[int, ForwardCost] = {}
         self.size = 1
 
@@ -129,17 +129,21 @@ class BatchCost:
     def measured(self) -> bool:
         return self._view().measured
 
-    def seconds(self) -> list[float]:
-        return self._view().seconds()
+    def seconds(self, n: int) -> float:
+        """A step whose requests draft n - 1 tokens each, for the batch being decided."""
+        return self._view().seconds(n)
 
-    def observe(self, k: int, seconds: float) -> None:
+    def curve(self, max_k: int) -> list[float]:
+        return self._view().curve(max_k)
+
+    def observe(self, n: int, seconds: float) -> None:
         """AdaptiveBudget's per-request observation: ignored (see :meth:`record`)."""
 
     def record(self, batch_size: int, mean_k: float, seconds: float) -> None:
         """A step of ``batch_size`` decoding requests that verified ``mean_k`` draft tokens each on
         average took ``seconds``."""
-        cost = self.by_size.setdefault(_bucket(batch_size), ForwardCost(self.max_k, self.relative_cost, self.decay))
-        cost.observe(int(round(mean_k)), seconds)
+        cost = self.by_size.setdefault(_bucket(batch_size), ForwardCost(self.relative_cost, decay=self.decay))
+        cost.observe(int(round(mean_k)) + 1, seconds)
 
 
 @dataclass
@@ -250,7 +254,7 @@ class BatchDrafter:
                 control = self.control[name]
                 if self.adaptive:
                     accept = [a * p for a, p in zip(control.acceptance(), candidate.probs)]
-                    k = best_rate(accept, control.draft_token_s, self.cost.seconds()[:budget + 1])[0]
+                    k = best_rate(accept, control.draft_token_s, self.cost.curve(budget))[0]
                     if k == 0 and control.probe_due():
                         k = control.short(len(candidate.tokens))
                 else:

@@ -149,23 +149,23 @@ def test_step_cost_is_recorded_per_batch_size_class_for_decode_steps_only():
     d.step([row("a", a + first[0][:1] + [1], len(prompt), new=2, verified=len(first[0])),
             row("b", a + first[1][:1] + [1], len(prompt), new=2, verified=len(first[1]))])
     assert set(d.cost.by_size) == {2}
-    assert list(d.cost.by_size[2]._forward) == [round((len(first[0]) + len(first[1])) / 2)]
+    assert list(d.cost.by_size[2]._seen) == [round((len(first[0]) + len(first[1])) / 2) + 1]  # n = k + 1
     d.step([row("c", [1, 2], 2, new=0), row("a", a, len(prompt))])  # a prefill joined: not recorded
     d.step([row("d", [1, 2], 2), row("a", a, len(prompt))])  # "d" is new: its prefill ran in this step
-    assert set(d.cost.by_size) == {2} and len(d.cost.by_size[2]._forward) == 1
+    assert set(d.cost.by_size) == {2} and len(d.cost.by_size[2]._seen) == 1
 
 
 def test_batch_cost_borrows_the_nearest_measured_class_and_ignores_per_request_observations():
     cost = BatchCost(4, [1, 2, 3, 4, 5])
     cost.record(8, 2.0, 0.3)
     cost.size = 1
-    assert cost.measured and cost.seconds()[2] == pytest.approx(0.3)
+    assert cost.measured and cost.curve(4)[2] == pytest.approx(0.3)
     cost.observe(0, 99.0)
-    assert cost.seconds()[2] == pytest.approx(0.3)
+    assert cost.curve(4)[2] == pytest.approx(0.3)
     cost.record(1, 0.0, 0.01)
-    assert cost.seconds()[0] == pytest.approx(0.01) and cost.seconds()[2] == pytest.approx(0.03)
+    assert cost.curve(4)[0] == pytest.approx(0.01) and cost.curve(4)[2] == pytest.approx(0.03)
     cost.size = 9
-    assert cost.seconds()[2] == pytest.approx(0.3)
+    assert cost.curve(4)[2] == pytest.approx(0.3)
 
 
 def test_options_are_checked():
