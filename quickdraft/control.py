@@ -290,10 +290,12 @@ class AdaptiveBudget:
         return Offer(self.source, accept, self.draft_token_s, probe=probe)
 
     def short(self, cap: int) -> int:
-        """The short draft (1 to ``probe`` tokens, at most ``cap``) that would give the most tokens
+        """The short draft (1 to ``probe`` tokens, at most ``cap``: 0 if that is 0) that would give the most tokens
         per second were every token accepted: on CPUs a forward's cost is not smooth in its size
         (repacked kernels take rows four at a time), so 3 drafted tokens may cost less than 2."""
-        n = max(1, min(self.probe, cap, self.max_k))
+        n = min(self.probe, cap, self.max_k)
+        if n < 1:
+            return 0
         curve = self.cost.curve(n)
         return max(range(1, n + 1), key=lambda k: (k + 1) / (curve[k] + k * self.draft_token_s))
 

@@ -99,6 +99,7 @@ def test_a_short_draft_is_the_cheapest_per_token_on_a_sawtooth_curve():
     sawtooth = AdaptiveBudget(max_k=16, cost=ForwardCost([1, 1.54, 2.71, 1.97, 2.59], step_s=0.03),
                               draft_token_s=0.35 * 0.03)
     assert sawtooth.short(16) == 3 and sawtooth.short(2) == 1
+    assert sawtooth.short(0) == 0 and sawtooth.offer(0).accept == ()  # no room: not even a trial
     steep_dear = AdaptiveBudget(max_k=16, cost=ForwardCost([1 + 0.9 * k for k in range(5)], step_s=0.03),
                                 draft_token_s=0.7 * 0.03)
     assert steep_dear.short(16) == 1
