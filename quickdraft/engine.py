@@ -215,13 +215,13 @@ class Engine:
         return self.memory.get(("method", spec.name),
                                lambda: spec.memory(self.resources(spec), self._parsed[spec.name]))
 
-    def _controller(self, request: Request) -> Controller:
+    def _controller(self, request: Request, prior: Prior) -> Controller:
+        """The request's budget policy (``prior``: what its method's resources start from)."""
         if request.controller == "fixed":
             return FixedBudget(request.budget)
         key = ("controller", request.controller, request.method, request.budget)
-        draft_token_s = self.resources(request.spec).prior.draft_token_s()
         return self.memory.get(key, lambda: create_controller(request.controller, request.budget, self.cost,
-                                                              draft_token_s))
+                                                              prior.draft_token_s()))
 
     def describe(self) -> dict:
         """What this engine runs on, for reports and ``--json``: the machine, the backend and its
@@ -346,7 +346,7 @@ class Engine:
         except BaseException:
             self._release(target, resources)
             raise
-        controller = None if spec.decides_budget else self._controller(request)
+        controller = None if spec.decides_budget else self._controller(request, resources.prior)
         return Generation(request, proposer, controller, target, resources, self.clock)
 
     def release(self, generation: "Generation") -> None:

@@ -201,27 +201,30 @@ def check_llama_build() -> None:
             f"`make test`) does, or delete the virtual environment and run make again.")
 
 
+def native_build_dir(name: str, version: str, root: Path | None = None) -> Path:
+    """``<root>/build/<name>-<version>-<cpu signature>``: where the Makefile builds ``name`` for this
+    kind of CPU (root: this checkout), so a build made for another CPU is never found."""
+    return (root or Path(__file__).resolve().parents[1]) / "build" / f"{name}-{version}-{cpu_info().signature}"
+
+
 def batch_invariant_llama_dir(root: Path | None = None) -> Path:
     """Where ``make batch-invariant`` puts the batch-invariant build of llama.cpp's libraries for this
     CPU (``<checkout>/build/llama-invariant-<llama-cpp-python version>-<signature>/lib``)."""
-    root = root or Path(__file__).resolve().parents[1]
-    return root / "build" / f"llama-invariant-{llama_version()}-{cpu_info().signature}" / "lib"
+    return native_build_dir("llama-invariant", llama_version(), root) / "lib"
 
 
 def use_batch_invariant_llama() -> Path:
     """Make llama_cpp load the batch-invariant build of llama.cpp (``make batch-invariant``: the same
     version without llamafile's GEMM kernels) instead of its own libraries, through
     llama-cpp-python's ``LLAMA_CPP_LIB_PATH``. It must run before llama_cpp is imported."""
+    from .errors import QuickdraftError  # not at the top: the Makefile runs this file before installing
+
     libs = batch_invariant_llama_dir()
     if not (libs / "libllama.so").is_file():
-        from .errors import QuickdraftError
-
         raise QuickdraftError(f"the batch-invariant build of llama.cpp is not here ({libs}): run `make batch-invariant`",
                               param="batch_invariant")
     loaded = sys.modules.get("llama_cpp.llama_cpp")
     if loaded is not None and Path(loaded._base_path) != libs:
-        from .errors import QuickdraftError
-
         raise QuickdraftError("llama.cpp is loaded already (its own build): choose batch-invariant mode before "
                               "any model is loaded in this process", param="batch_invariant")
     os.environ["LLAMA_CPP_LIB_PATH"] = str(libs)

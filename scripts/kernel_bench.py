@@ -49,27 +49,38 @@ def wait_quiet(limit: float = 0.10) -> float:
     return busy
 
 
+def interleaved(args, depths=(None,)):
+    """(round, build name, binary, model, threads, depth) in the order the runs go: for each model,
+    depth and thread count every build in turn, the builds' order reversed every other round."""
+    builds = [b.split("=", 1) for b in args.build]
+    for r in range(args.rounds):
+        for model in args.model:
+            for depth in depths:
+                for threads in args.threads:
+                    for name, binary in (builds if r % 2 == 0 else builds[::-1]):
+                        yield r, name, binary, model, threads, depth
+
+
+def measure(cmd: list[str], label: str) -> tuple[str, float]:
+    """Run ``cmd`` once the machine is quiet: (its output, how busy the machine was before)."""
+    busy = wait_quiet()
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    print(f"{label}: {time.time() - t0:.0f} s (busy before {busy:.0%})", file=sys.stderr, flush=True)
+    return res.stdout, busy
+
+
 def run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    builds = [b.split("=", 1) for b in args.build]
     ks = ",".join(str(k) for k in args.k)
-    for r in range(args.rounds):
-        for model in args.model:
-            for threads in args.threads:
-                order = builds if r % 2 == 0 else builds[::-1]
-                for name, binary in order:
-                    path = out / f"{name}__{Path(model).stem}__t{threads}__r{r}.json"
-                    if path.exists():
-                        continue
-                    busy = wait_quiet()
-                    cmd = [binary, "-m", model, "-p", ks, "-n", "0", "-t", str(threads), "-r", str(args.reps), "-o", "json"]
-                    t0 = time.time()
-                    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                    print(f"round {r} {name} {Path(model).stem} t{threads}: {time.time() - t0:.0f} s "
-                          f"(busy before {busy:.0%})", file=sys.stderr, flush=True)
-                    rows = json.loads(res.stdout)
-                    path.write_text(json.dumps({"cmd": cmd, "busy_before": busy, "rows": rows}, indent=1))
+    for r, name, binary, model, threads, _ in interleaved(args):
+        path = out / f"{name}__{Path(model).stem}__t{threads}__r{r}.json"
+        if path.exists():
+            continue
+        cmd = [binary, "-m", model, "-p", ks, "-n", "0", "-t", str(threads), "-r", str(args.reps), "-o", "json"]
+        stdout, busy = measure(cmd, f"round {r} {name} {Path(model).stem} t{threads}")
+        path.write_text(json.dumps({"cmd": cmd, "busy_before": busy, "rows": json.loads(stdout)}, indent=1))
 
 
 def load(out: Path):
@@ -115,22 +126,14 @@ def run_logits(args) -> None:
     """scripts/logits_cost.cpp's binary per build (NAME=path/to/logits-cost), interleaved like run."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    builds = [b.split("=", 1) for b in args.build]
     ks = ",".join(str(k) for k in args.k)
-    for r in range(args.rounds):
-        for model in args.model:
-            for depth in args.depth:
-                for threads in args.threads:
-                    for name, binary in (builds if r % 2 == 0 else builds[::-1]):
-                        path = out / f"{name}__{Path(model).stem}__t{threads}__d{depth}__r{r}.jsonl"
-                        if path.exists():
-                            continue
-                        busy = wait_quiet()
-                        cmd = [binary, model, str(threads), str(args.reps), str(depth), ks]
-                        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                        print(f"round {r} {name} {Path(model).stem} t{threads} depth {depth} (busy before {busy:.0%})",
-                              file=sys.stderr, flush=True)
-                        path.write_text(res.stdout)
+    for r, name, binary, model, threads, depth in interleaved(args, args.depth):
+        path = out / f"{name}__{Path(model).stem}__t{threads}__d{depth}__r{r}.jsonl"
+        if path.exists():
+            continue
+        cmd = [binary, model, str(threads), str(args.reps), str(depth), ks]
+        stdout, _ = measure(cmd, f"round {r} {name} {Path(model).stem} t{threads} depth {depth}")
+        path.write_text(stdout)
 
 
 def report_logits(args) -> None:
@@ -155,25 +158,21 @@ def report_logits(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--build", action="append", required=True, help="NAME=path/to/llama-bench (two or more)")
-    r.add_argument("--model", action="append", required=True)
-    r.add_argument("--threads", type=int, action="append")
-    r.add_argument("--k", type=int, nargs="+", default=list(KS))
-    r.add_argument("--reps", type=int, default=5)
-    r.add_argument("--rounds", type=int, default=2)
-    r.add_argument("--out", required=True)
+    def runs(parser, binary: str):  # what both kinds of run take
+        parser.add_argument("--build", action="append", required=True, help=f"NAME=path/to/{binary} (two or more)")
+        parser.add_argument("--model", action="append", required=True)
+        parser.add_argument("--threads", type=int, action="append")
+        parser.add_argument("--k", type=int, nargs="+", default=list(KS))
+        parser.add_argument("--reps", type=int, default=5)
+        parser.add_argument("--rounds", type=int, default=2)
+        parser.add_argument("--out", required=True)
+
+    runs(sub.add_parser("run"), "llama-bench")
     p = sub.add_parser("report")
     p.add_argument("out")
     lr = sub.add_parser("run-logits", help="last-row against all-row logits (scripts/logits_cost.cpp)")
-    lr.add_argument("--build", action="append", required=True, help="NAME=path/to/logits-cost")
-    lr.add_argument("--model", action="append", required=True)
-    lr.add_argument("--threads", type=int, action="append")
+    runs(lr, "logits-cost")
     lr.add_argument("--depth", type=int, action="append")
-    lr.add_argument("--k", type=int, nargs="+", default=list(KS))
-    lr.add_argument("--reps", type=int, default=5)
-    lr.add_argument("--rounds", type=int, default=2)
-    lr.add_argument("--out", required=True)
     lp = sub.add_parser("report-logits")
     lp.add_argument("out")
     args = parser.parse_args()

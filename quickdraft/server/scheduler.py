@@ -234,12 +234,12 @@ class Scheduler:
                     log.exception("a step failed")
                     for running in batch:
                         running.job.emit(Failed(internal_error()))
-                        self._end(engine, running, batch, "error", stats=None, send=False)
+                        self._end(engine, running, batch, "error", send=False)
                     continue
                 for running in list(batch):
                     self._check(engine, running, batch)
             for running in list(batch):
-                self._end(engine, running, batch, "shutdown", stats=None, send=False)
+                self._end(engine, running, batch, "shutdown", send=False)
 
     def _admit(self, index: int) -> list[Job]:
         """Pop, in arrival order, the waiting jobs engine ``index`` has room for (under the lock)."""
@@ -290,15 +290,15 @@ class Scheduler:
         """End ``running`` if it finished, was cancelled or passed its deadline."""
         job, generation = running.job, running.generation
         if job.cancelled:
-            self._end(engine, running, batch, job.cancel_reason or "cancelled", stats=None, send=False)
+            self._end(engine, running, batch, job.cancel_reason or "cancelled", send=False)
         elif generation.done:
-            self._end(engine, running, batch, None, stats=None, send=True)
+            self._end(engine, running, batch, None, send=True)
         elif job.expired():
             job.emit(Failed(timeout_error(job.timeout_s)))
-            self._end(engine, running, batch, "timeout", stats=None, send=False)
+            self._end(engine, running, batch, "timeout", send=False)
 
     def _end(self, engine: Engine, running: _Running, batch: list[_Running], finish: str | None, *,
-             stats: dict | None, send: bool) -> None:
+             send: bool) -> None:
         """Free the generation's sequences and account for it; ``send``: it finished, tell the client."""
         job, generation = running.job, running.generation
         batch.remove(running)
