@@ -27,14 +27,17 @@ class Offer:
     """What one source could draft for one request in the next step.
 
     accept[i]: the probability that draft token i is accepted given tokens 0..i-1 were; its
-    length caps the draft. draft_token_s: seconds to draft one token. forced: a length that must
-    be drafted (a fixed budget), or None. probe: a length to draft when nothing else would be
-    drafted for this request (a source checking whether it pays again), or None.
+    length caps the draft. draft_token_s: seconds to draft one token. setup_s: seconds paid once
+    before the first token can be drafted (a draft model catching up with the context it has not
+    seen). forced: a length that must be drafted (a fixed budget), or None. probe: a length to
+    draft when nothing else would be drafted for this request (a source checking whether it pays
+    again), or None.
     """
 
     source: str
     accept: tuple[float, ...]
     draft_token_s: float = 0.0
+    setup_s: float = 0.0
     forced: int | None = None
     probe: int | None = None
 
@@ -85,42 +88,56 @@ def expected_tokens(accept: Sequence[float], k: int) -> float:
     return total
 
 
-def best_rate(accept: Sequence[float], draft_token_s: float, forward_s: Sequence[float]) -> tuple[int, float]:
-    """The draft length k (0 = a plain step) maximising expected tokens per second, and that rate.
+# Every second speculation adds to a step (drafting, and the rows it adds to the forward) is
+# weighed as 1 + RISK seconds: acceptance is estimated from a few noisy observations, so a draft
+# promising barely more than it costs loses as often as it wins, and a user who switched
+# speculation on must not lose time. Seen on the bench's everyday prose (AMD Zen 5): without it,
+# drafts of short suffix matches promising about 5% more tokens per second than a plain step were
+# mostly rejected, 2-3% of the decode time lost (with it, with per-position rates: README, bench).
+RISK = 0.2
+
+
+def best_rate(accept: Sequence[float], draft_token_s: float, forward_s: Sequence[float],
+              risk: float = RISK) -> tuple[int, float]:
+    """The draft length k (0 = a plain step) maximising expected tokens per second, with the
+    seconds drafting adds weighed by 1 + ``risk`` (see RISK), and that rate.
 
     forward_s[k]: seconds of one target forward over k + 1 new tokens (the pending token plus k
     drafts), for k = 0 .. len(forward_s) - 1 (k is also capped by len(accept)). Cost of a step:
-    k * draft_token_s + forward_s[k].
+    forward_s[0] + (1 + risk) (k * draft_token_s + forward_s[k] - forward_s[0]).
     Example: with free drafts, a flat forward cost and any acceptance > 0 the longest k wins;
-    with forward_s = [1, 2] and accept = [0.5], k = 0 wins (1 token/s against 1.5 / 2).
+    with forward_s = [1, 2] and accept = [0.5], k = 0 wins (1 token/s against 1.5 / 2, risk 0).
     """
     ks = range(min(len(forward_s), len(accept) + 1))
-    rates = [expected_tokens(accept, k) / (k * draft_token_s + forward_s[k]) for k in ks]
+    rates = [expected_tokens(accept, k) / (forward_s[0] + (1 + risk) * (k * draft_token_s + forward_s[k] - forward_s[0]))
+             for k in ks]
     k = int(max(ks, key=rates.__getitem__))
     return k, rates[k]
 
 
-def best_budget(accept: Sequence[float], draft_token_s: float, forward_s: Sequence[float]) -> int:
+def best_budget(accept: Sequence[float], draft_token_s: float, forward_s: Sequence[float], risk: float = RISK) -> int:
     """The k of :func:`best_rate`."""
-    return best_rate(accept, draft_token_s, forward_s)[0]
+    return best_rate(accept, draft_token_s, forward_s, risk)[0]
 
 
 def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float],
-             sweeps: int = 2) -> list[tuple[int | None, int]]:
+             sweeps: int = 2, risk: float = RISK) -> list[tuple[int | None, int]]:
     """Every request's choice for the next step, (the index of its chosen offer or None for a
     plain step, its draft length), maximising the step's expected tokens per second:
 
         sum of expected tokens / (sum of drafting time + forward_s(total new tokens)),
 
     where a request drafting k tokens of an offer adds ``expected_tokens(offer.accept, k)`` tokens,
-    ``k * offer.draft_token_s`` seconds and k + 1 new tokens (its pending token and the draft).
+    ``offer.setup_s + k * offer.draft_token_s`` seconds and k + 1 new tokens (its pending token and the draft),
+    and the seconds a request's draft adds (its drafting, and the forward's growth) count 1 + ``risk``
+    times (RISK).
     It starts from plain steps (forced lengths forced) and improves one request at a time,
     exhaustively over that request's offers and lengths (coordinate ascent, ``sweeps`` rounds):
     never worse than plain continuous batching, and :func:`best_rate` exactly for one request.
     A request left with a plain step drafts its probe, if an offer has one.
 
-    Example: one request offering [0.9, 0.9] at no drafting cost, forward_s(n) = 1 + 0.25 (n - 1):
-    drafting 2 gives 2.71 tokens for 1.5 s (1.81/s) against 1 token for 1 s: [(0, 2)].
+    Example: one request offering [0.9, 0.9] at no drafting cost, forward_s(n) = 1 + 0.25 (n - 1),
+    risk 0: drafting 2 gives 2.71 tokens for 1.5 s (1.81/s) against 1 token for 1 s: [(0, 2)].
     """
     choices: list[tuple[int | None, int]] = []
     gains: list[float] = []  # expected tokens per request
@@ -131,9 +148,9 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
         if forced:
             i, o = forced[0]
             k = min(o.forced, len(o.accept))
-            opts = [(i, k, expected_tokens(o.accept, k), k * o.draft_token_s)]
+            opts = [(i, k, expected_tokens(o.accept, k), o.setup_s * (k > 0) + k * o.draft_token_s)]
         else:
-            opts = [(None, 0, 1.0, 0.0)] + [(i, k, expected_tokens(o.accept, k), k * o.draft_token_s)
+            opts = [(None, 0, 1.0, 0.0)] + [(i, k, expected_tokens(o.accept, k), o.setup_s + k * o.draft_token_s)
                                             for i, o in enumerate(request) for k in range(1, len(o.accept) + 1)]
         options.append(opts)
         choices.append(opts[0][:2])
@@ -144,7 +161,9 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
         for r, opts in enumerate(options):
             base_tokens = tokens - 1 - choices[r][1]
             rest_gain, rest_spend = sum(gains) - gains[r], sum(spends) - spends[r]
-            best = max(opts, key=lambda o: (rest_gain + o[2]) / (rest_spend + o[3] + forward_s(base_tokens + 1 + o[1])))
+            plain = forward_s(base_tokens + 1)
+            best = max(opts, key=lambda o: (rest_gain + o[2]) / (
+                rest_spend + plain + (1 + risk) * (o[3] + forward_s(base_tokens + 1 + o[1]) - plain)))
             choices[r], gains[r], spends[r] = best[:2], best[2], best[3]
             tokens = base_tokens + 1 + best[1]
     for r, request in enumerate(offers):
@@ -241,7 +260,10 @@ class AdaptiveBudget:
     (``optimistic_accept``) and only while what probes have lost, plus what this one could lose,
     stays within ``explore`` of the time observed: exploring costs at most that share of the
     time, and nothing where the numbers say it cannot pay. Each probe that does not turn drafting
-    back on doubles the wait (up to 32 times). The engine keeps one per method and budget in its
+    back on doubles the wait (up to 32 times). A source that has never been graded offers nothing
+    but such probes: its prior is a guess about other text (a draft model's agreement measured at
+    load is lowest on an answer's first tokens, where a fresh request would try it), so a fresh
+    engine explores within the same bound. The engine keeps one per method and budget in its
     memory, so later requests start from what earlier ones learned.
     """
 
@@ -280,14 +302,18 @@ class AdaptiveBudget:
             rates.append(prior)
         return rates if self.positional else rates * self.max_k
 
-    def offer(self, cap: int) -> Offer:
-        """Its learned acceptance and cost, or a forced probe when one is due (see the class).
-        Until the source has drafted, at most a short draft: a prior is a guess about other
-        text, so a first draft is a trial whose loss is bounded like a probe's."""
-        tried = any(reached for _, reached in self._accept)
-        accept = tuple(self.acceptance()[:cap if tried else self.short(cap)])
-        probe = self.short(cap) if cap > 0 and self.probe_due() else None
-        return Offer(self.source, accept, self.draft_token_s, probe=probe)
+    @property
+    def graded(self) -> bool:
+        """Whether any draft of this source (sent, or graded in the shadow) was seen."""
+        return any(reached for _, reached in self._accept)
+
+    def offer(self, cap: int, setup_s: float = 0.0) -> Offer:
+        """Its learned acceptance and cost, or a forced probe when one is due (see the class);
+        until graded, only the probe. ``setup_s``: what drafting would first cost this request
+        (:attr:`Offer.setup_s`), counted in what a probe may lose."""
+        accept = tuple(self.acceptance()[:cap]) if self.graded else ()
+        probe = self.short(cap) if cap > 0 and self.probe_due(setup_s) else None
+        return Offer(self.source, accept, self.draft_token_s, setup_s, probe=probe)
 
     def short(self, cap: int) -> int:
         """The short draft (1 to ``probe`` tokens, at most ``cap``: 0 if that is 0) that would give the most tokens
@@ -303,21 +329,22 @@ class AdaptiveBudget:
         """Whether drafting would beat a plain step at the best acceptance a source may reach."""
         return best_rate([self.optimistic_accept] * self.max_k, self.draft_token_s, self.cost.curve(self.max_k))[0] > 0
 
-    def probe_due(self) -> bool:
+    def probe_due(self, setup_s: float = 0.0) -> bool:
         """No draft for ``_interval`` steps, drafting could pay, and a probe that gains nothing
-        would keep what probing has lost within ``explore`` of the time."""
+        (its ``setup_s`` included) would keep what probing has lost within ``explore`` of the time."""
         if self._since_draft < self._interval or not self.could_pay():
             return False
         probe = self.short(self.max_k)
-        worst = probe * self.draft_token_s + self.cost.seconds(probe + 1) - self.cost.seconds(1)
+        worst = setup_s + probe * self.draft_token_s + self.cost.seconds(probe + 1) - self.cost.seconds(1)
         return self._lost + worst <= self.explore * self._elapsed
 
     def decide(self, k: int) -> None:
         """Record that the next step drafts k tokens: a probe (drafting although drafting does
-        not pay) doubles the wait before the next one; drafting that pays resets it."""
+        not pay, or before any grade) doubles the wait before the next one, and what it loses is
+        counted; drafting that pays resets the wait."""
         if k > 0:
             pays = best_rate(self.acceptance(), self.draft_token_s, self.cost.curve(self.max_k))[0] > 0
-            self._probing = not pays
+            self._probing = not (pays and self.graded)
             self._interval = self.probe_every if pays else min(2 * self._interval, 32 * self.probe_every)
 
     def budget(self) -> int:
@@ -326,9 +353,12 @@ class AdaptiveBudget:
         self.decide(k)
         return k
 
-    def observe(self, acceptance: Acceptance, times: StepTimes, own_step: bool = True, learn: bool = True) -> None:
+    def observe(self, acceptance: Acceptance, times: StepTimes, own_step: bool = True, learn: bool = True,
+                setup: bool = False) -> None:
         """The last step's outcome. ``own_step`` False: a step drafted by another source; only
-        the clocks run. ``learn`` False: the caller learns acceptance itself (:meth:`learn`)."""
+        the clocks run. ``learn`` False: the caller learns acceptance itself (:meth:`learn`).
+        ``setup``: the step's drafting time includes a setup (:attr:`Offer.setup_s`), so it says
+        nothing about the cost per token (what a probe lost still counts all of it)."""
         step_s = times.draft_s + times.verify_s
         self._elapsed += step_s
         n = acceptance.drafted if own_step else 0
@@ -337,7 +367,8 @@ class AdaptiveBudget:
             self._lost += max(0.0, step_s - (acceptance.accepted + 1) * self.cost.seconds(1))
         self._probing = False
         if n:
-            self.draft_token_s = _ewma(self.draft_token_s or None, times.draft_s / n, self.decay)
+            if not setup:
+                self.draft_token_s = _ewma(self.draft_token_s or None, times.draft_s / n, self.decay)
             if learn:
                 self.learn(acceptance.accepted, acceptance.positions)
 

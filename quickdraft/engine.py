@@ -365,35 +365,40 @@ class Engine:
         """The sequence a backend's own single-sequence protocol works on."""
         return backend.main if BATCH in backend.capabilities else backend
 
-    def step(self, generations: Sequence["Generation"]) -> list[Piece | None]:
+    def step(self, generations: Sequence["Generation"], prefill: Sequence[Chunk] = ()) -> list[Piece | None]:
         """One speculative step for every generation: each offers what it could draft, the
         lengths are allocated for the whole step (control.allocate: expected tokens per second,
         plain steps included), each drafts, one target forward verifies them all, each accepts
-        and trims its cache, learns, and emits its new text (None when there is none yet)."""
+        and trims its cache, learns, and emits its new text (None when there is none yet).
+        ``prefill``: prompt chunks of generations still prefilling (:meth:`Generation.next_chunk`)
+        that ride in the same forward (``BATCH`` backends), as continuous batching does."""
         clock, cost = self.clock, self.cost
+        extra = sum(len(c.tokens) for c in prefill)
         offers = [g.offers() for g in generations]
-        choices = allocate(offers, cost.seconds)
+        choices = allocate(offers, lambda n: cost.seconds(n + extra))
         drafts, draft_s = [], []
         for g, options, (index, k) in zip(generations, offers, choices):
             start = clock()
             drafts.append(g.draft(options[index] if index is not None else None, k))
             draft_s.append(clock() - start)
         start = clock()
-        acceptances = self._verify(generations, drafts)
+        acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
-        cost.observe(sum(1 + len(d) for d in drafts), verify_s)
+        cost.observe(extra + sum(1 + len(d) for d in drafts), verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s)) for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
-    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft]) -> list[Acceptance]:
-        """One target forward over every generation's pending token and draft (chains and trees),
-        the acceptance rule of each, and caches left holding the accepted tokens (the pending ones
-        included). Backends without ``BATCH`` take one generation at a time."""
+    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft],
+                prefill: Sequence[Chunk] = ()) -> list[Acceptance]:
+        """One target forward over every generation's pending token and draft (chains and trees)
+        and the ``prefill`` chunks, the acceptance rule of each, and caches left holding the
+        accepted tokens (the pending ones included). Backends without ``BATCH`` take one
+        generation at a time."""
         if BATCH in self.target.capabilities:
             chunks = [Chunk(g.sequence, [g.context[-1], *d.tokens], d.tree_parents() if d.parents else None)
                       for g, d in zip(generations, drafts)]
-            rows = self.target.forward_batch(chunks)  # [n + 1, V] each
+            rows = self.target.forward_batch([*chunks, *prefill])[:len(chunks)]  # [n + 1, V] each
         else:
-            if len(generations) != 1:
+            if len(generations) != 1 or prefill:
                 raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
             g, d = generations[0], drafts[0]
             pending = [g.context[-1], *d.tokens]
@@ -427,7 +432,8 @@ class Generation:
     """One running request: its proposer, its controller (None for a method that offers for
     itself), the target sequence its tokens live in, what it has emitted, its stats.
 
-    ``prefill`` evaluates the prompt (all at once, or ``chunk`` tokens a call); then each
+    ``prefill`` evaluates the prompt (all at once, or ``chunk`` tokens a call; or
+    :meth:`next_chunk` hands a chunk to ride in another step's forward); then each
     :meth:`Engine.step` asks it to :meth:`offers`, :meth:`draft` and :meth:`settle`.
     """
 
@@ -447,11 +453,24 @@ class Generation:
         """Evaluate the prompt but its last token (fed with the first draft), reusing what the
         sequence holds; with ``chunk``, at most that many tokens this call. True once done (the
         proposer then begins)."""
+        pending = self.next_chunk(chunk)
+        if pending is not None:
+            self.sequence.prefill([*self.sequence.tokens, *pending.tokens])
+        return self.prefill_done()
+
+    def next_chunk(self, size: int | None = None) -> Chunk | None:
+        """The next ``size`` tokens (all, if None) of the prompt not yet in the sequence, as a
+        forward's chunk with no logits (the sequence keeps the longest prefix it already holds);
+        None when there are none. :meth:`prefill_done` after the forward."""
         prompt = self.context[:-1]
         common = reusable_prefix(self.sequence.tokens, prompt, last_logits=False)
-        end = len(prompt) if chunk is None else min(len(prompt), common + chunk)
-        self.sequence.prefill(prompt[:end])
-        if end == len(prompt):
+        self.sequence.rollback(common)
+        end = len(prompt) if size is None else min(len(prompt), common + size)
+        return Chunk(self.sequence, prompt[common:end], rows="none") if end > common else None
+
+    def prefill_done(self) -> bool:
+        """Whether the prompt is in (the first time: the proposer begins, the prefill time is taken)."""
+        if not self.prefilled and len(self.sequence.tokens) == len(self.context) - 1:
             self.proposer.begin(self.context)
             self.prefilled = True
             self.stats.prefill_time_s = self.clock() - self.started

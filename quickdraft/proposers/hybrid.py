@@ -8,6 +8,10 @@ estimate of the target's forward cost by size. The source (and length) with the 
 tokens per second wins; a plain step wins when nothing beats it. Sources that lose for a while
 are probed now and then with a short draft (back-off as in AdaptiveBudget), so a change in the
 text (a stretch of copying starts) is noticed.
+
+Nothing is spent on a source before it is chosen: the draft model sees the context only when it
+first drafts for a request (its catch-up is that offer's ``setup_s``), and a suffix class drafts
+only once the shadow has graded it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..backends.base import common_prefix
 from ..control import AdaptiveBudget, Offer
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
@@ -26,7 +31,9 @@ from .draft_model import DraftModelProposer, DraftOptions
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
 # Suffix drafts by the length of the match they continue: (name, shortest match, acceptance
-# assumed before any was seen). One acceptance rate per class, the same at every position.
+# assumed before any was seen). Each class learns a rate per draft position (relative to the
+# trie's frequencies): a copied span's first token is the doubtful one (on the bench's prose a
+# short match's first token is right about a third of the time, the ones after it mostly).
 SUFFIX_CLASSES = (("suffix-long", 8, 0.9), ("suffix-medium", 3, 0.7), ("suffix-short", 1, 0.5))
 
 
@@ -59,7 +66,7 @@ class AutoMemory:
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
         prior, k = resources.prior, options.max_draft
         self.suffix = SuffixMemory(options.suffix())
-        self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, positional=False, prior_accept=accept,
+        self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, prior_accept=accept,
                                              source=name)
                         for name, _, accept in SUFFIX_CLASSES}
         if resources.draft is not None:
@@ -78,7 +85,9 @@ class AutoProposer(BaseProposer):
     Suffix drafts cost nothing to propose, so their acceptance is learned from every step, drafted
     or not: the tokens the target emitted say how the step's suffix candidate would have fared
     (shadow learning), and a suffix class never needs a probe. The draft model is learned from its
-    own drafts; its probes are bounded by what they may lose (AdaptiveBudget).
+    own drafts; its probes are bounded by what they may lose (AdaptiveBudget). The draft model
+    is not given the prompt at the start: it catches up when it first drafts, and until then
+    costs the request nothing (no prefill, no cache).
     """
 
     def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
@@ -86,12 +95,17 @@ class AutoProposer(BaseProposer):
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
         self._source: str | None = None  # the last draft's source, until observed
+        self._setup = False  # the last draft began with a catch-up of the draft model
         self._candidate: tuple[str, Candidate] | None = None  # the last offer's suffix candidate and class
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
-        if self.drafter:
-            self.drafter.begin(prompt)
+
+    def catch_up(self, context: Sequence[int]) -> int:
+        """Tokens of ``context`` the draft model would evaluate before its first draft token
+        beyond those a draft in step with the target has (the pending token and one accepted)."""
+        behind = len(context) - common_prefix(self.drafter.model.tokens, context)
+        return behind if behind > 2 else 0
 
     def end(self, context: Sequence[int]) -> None:
         self.suffix.end(context)
@@ -103,10 +117,13 @@ class AutoProposer(BaseProposer):
         if candidate.tokens:
             name = match_strength(match)
             self._candidate = (name, candidate)
-            accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
-            offers.append(Offer(name, accept, control[name].draft_token_s))
+            if control[name].graded:
+                accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
+                offers.append(Offer(name, accept, control[name].draft_token_s))
         if self.drafter:
-            offers.append(control["draft"].offer(cap))
+            draft = control["draft"]  # a catch-up over n tokens costs about a target forward over n, scaled
+            behind = self.catch_up(context)
+            offers.append(draft.offer(cap, behind and draft.draft_token_s * draft.cost.relative_at(behind)))
         return offers
 
     def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
@@ -115,6 +132,7 @@ class AutoProposer(BaseProposer):
         if offer is not None:
             self.memory.control[offer.source].decide(k)
         if self._source == "draft":
+            self._setup = self.catch_up(context) > 0
             draft = self.drafter.propose(context, k, sampling, rng)
             return Draft(draft.tokens, draft.q, source="draft")
         return Draft(tuple(self._candidate[1].tokens[:k]) if k else (), source=self._source)
@@ -126,7 +144,8 @@ class AutoProposer(BaseProposer):
         if source is None:
             return
         for name, control in self.memory.control.items():
-            control.observe(acceptance, times, own_step=name == source, learn=name == "draft")
+            control.observe(acceptance, times, own_step=name == source, learn=name == "draft",
+                            setup=name == source == "draft" and self._setup)
         if self._candidate is not None:  # drafted or not, the emitted tokens grade the candidate
             name, candidate = self._candidate
             matched, reached = shadow_outcome(candidate.tokens, acceptance.tokens)

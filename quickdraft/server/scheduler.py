@@ -7,11 +7,12 @@ a KV sequence of its own (``Engine.start(request, batched=True)``), and loops:
 1. admit waiting requests, in arrival order, while the batch has room (``max_batch`` requests,
    and KV cells for each one's prompt, ``max_tokens`` and draft: a request never runs out of
    room mid-way);
-2. prefill one chunk (``prefill_chunk`` tokens) of the oldest admitted prompt, so a long prompt
-   does not stall the running streams for its whole length;
-3. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
-   chosen for the whole batch, one forward verifies them all) and hand each its new text;
-4. end what finished, was cancelled (the client disconnected, or the HTTP side gave up) or passed
+2. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
+   chosen for the whole batch, one forward verifies them all) and hand each its new text; the
+   same forward carries one chunk (``prefill_chunk`` tokens) of the oldest admitted prompt not
+   yet in, so a long prompt neither stalls the running streams for its whole length nor costs a
+   forward of its own (alone, the chunk is a forward of its own);
+3. end what finished, was cancelled (the client disconnected, or the HTTP side gave up) or passed
    its deadline, freeing its sequences at once.
 
 Backends without batching (torch) run a batch of one. The queue in front is first-in first-out
@@ -271,15 +272,21 @@ class Scheduler:
         batch.append(_Running(job, generation, now))
 
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
-        """One prefill chunk for the oldest prompt not yet in, then one step over the rest."""
-        waiting = [r for r in batch if not r.generation.prefilled]
-        if waiting:
-            waiting[0].generation.prefill(self.prefill_chunk)
+        """One step over the generations whose prompt is in, carrying one prefill chunk of the
+        oldest prompt not yet in (on its own when nothing else runs, or the backend cannot batch)."""
+        waiting = next((r.generation for r in batch if not r.generation.prefilled), None)
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
+        if waiting is not None and not (ready and BATCH in engine.target.capabilities):
+            waiting.prefill(self.prefill_chunk)
+            waiting = None
         if not ready:
             return
+        chunk = waiting.next_chunk(self.prefill_chunk) if waiting is not None else None
         self.metrics.batch_size.observe(len(ready))
-        for running, piece in zip(ready, engine.step([r.generation for r in ready])):
+        pieces = engine.step([r.generation for r in ready], prefill=[chunk] if chunk is not None else [])
+        if waiting is not None:
+            waiting.prefill_done()
+        for running, piece in zip(ready, pieces):
             if piece is not None:
                 if running.tokens == 0:
                     self.metrics.time_to_first_token.observe(time.monotonic() - running.job.arrived)

@@ -21,23 +21,30 @@ REQUESTS = [  # (prompt, options): different methods, lengths, stop strings, tre
 ]
 
 
-def batched_results(engine, requests, stagger: int = 0):
+def batched_results(engine, requests, stagger: int = 0, ride: bool = False):
     """Generate ``requests`` in one batch (all joining before the first step, or one every
-    ``stagger`` steps, prefilled in chunks of 5 tokens); their results in order."""
+    ``stagger`` steps, prefilled in chunks of 5 tokens: on their own, or with ``ride`` in the
+    running generations' steps, as the server does); their results in order."""
     prepared = [engine.prepare(p, **o) for p, o in requests]
     order = {id(r): n for n, r in enumerate(prepared)}
     out = [None] * len(prepared)
-    running, queue, step = [], list(prepared), 0
+    running, joining, queue, step = [], [], list(prepared), 0
     with engine.exclusive():
-        while queue or running:
+        while queue or running or joining:
             if queue and (stagger == 0 or step % stagger == 0):
                 generation = engine.start(queue.pop(0), batched=True)
-                while not generation.prefill(chunk=5):
-                    pass
-                running.append(generation)
+                if ride and running:
+                    joining.append(generation)
+                else:
+                    while not generation.prefill(chunk=5):
+                        pass
+                    running.append(generation)
                 if stagger == 0 and queue:
                     continue  # everyone joins before the first step
-            engine.step(running)
+            chunk = joining[0].next_chunk(5) if joining else None
+            engine.step(running, prefill=[chunk] if chunk else [])
+            if joining and joining[0].prefill_done():
+                running.append(joining.pop(0))
             for g in [g for g in running if g.done]:
                 engine.release(g)
                 running.remove(g)
@@ -46,11 +53,11 @@ def batched_results(engine, requests, stagger: int = 0):
     return out
 
 
-@pytest.mark.parametrize("stagger", [0, 3])
-def test_every_request_in_a_batch_answers_what_it_answers_alone(tiny_engine, stagger):
+@pytest.mark.parametrize("stagger, ride", [(0, False), (3, False), (2, True)])
+def test_every_request_in_a_batch_answers_what_it_answers_alone(tiny_engine, stagger, ride):
     alone = [tiny_engine.generate(p, **o) for p, o in REQUESTS]
     tiny_engine.memory = Memory()
-    together = batched_results(tiny_engine, REQUESTS, stagger)
+    together = batched_results(tiny_engine, REQUESTS, stagger, ride)
     for (prompt, options), a, b in zip(REQUESTS, alone, together):
         assert b.token_ids == a.token_ids, (prompt, options)
         assert b.text == a.text and b.finish_reason == a.finish_reason

@@ -74,6 +74,24 @@ def test_greedy_speculative_equals_ar_token_for_token(tiny_engine, method, num_d
     assert drafted > 0, f"{method} never drafted: the test would not exercise verification"
 
 
+def test_auto_brings_in_the_draft_model_only_when_it_drafts_and_stays_exact(tiny_engine):
+    """auto's draft model sees nothing of a request before its first draft (no prefill at the
+    start), then catches up in that draft; its drafts, lazily caught up, keep the answer exact."""
+    engine = simulated_engine(tiny_engine)
+    generation = engine.start(engine.prepare(PROMPTS[0], max_tokens=8, method="auto"))
+    generation.prefill()
+    assert generation.resources.draft.tokens == [] and generation.sequence.tokens
+    engine.release(generation)
+    sources: dict[str, int] = {}
+    for prompt in PROMPTS * 2:
+        ar = tiny_engine.generate(prompt, max_tokens=48, method="ar")
+        spec = engine.generate(prompt, max_tokens=48, method="auto")
+        assert spec.token_ids == ar.token_ids, prompt
+        for source, n in spec.stats["draft_sources"].items():
+            sources[source] = sources.get(source, 0) + n
+    assert sources.get("draft", 0) > 3, sources
+
+
 def test_draft_model_drafts_get_accepted(tiny_engine):
     """The fixture pair is correlated, so the draft path is really exercised (accept and reject)."""
     stats = tiny_engine.generate(PROMPTS[0], max_tokens=48, method="draft", num_draft=4).stats
@@ -152,7 +170,7 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
     prompt = target.tokenize("hello world hello world hello", special=False)
     exact = two_token_distribution(target, prompt, params)
     draws = 1500
-    counts, drafted = dict.fromkeys(exact, 0), 0
+    counts, drafted, by_draft_model = dict.fromkeys(exact, 0), 0, 0
     # The budgets must follow the acceptance history, not this machine's timings: the adaptive
     # controller and auto (in an engine of their own) see synthetic costs.
     engine = simulated_engine(tiny_engine)
@@ -161,7 +179,9 @@ def test_sampled_output_follows_the_target_distribution(tiny_engine, method, con
                               num_draft=3, controller=controller)
         counts[tuple(out.token_ids[:2])] += 1
         drafted += out.stats["drafted_tokens"]
+        by_draft_model += out.stats["draft_sources"].get("draft", 0)
     assert drafted > draws / 2, "too few drafts: the test would not exercise verification"
+    assert method != "auto" or by_draft_model > draws / 4, "auto's draft model must be exercised too"
     keys = sorted(exact)
     result = chisquare([counts[k] for k in keys], [exact[k] * draws for k in keys])
     assert result.pvalue > 1e-3, (counts, exact)

@@ -54,7 +54,7 @@ class GatedEngine:
         self.started.append(request.sampling.seed)
         return GatedGeneration()
 
-    def step(self, generations) -> list:
+    def step(self, generations, prefill=()) -> list:
         self.batch_sizes.append(len(generations))
         pieces = []
         for g in generations:

@@ -68,28 +68,57 @@ def test_probes_that_fail_lose_at_most_the_explore_share_of_the_time():
 
 
 def test_adaptive_keeps_drafting_when_it_pays():
+    """An ungraded source waits for its first probe (``probe_every`` steps, within the explore
+    share); once that probe is accepted it drafts the full length every step."""
     c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.05 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.001)
     ks, _, _ = run(c, 40, 1.0, 0.001, lambda k: 0.04 * (1 + 0.05 * k))
-    assert ks[0] > 0 and ks[1:] == [4] * 39  # from the first step: the prior says it pays
+    first = next(i for i, k in enumerate(ks) if k)
+    assert first == c.probe_every and ks[:first] == [0] * first and ks[first + 1:] == [4] * (39 - first)
 
 
-def test_an_untried_source_drafts_a_short_trial_first_however_good_its_prior():
+def test_an_ungraded_source_enters_only_by_a_bounded_probe_however_good_its_prior():
     """A prior measured on other text (the draft model's agreement at load) may be wrong for this
-    request: the first draft is at most ``probe`` tokens, so a source that is bad here loses a
-    short trial (within the explore share after it), not a full-length draft; a good one grows to
-    full length."""
+    request: a fresh controller drafts nothing until a probe is due, so a source that is bad here
+    loses at most the explore share of the time (and the one draft its prior, halved by the probe's
+    failure, still pays for), and a good one then grows
+    to full length."""
     def fresh():
         return AdaptiveBudget(max_k=8, cost=ForwardCost([1 + 0.2 * k for k in range(9)], step_s=0.04),
                               draft_token_s=0.004, prior_accept=0.95)
 
     forward = lambda k: 0.04 * (1 + 0.2 * k)  # noqa: E731
-    bad, seconds, tokens = run(fresh(), 96, 0.0, 0.004, forward)
-    assert bad[0] == fresh().probe
-    trial = fresh().probe * 0.004 + forward(fresh().probe) - forward(0)
-    assert seconds <= tokens * forward(0) * (1 + fresh().explore) + trial
-    good, _, _ = run(fresh(), 20, 1.0, 0.004, forward)
-    assert good[0] == fresh().probe and good[-1] == 8
+    assert fresh().offer(8).accept == () and fresh().offer(8).probe is None
+    bad, seconds, tokens = run(fresh(), 200, 0.0, 0.004, forward)
+    assert 0 < sum(map(bool, bad)) and bad.index(fresh().probe) >= fresh().probe_every
+    probe = fresh().probe
+    once = probe * 0.004 + forward(probe) - forward(0)  # the draft the prior, halved by one failure, still takes
+    assert seconds <= tokens * forward(0) * (1 + fresh().explore) + once
+    good, _, _ = run(fresh(), 120, 1.0, 0.004, forward)
+    assert good[-1] == 8
+
+
+def test_a_setup_cost_delays_a_probe_and_is_not_a_cost_per_token():
+    """A draft model that must first catch up with the context (``setup_s``): the probe waits
+    until the explore share covers that too, and the catch-up is not learned as per-token cost."""
+    def fresh():
+        return AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.2 * k for k in range(5)], step_s=0.04),
+                              draft_token_s=0.004)
+
+    def due_after(setup_s):
+        c = fresh()
+        for step_ in range(2000):
+            if c.offer(4, setup_s).probe:
+                return step_
+            c.observe(Acceptance((1,), 0, 0), StepTimes(0.0, 0.04))
+        return None
+
+    assert due_after(0.0) < due_after(0.5)
+    c = fresh()
+    c.observe(Acceptance((1, 1, 1), 2, 2), StepTimes(0.5, 0.05), setup=True)
+    assert c.draft_token_s == 0.004 and c.acceptance()[0] > 0.5
+    c.observe(Acceptance((1, 1, 1), 2, 2), StepTimes(0.01, 0.05))
+    assert c.draft_token_s == pytest.approx(0.9 * 0.004 + 0.1 * 0.005)
 
 
 def test_a_short_draft_is_the_cheapest_per_token_on_a_sawtooth_curve():
