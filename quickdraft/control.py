@@ -15,6 +15,7 @@ and each of auto's sources); a :class:`FixedBudget` offers a forced length.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -134,7 +135,8 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
     It starts from plain steps (forced lengths forced) and improves one request at a time,
     exhaustively over that request's offers and lengths (coordinate ascent, ``sweeps`` rounds):
     never worse than plain continuous batching, and :func:`best_rate` exactly for one request.
-    A request left with a plain step drafts its probe, if an offer has one.
+    A request alone left with a plain step drafts its probe, if an offer has one (in a batch, a
+    probe's rows would slow every request, and its loss budget is counted per request).
 
     Example: one request offering [0.9, 0.9] at no drafting cost, forward_s(n) = 1 + 0.25 (n - 1),
     risk 0: drafting 2 gives 2.71 tokens for 1.5 s (1.81/s) against 1 token for 1 s: [(0, 2)].
@@ -166,10 +168,10 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
                 rest_spend + plain + (1 + risk) * (o[3] + forward_s(base_tokens + 1 + o[1]) - plain)))
             choices[r], gains[r], spends[r] = best[:2], best[2], best[3]
             tokens = base_tokens + 1 + best[1]
-    for r, request in enumerate(offers):
-        probes = [(i, o.probe) for i, o in enumerate(request) if o.probe]
-        if choices[r][1] == 0 and probes:
-            choices[r] = probes[0]
+    if len(offers) == 1:  # probes only alone: in a batch a probe's rows slow every request
+        probes = [(i, o.probe) for i, o in enumerate(offers[0]) if o.probe]
+        if choices[0][1] == 0 and probes:
+            choices[0] = probes[0]
     return choices
 
 
@@ -195,14 +197,17 @@ class ForwardCost:
     """The target's seconds for one forward of n new tokens (all of a step's requests together),
     learned online (exponential forgetting with ``decay`` per observation). A size not yet
     observed is estimated from the calibrated ``relative`` curve (``relative[n-1]``: n tokens
-    relative to one; beyond it, the slope of its last points), scaled by the median ratio of the
-    sizes observed, or by the calibrated ``step_s`` before any. One per engine memory: every
-    method and request shares it."""
+    relative to one; beyond it, the slope of its last points) scaled to the nearest sizes observed
+    on either side (weighted by closeness; one side only: that side's), or by the calibrated
+    ``step_s`` before any: a batch's forwards (many sequences, long contexts, a prompt chunk
+    riding along) cost more per token than the one-sequence curve says, and the nearest
+    observations know it. One per engine memory: every method and request shares it."""
 
     relative: Sequence[float] | None = None
     step_s: float | None = None
     decay: float = 0.9
     _seen: dict[int, float] = field(default_factory=dict)  # n -> seconds, observed
+    _sizes: list[int] = field(default_factory=list)  # the observed n, sorted
 
     def __post_init__(self) -> None:
         curve = list(self.relative or [1.0 + (n - 1) / 2 for n in range(1, 18)])
@@ -225,9 +230,15 @@ class ForwardCost:
         calibrated or observed)."""
         if n in self._seen:
             return self._seen[n]
-        scales = sorted(t / self.relative_at(m) for m, t in self._seen.items())
-        scale = scales[len(scales) // 2] if scales else self.step_s or 1.0
-        return self.relative_at(n) * scale
+        sizes, r = self._sizes, self.relative_at(n)
+        i = bisect.bisect(sizes, n)
+        near = sizes[max(i - 1, 0):i + 1]  # the observed sizes just below and above n
+        if not near:
+            return r * (self.step_s or 1.0)
+        if len(near) == 1:
+            return r * self._seen[near[0]] / self.relative_at(near[0])
+        (a, b), w = near, (near[1] - n) / (near[1] - near[0])
+        return r * (w * self._seen[a] / self.relative_at(a) + (1 - w) * self._seen[b] / self.relative_at(b))
 
     def curve(self, max_k: int) -> list[float]:
         """Seconds of a single request's step drafting k tokens, k = 0 .. max_k (n = k + 1)."""
@@ -240,6 +251,8 @@ class ForwardCost:
 
     def observe(self, n: int, seconds: float) -> None:
         if seconds > 0:  # a clock too coarse to see the forward says nothing
+            if n not in self._seen:
+                bisect.insort(self._sizes, n)
             self._seen[n] = _ewma(self._seen.get(n), seconds, self.decay)
 
 

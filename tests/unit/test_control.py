@@ -150,6 +150,20 @@ def test_a_calibrated_curve_scales_by_the_step_time_until_measured():
     assert cost.seconds(5) == pytest.approx(0.05 * 9)  # beyond the curve: its last slope (2 per token)
 
 
+def test_an_unobserved_size_follows_the_nearest_observed_ones():
+    """A batch's big forwards cost more per token than the one-sequence curve says: sizes between
+    two observed ones are scaled to both (by closeness), beyond them to the nearest, so the
+    small sizes' scale does not hide it."""
+    cost = ForwardCost([1.0 + 0.5 * (n - 1) for n in range(1, 18)], step_s=0.02)
+    cost.observe(1, 0.02)
+    cost.observe(64, 0.02 * 32.5 * 1.5)  # 50% dearer than the curve scaled by n = 1
+    cost.observe(96, 0.02 * 48.5 * 1.5)
+    assert cost.seconds(80) == pytest.approx(0.02 * 40.5 * 1.5)
+    assert cost.seconds(128) == pytest.approx(0.02 * 64.5 * 1.5)
+    assert cost.seconds(2) == pytest.approx(0.02 * 1.5 * (1 + 0.5 / 63))  # mostly n = 1, a little of n = 64
+    assert cost.seconds(1) == 0.02
+
+
 def test_allocate_is_best_rate_for_one_request_and_backs_off_as_a_batch_grows():
     forward = [1.0 + 0.25 * k for k in range(17)]  # a fairly flat verifier at small sizes
     accept = (0.9,) * 8
@@ -166,6 +180,7 @@ def test_allocate_is_best_rate_for_one_request_and_backs_off_as_a_batch_grows():
     assert allocate([[Offer("s", (0.0,) * 4)]], cpu) == [(None, 0)]
     assert allocate([[Offer("f", (1.0,) * 3, forced=3)]], cpu) == [(0, 3)]
     assert allocate([[Offer("p", (0.1,) * 4, probe=2)]], cpu) == [(0, 2)]
+    assert allocate([[Offer("p", (0.1,) * 4, probe=2)]] * 2, cpu) == [(None, 0)] * 2  # not in a batch
     assert allocate([[Offer("good", (0.99,) * 4), Offer("p", (0.1,) * 4, probe=2)]], lambda n: 1.0)[0] == (0, 4)
 
 
