@@ -126,8 +126,9 @@ class BatchBackend(Backend, Protocol):
 
     main: KVSequence
 
-    def new_sequence(self) -> KVSequence:
-        """An empty sequence."""
+    def new_sequence(self, prefix: Sequence[int] = ()) -> KVSequence:
+        """A sequence of its own: empty, or holding the longest start of ``prefix`` that another
+        sequence holds (shared, not computed again)."""
 
     def release(self, sequence: KVSequence) -> None:
         """Free a sequence's cache."""

@@ -19,7 +19,7 @@ from ..chat import render_chat
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..system import check_llama_build, default_threads, describe_llama_build
 from ..tree import check_path, layout
-from .base import BATCH, TREE, Chunk, reusable_prefix
+from .base import BATCH, TREE, Chunk, common_prefix, reusable_prefix
 
 check_llama_build()  # before any of llama.cpp's code runs
 import llama_cpp as ll  # noqa: E402
@@ -57,6 +57,8 @@ class LlamaSequence:
             last = start + len(chunk) == len(tokens)
             rows += b.forward_batch([Chunk(self, chunk, rows="none" if outputs == "none" or (outputs == "last" and not last)
                                            else outputs)])
+        if len(rows) == 1:  # the usual case: no second copy of the logits
+            return rows[0]
         return np.concatenate(rows) if rows else np.empty((0, b.vocab_size), np.float32)
 
     def prefill(self, tokens: Sequence[int], *, last_logits: bool = False) -> np.ndarray | None:
@@ -285,9 +287,17 @@ class LlamaCppBackend:
         self.close()
 
     # --- sequences -----------------------------------------------------------------------------
-    def new_sequence(self) -> LlamaSequence:
-        """An empty sequence of its own in this context's KV cache."""
+    def new_sequence(self, prefix: Sequence[int] = ()) -> LlamaSequence:
+        """A sequence of its own in this context's KV cache: empty, or holding the longest start
+        of ``prefix`` that a live sequence holds (a chat template's opening, a shared system
+        prompt): its cells are tagged with the new sequence too (the cache is unified, so nothing
+        is copied or computed again; each sequence's later tokens stay its own)."""
         sequence = LlamaSequence(self, self._take_id())
+        donors = [(common_prefix(s.tokens, prefix), s) for s in self._sequences if s._tree is None]
+        shared, donor = max(donors, key=lambda d: d[0], default=(0, None))
+        if shared:
+            ll.llama_memory_seq_cp(self._mem, donor.ids[0], sequence.ids[0], 0, shared)
+            sequence.tokens = [int(t) for t in prefix[:shared]]
         self._sequences.append(sequence)
         return sequence
 

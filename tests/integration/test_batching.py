@@ -92,3 +92,29 @@ def test_sampling_in_a_batch_follows_the_target_distribution(tiny_engine):
         counts[tuple(results[0].token_ids[:2])] += 1
     keys = sorted(exact)
     assert chisquare([counts[k] for k in keys], [exact[k] * draws for k in keys]).pvalue > 1e-3, (counts, exact)
+
+
+def test_a_new_sequence_shares_the_prompt_prefix_a_live_one_holds(tiny_engine):
+    """A request joining the batch starts from the longest start of its prompt another running
+    request holds (shared cells, nothing computed again), and answers what it answers alone, also
+    after the request it shared with has ended and freed its sequence."""
+    prompts = [("the quick brown fox jumps over", 5), ("the quick brown fox sleeps", 24)]
+    alone = [tiny_engine.generate(p, max_tokens=n, method="ar").token_ids for p, n in prompts]
+    target = tiny_engine.target
+    a, b = (tiny_engine.prepare(p, max_tokens=n, method="ar") for p, n in prompts)
+    with tiny_engine.exclusive():
+        tiny_engine.clear_caches()
+        first = tiny_engine.start(a, batched=True)
+        first.prefill()
+        second = tiny_engine.start(b, batched=True)
+        shared = next(i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y)
+        assert second.sequence.tokens == list(b.tokens[:shared]) and shared > 2
+        second.prefill()
+        running = [first, second]
+        while running:
+            tiny_engine.step(running)
+            for g in [g for g in running if g.done]:
+                tiny_engine.release(g)  # the first ends while the second still reads the shared cells
+                running.remove(g)
+        assert [first.result().token_ids, second.result().token_ids] == alone
+    assert target.free_cells() == target.n_ctx - len(target.tokens)
