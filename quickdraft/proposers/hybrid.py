@@ -95,6 +95,7 @@ class AutoProposer(BaseProposer):
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
         self._source: str | None = None  # the last draft's source, until observed
+        self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model
         self._candidate: tuple[str, Candidate] | None = None  # the last offer's suffix candidate and class
 
@@ -124,7 +125,7 @@ class AutoProposer(BaseProposer):
                 offers.append(Offer(name, accept, control[name].draft_token_s))
         if self.drafter:
             draft = control["draft"]  # a catch-up over n tokens costs about a target forward over n, scaled
-            behind = self.catch_up(context)
+            behind = self._behind = self.catch_up(context)
             offers.append(draft.offer(cap, behind and draft.draft_token_s * draft.cost.relative_at(behind)))
         return offers
 
@@ -134,7 +135,7 @@ class AutoProposer(BaseProposer):
         if offer is not None:
             self.memory.control[offer.source].decide(k)
         if self._source == "draft":
-            self._setup = self.catch_up(context) > 0
+            self._setup = self._behind > 0  # the offer just made measured it on this context
             draft = self.drafter.propose(context, k, sampling, rng)
             return Draft(draft.tokens, draft.q, source="draft")
         return Draft(tuple(self._candidate[1].tokens[:k]) if k else (), source=self._source)
