@@ -200,13 +200,15 @@ class Engine:
         """The target's forward cost by size, as this engine's memory learned it."""
         return self.memory.get("forward cost", lambda: ForwardCost.from_prior(self.prior))
 
-    def resources(self, spec: ProposerSpec, *, batched: bool = False) -> Resources:
+    def resources(self, spec: ProposerSpec, *, batched: bool = False, prefix: Sequence[int] = ()) -> Resources:
         """What ``spec``'s proposers get: the target, the draft model if the method uses one (a
-        sequence of its own when ``batched``), the prior (without the draft model's part when the
-        method drafts otherwise) and the shared forward cost."""
+        sequence of its own when ``batched``, holding what the draft model's cache shares of
+        ``prefix``), the prior (without the draft model's part when the method drafts otherwise)
+        and the shared forward cost."""
         if spec.uses_draft_model and self._draft is not None:
             draft = self.draft_model()
-            return Resources(self.target, draft.new_sequence() if batched else self._main(draft), self.prior, self.cost)
+            sequence = draft.new_sequence(prefix) if batched else self._main(draft)
+            return Resources(self.target, sequence, self.prior, self.cost)
         return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None), self.cost)
 
     def _memory(self, spec: ProposerSpec) -> Any:
@@ -315,11 +317,13 @@ class Engine:
             yield from pieces
 
     def clear_caches(self) -> None:
-        """Empty the backends' own sequences (what single requests left for prefix reuse), so a
-        batch has every KV cell."""
-        self.target.rollback(0)
-        if not isinstance(self._draft, (str, Path)) and self._draft is not None:
-            self._draft.rollback(0)
+        """Empty the backends' own sequences and free released ones (what earlier requests left
+        for prefix reuse), so a batch has every KV cell."""
+        for backend in (self.target, self._draft):
+            if backend is not None and not isinstance(backend, (str, Path)):
+                backend.rollback(0)
+                if BATCH in backend.capabilities:
+                    backend.forget_retired()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -340,7 +344,7 @@ class Engine:
         so it can share steps with other generations; otherwise in the backends' own sequences."""
         spec = request.spec
         target = self.target.new_sequence(request.tokens[:-1]) if batched else self._main(self.target)
-        resources = self.resources(spec, batched=batched)
+        resources = self.resources(spec, batched=batched, prefix=request.tokens[:-1])
         try:
             proposer = spec.make(resources, self._memory(spec), self._parsed[spec.name])
         except BaseException:

@@ -131,7 +131,11 @@ class BatchBackend(Backend, Protocol):
         sequence holds (shared, not computed again)."""
 
     def release(self, sequence: KVSequence) -> None:
-        """Free a sequence's cache."""
+        """The sequence is done: its cache is freed, or kept as a prefix donor for the next
+        :meth:`new_sequence` until its cells are needed."""
+
+    def forget_retired(self) -> None:
+        """Free what released sequences still hold."""
 
     def free_cells(self) -> int:
         """KV cells no sequence holds."""

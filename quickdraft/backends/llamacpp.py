@@ -265,6 +265,7 @@ class LlamaCppBackend:
         self._batch = ll.llama_batch_init(self.n_batch, 0, self.max_tree_nodes)
         self._free_ids = list(range(self.n_seq_max - 1, -1, -1))
         self._sequences: list[LlamaSequence] = []
+        self._retired: list[LlamaSequence] = []  # released, holding their cells as prefix donors
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
@@ -292,29 +293,58 @@ class LlamaCppBackend:
         of ``prefix`` that a live sequence holds (a chat template's opening, a shared system
         prompt): its cells are tagged with the new sequence too (the cache is unified, so nothing
         is copied or computed again; each sequence's later tokens stay its own)."""
-        sequence = LlamaSequence(self, self._take_id())
-        donors = [(common_prefix(s.tokens, prefix), s) for s in self._sequences if s._tree is None]
+        donors = [(common_prefix(s.tokens, prefix), s) for s in [*self._retired, *self._sequences]
+                  if s._tree is None]
         shared, donor = max(donors, key=lambda d: d[0], default=(0, None))
-        if shared:
-            ll.llama_memory_seq_cp(self._mem, donor.ids[0], sequence.ids[0], 0, shared)
-            sequence.tokens = [int(t) for t in prefix[:shared]]
+        if shared and donor in self._retired:  # adopt it: its cells are already this sequence's
+            self._retired.remove(donor)
+            sequence = donor
+            sequence.rollback(shared)
+        else:
+            sequence = LlamaSequence(self, self._take_id())
+            if shared:
+                ll.llama_memory_seq_cp(self._mem, donor.ids[0], sequence.ids[0], 0, shared)
+                sequence.tokens = [int(t) for t in prefix[:shared]]
+        self.forget_retired()
         self._sequences.append(sequence)
         return sequence
 
     def release(self, sequence: LlamaSequence) -> None:
-        """Free a sequence's cells and sequence ids (it must not be used afterwards)."""
-        sequence.clear()
+        """The sequence is done (it must not be used afterwards). A settled one is retired: it
+        keeps its cells as a prefix donor for the next :meth:`new_sequence` (one request after
+        another shares the chat template's opening and a common instruction, as a single
+        sequence reusing its cache would), which adopts or frees it; a forward that needs its
+        cells frees it first. Its tree nodes' sequence ids go back to the pool at once."""
         self._sequences.remove(sequence)
+        if sequence._tree is not None or not sequence.tokens:
+            self._free(sequence)
+            return
+        for seq_id in sequence.ids[1:]:
+            ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+        self._free_ids += sequence.ids[1:]
+        del sequence.ids[1:]
+        sequence._mirrored = 1
+        self._retired.append(sequence)
+
+    def forget_retired(self, keep_cells: int | None = None) -> None:
+        """Free retired sequences, oldest first (all, or until ``keep_cells`` cells are free)."""
+        while self._retired and (keep_cells is None or self.free_cells() < keep_cells):
+            self._free(self._retired.pop(0))
+
+    def _free(self, sequence: LlamaSequence) -> None:
+        sequence.clear()
         self._free_ids += sequence.ids
         sequence.ids = []
 
     def free_cells(self) -> int:
-        """KV cells no sequence holds (the unified buffer is shared; tree nodes awaiting keep()
-        count as held)."""
-        held = sum(len(s.tokens) + (len(s._tree[1]) if s._tree else 0) for s in self._sequences)
+        """KV cells no live sequence holds (the unified buffer is shared; tree nodes awaiting
+        keep() count as held; retired sequences' cells count as held until freed)."""
+        held = sum(len(s.tokens) + (len(s._tree[1]) if s._tree else 0) for s in [*self._sequences, *self._retired])
         return self.n_ctx - held
 
     def _take_id(self) -> int:
+        if not self._free_ids:
+            self.forget_retired()
         if not self._free_ids:
             raise QuickdraftError(f"all {self.n_seq_max} llama.cpp sequence ids are in use (sequences and tree "
                                   "nodes): fewer concurrent requests or smaller trees")
@@ -336,6 +366,7 @@ class LlamaCppBackend:
                 wanted += want
             if len(tokens) > self.n_batch:
                 raise QuickdraftError(f"a batch of {len(tokens)} tokens exceeds n_batch {self.n_batch}")
+            self.forget_retired(keep_cells=len(tokens))
             b = self._batch
             b.n_tokens = len(tokens)
             for i, token in enumerate(tokens):

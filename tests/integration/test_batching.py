@@ -62,7 +62,8 @@ def test_every_request_in_a_batch_answers_what_it_answers_alone(tiny_engine, sta
         assert b.token_ids == a.token_ids, (prompt, options)
         assert b.text == a.text and b.finish_reason == a.finish_reason
     assert sum(r.stats["drafted_tokens"] for r in together) > 0
-    assert tiny_engine.target.free_cells() == tiny_engine.target.n_ctx - len(tiny_engine.target.tokens)  # all freed
+    tiny_engine.clear_caches()  # frees the finished requests' sequences kept as prefix donors
+    assert tiny_engine.target.free_cells() == tiny_engine.target.n_ctx  # nothing else held
 
 
 def test_stop_strings_end_a_request_without_disturbing_the_others(tiny_engine):
@@ -117,4 +118,53 @@ def test_a_new_sequence_shares_the_prompt_prefix_a_live_one_holds(tiny_engine):
                 tiny_engine.release(g)  # the first ends while the second still reads the shared cells
                 running.remove(g)
         assert [first.result().token_ids, second.result().token_ids] == alone
-    assert target.free_cells() == target.n_ctx - len(target.tokens)
+        tiny_engine.clear_caches()
+    assert target.free_cells() == target.n_ctx
+
+
+def test_a_request_after_another_reuses_the_prompt_start_the_finished_one_left(tiny_engine):
+    """One request after another in the batched path: the finished request's sequences (the
+    target's and the draft model's) stay as prefix donors, the next one adopts them holding the
+    prompt start they share (nothing computed again), and its answer is its answer alone."""
+    prompts = [("the quick brown fox jumps over", 9), ("the quick brown fox sleeps", 24)]
+    alone = [tiny_engine.generate(p, max_tokens=n, method="draft").token_ids for p, n in prompts]
+    target, draft = tiny_engine.target, tiny_engine.draft_model()
+    a, b = (tiny_engine.prepare(p, max_tokens=n, method="draft") for p, n in prompts)
+    shared = next(i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y)
+
+    def run(request):
+        generation = tiny_engine.start(request, batched=True)
+        held = (list(generation.sequence.tokens), list(generation.resources.draft.tokens))
+        generation.prefill()
+        while not generation.done:
+            tiny_engine.step([generation])
+        tiny_engine.release(generation)
+        return generation, held
+
+    with tiny_engine.exclusive():
+        tiny_engine.clear_caches()
+        first, _ = run(a)
+        second, held = run(b)
+        assert second.sequence is first.sequence and second.resources.draft is first.resources.draft
+        assert held == (list(b.tokens[:shared]), list(b.tokens[:shared])) and shared > 2
+        results = [first.result().token_ids, second.result().token_ids]
+        assert results == alone
+        assert target.free_cells() < target.n_ctx and draft.free_cells() < draft.n_ctx  # held as donors
+        tiny_engine.clear_caches()
+    assert target.free_cells() == target.n_ctx and draft.free_cells() == draft.n_ctx
+
+
+def test_a_forward_that_needs_a_retired_sequences_cells_frees_them(tiny_engine):
+    """A released sequence's cells go to the first forward that needs them."""
+    target = tiny_engine.target
+    with tiny_engine.exclusive():
+        tiny_engine.clear_caches()
+        live = target.new_sequence()
+        done = target.new_sequence()
+        done.prefill([5 + i % 50 for i in range(target.n_ctx - 10)])
+        target.release(done)
+        assert target.free_cells() == 10
+        live.prefill([7] * 40)  # needs 30 cells more than are free while the retired one holds them
+        assert live.tokens == [7] * 40 and target.free_cells() == target.n_ctx - 40
+        target.release(live)
+        tiny_engine.clear_caches()
