@@ -2,7 +2,8 @@
 
 For each server (``quickdraft serve`` with continuous batching, the same one request at a time,
 llama.cpp's own ``llama-server`` with ``-np N`` slots, with and without its draft model; every one
-on the same model files, threads and context) and each concurrency N, N clients (the real
+on the same model files, threads and context) and each concurrency N, a freshly started server
+(the levels send the same prompts; no server sees a prompt's answer before it is asked), N clients (the real
 ``openai`` client, streaming) each send ``requests_per_client`` requests one after another, the
 prompts taken in turn from a task. Per request: time to first token, time per output token after
 it (TPOT, what the issue calls inter-token latency), the longest gap between two chunks, and
@@ -299,24 +300,23 @@ def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> d
            "prompts": len(prompts), "levels": [], "records": [], "memory_mb": []}
     servers = config.servers[:1] if config.soak_s else config.servers
     for server in servers:
-        restart_per_level = server.startswith("llama-server")  # -np N is fixed when it starts
-        levels = config.concurrency[:1] if config.soak_s else config.concurrency
-        groups = [[n] for n in levels] if restart_per_level else [list(levels)]
-        for group in groups:
+        # Every level starts a fresh server: the levels send the same prompts, and a server that
+        # learns from its answers (quickdraft's suffix drafts) must not see one prompt's answer
+        # before it is asked again; llama-server's -np N is fixed when it starts anyway.
+        for n in config.concurrency[:1] if config.soak_s else config.concurrency:
             port = free_port()
-            command = server_command(server, config, group[0], port, target, draft)
+            command = server_command(server, config, n, port, target, draft)
             with launched(command, port, out / f"{server}.log") as process:
-                for n in group:
-                    console.print(f"{server}: {n} concurrent client(s) ...")
-                    records = asyncio.run(_level(config, server, n, port, prompts, process, doc))
-                    for r in records:
-                        if r.error is None:
-                            r.answer = classify_answer(r.text, answers[r.prompt], answers)
-                    level = {"server": server, "concurrency": n, **summarize(records)}
-                    doc["levels"].append(level)
-                    doc["records"] += [{**asdict(r), "tpot": r.tpot} for r in records]
-                    _save(doc, out)
-                    console.print(_level_line(level))
+                console.print(f"{server}: {n} concurrent client(s) ...")
+                records = asyncio.run(_level(config, server, n, port, prompts, process, doc))
+                for r in records:
+                    if r.error is None:
+                        r.answer = classify_answer(r.text, answers[r.prompt], answers)
+                level = {"server": server, "concurrency": n, **summarize(records)}
+                doc["levels"].append(level)
+                doc["records"] += [{**asdict(r), "tpot": r.tpot} for r in records]
+                _save(doc, out)
+                console.print(_level_line(level))
     write_load_report(doc, out)
     console.print(load_table(doc))
     return doc
