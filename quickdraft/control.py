@@ -371,9 +371,11 @@ class AdaptiveBudget:
         """The last step's outcome. ``own_step`` False: a step drafted by another source; only
         the clocks run. ``learn`` False: the caller learns acceptance itself (:meth:`learn`).
         ``setup``: the step's drafting time includes a setup (:attr:`Offer.setup_s`), so it says
-        nothing about the cost per token (what a probe lost still counts all of it)."""
+        nothing about the cost per token (what a probe lost still counts all of it). A step shared
+        by ``times.batch`` generations counts as 1/batch of a step (its time and its forgetting),
+        so a batch of 8 does not forget 8 steps' worth of what it learned each step."""
         step_s = times.draft_s + times.verify_s
-        self._elapsed += step_s
+        self._elapsed += times.draft_s + times.verify_s / times.batch
         n = acceptance.drafted if own_step else 0
         self._since_draft = 0 if n else self._since_draft + 1
         if own_step and self._probing:  # what it cost beyond plain steps for the tokens it gave
@@ -383,17 +385,19 @@ class AdaptiveBudget:
             if not setup:
                 self.draft_token_s = _ewma(self.draft_token_s or None, times.draft_s / n, self.decay)
             if learn:
-                self.learn(acceptance.accepted, acceptance.positions)
+                self.learn(acceptance.accepted, acceptance.positions, share=1 / times.batch)
 
-    def learn(self, accepted: int, reached: int, weights: Sequence[float] | None = None) -> None:
+    def learn(self, accepted: int, reached: int, weights: Sequence[float] | None = None, share: float = 1.0) -> None:
         """Acceptance only: of the first ``reached`` positions of a draft the first ``accepted``
         were accepted (``reached`` counts the rejected one). ``weights`` [reached]: what each
         position was expected to be worth (a suffix draft's trie probabilities): the rate then
         learns acceptance relative to them. Also for drafts that were only offered, never sent
-        (shadow learning: the tokens the target emitted say how such a draft would have fared)."""
+        (shadow learning: the tokens the target emitted say how such a draft would have fared).
+        ``share``: the observation's weight in forgetting (1/batch for a step shared by a batch)."""
+        decay = self.decay ** share
         for stats in self._accept:  # every position forgets, so one not reached lately drifts back
-            stats[0] *= self.decay  # to what its predecessor shows (acceptance())
-            stats[1] *= self.decay
+            stats[0] *= decay  # to what its predecessor shows (acceptance())
+            stats[1] *= decay
         for i in range(min(reached, self.max_k)):
             stats = self._accept[i if self.positional else 0]
             stats[0] += i < accepted

@@ -389,7 +389,8 @@ class Engine:
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
         cost.observe(extra + sum(1 + len(d) for d in drafts), verify_s)
-        return [g.settle(d, a, StepTimes(ds, verify_s)) for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
+        return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
+                for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
     def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft],
                 prefill: Sequence[Chunk] = ()) -> list[Acceptance]:

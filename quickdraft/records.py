@@ -83,10 +83,12 @@ class Acceptance:
 @dataclass(frozen=True)
 class StepTimes:
     """What one step cost, in seconds: ``draft_s`` proposing, ``verify_s`` the target's forward
-    over the pending token and the draft, the acceptance rule and the cache trim."""
+    over the pending token and the draft, the acceptance rule and the cache trim. ``batch``: the
+    generations that shared that forward (what each learns from it counts 1/batch of a step)."""
 
     draft_s: float
     verify_s: float
+    batch: int = 1
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ class BatchDrafter:
             state = self.requests.get(row.req_id)
             if state is None:
                 state = self.requests[row.req_id] = self._open(row)
-            self._learn(state, row, step_s)
+            self._learn(state, row, step_s, len(decoding))
             self._hold(state, row.tokens)
             drafts.append(self._decide(state, row) if row.new > 0 else [])
         self.totals["steps"] += 1
@@ -228,7 +228,7 @@ class BatchDrafter:
         verified = [s.proposed if row.verified is None else row.verified for s, row in zip(states, rows)]
         self.cost.record(len(rows), sum(verified) / len(rows), step_s)
 
-    def _learn(self, state: _Request, row: Row, step_s: float | None) -> None:
+    def _learn(self, state: _Request, row: Row, step_s: float | None, batch: int) -> None:
         """How the request's last draft fared; every class sees the step, as in AutoProposer.observe."""
         if state.source is None or row.new == 0:
             return
@@ -237,7 +237,8 @@ class BatchDrafter:
         self.totals["drafted"] += outcome.drafted
         self.totals["accepted"] += outcome.accepted
         for name, control in self.control.items():
-            control.observe(outcome, StepTimes(state.draft_time, step_s or 0.0), own_step=name == state.source)
+            control.observe(outcome, StepTimes(state.draft_time, step_s or 0.0, max(batch, 1)),
+                            own_step=name == state.source)
         state.source = None
 
     def _decide(self, state: _Request, row: Row) -> list[int]:

@@ -152,7 +152,7 @@ class AutoProposer(BaseProposer):
         if self._candidate is not None:  # drafted or not, the emitted tokens grade the candidate
             name, candidate = self._candidate
             matched, reached = shadow_outcome(candidate.tokens, acceptance.tokens)
-            self.memory.control[name].learn(matched, reached, candidate.probs)
+            self.memory.control[name].learn(matched, reached, candidate.probs, share=1 / times.batch)
 
 
 def shadow_outcome(candidate: Sequence[int], emitted: Sequence[int]) -> tuple[int, int]:

@@ -121,6 +121,29 @@ def test_a_setup_cost_delays_a_probe_and_is_not_a_cost_per_token():
     assert c.draft_token_s == pytest.approx(0.9 * 0.004 + 0.1 * 0.005)
 
 
+def test_a_step_shared_by_a_batch_counts_as_one_step():
+    """Eight generations learning from one shared step forget what came before as one step does
+    (not eight steps' worth: the estimate would follow the last step's noise), and count the
+    step's time once toward the exploration budget."""
+    def after_history():
+        c = AdaptiveBudget(max_k=1, cost=ForwardCost([1, 1.2], step_s=0.04), positional=False)
+        for _ in range(20):
+            c.learn(0, 1)  # rejected twenty times
+        return c
+
+    alone, batch, unshared = after_history(), after_history(), after_history()
+    alone.observe(Acceptance((1, 1), 1, 1), StepTimes(0.001, 0.08))
+    for _ in range(8):
+        batch.observe(Acceptance((1, 1), 1, 1), StepTimes(0.001, 0.08, batch=8))
+        unshared.observe(Acceptance((1, 1), 1, 1), StepTimes(0.001, 0.08))
+    history = sum(0.9 ** i for i in range(20))  # the twenty rejections' weight before the step
+    step = sum(0.9 ** (j / 8) for j in range(8))  # the eight observations, each forgetting 1/8 of a step
+    assert batch._accept[0] == pytest.approx([step, 0.9 * history + step])
+    assert alone._accept[0] == pytest.approx([1.0, 0.9 * history + 1.0])
+    assert batch.acceptance()[0] < unshared.acceptance()[0] - 0.05  # one good step is not eight
+    assert batch._elapsed == pytest.approx(8 * 0.001 + 0.08) and alone._elapsed == pytest.approx(0.081)
+
+
 def test_a_short_draft_is_the_cheapest_per_token_on_a_sawtooth_curve():
     """Repacked kernels take rows four at a time: on the default target 4 rows cost less than 3
     (calibrated: 1, 1.54, 2.71, 1.97, 2.59 steps for 1-5 rows), so 3 drafted tokens is the short
