@@ -59,6 +59,10 @@ class Metrics:
                                           "of the generation.", buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("quickdraft_batch_size", "Requests in a step (continuous batching).",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
+        self.step_seconds = Histogram("quickdraft_step_seconds", "Wall time of one engine step over the batch "
+                                      "(drafts, the target forward, acceptance).",
+                                      buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
+                                      registry=r)
         self.request_acceptance = Histogram("quickdraft_request_acceptance", "Acceptance rate of each finished "
                                             "generation that drafted.", ["method"],
                                             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)

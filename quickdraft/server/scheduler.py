@@ -283,7 +283,9 @@ class Scheduler:
             return
         chunk = waiting.next_chunk(self.prefill_chunk) if waiting is not None else None
         self.metrics.batch_size.observe(len(ready))
+        start = time.monotonic()
         pieces = engine.step([r.generation for r in ready], prefill=[chunk] if chunk is not None else [])
+        self.metrics.step_seconds.observe(time.monotonic() - start)
         if waiting is not None:
             waiting.prefill_done()
         for running, piece in zip(ready, pieces):

@@ -139,6 +139,8 @@ def test_eight_concurrent_streams_complete_unmixed(server, reference_engine):
                   - before.get(("quickdraft_batch_size_bucket", (("le", le),)), 0) for le in ("1.0",))
     steps = (after[("quickdraft_batch_size_count", ())] - before.get(("quickdraft_batch_size_count", ()), 0))
     assert steps > batched  # some steps carried more than one request
+    step_count = after[("quickdraft_step_seconds_count", ())] - before.get(("quickdraft_step_seconds_count", ()), 0)
+    assert step_count == steps and after[("quickdraft_step_seconds_sum", ())] > 0  # each step's wall time
 
 
 def test_models_and_health(client, server):
