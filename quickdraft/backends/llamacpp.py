@@ -292,7 +292,9 @@ class LlamaCppBackend:
         """A sequence of its own in this context's KV cache: empty, or holding the longest start
         of ``prefix`` that a live sequence holds (a chat template's opening, a shared system
         prompt): its cells are tagged with the new sequence too (the cache is unified, so nothing
-        is copied or computed again; each sequence's later tokens stay its own)."""
+        is copied or computed again; each sequence's later tokens stay its own). When a retired
+        sequence (:meth:`release`) holds the longest start, it is adopted, rolled back to it;
+        the other retired ones are freed."""
         donors = [(common_prefix(s.tokens, prefix), s) for s in [*self._retired, *self._sequences]
                   if s._tree is None]
         shared, donor = max(donors, key=lambda d: d[0], default=(0, None))
