@@ -343,8 +343,9 @@ class Engine:
         ``batched``: in sequences of its own (``BATCH`` backends; :meth:`release` frees them),
         so it can share steps with other generations; otherwise in the backends' own sequences."""
         spec = request.spec
-        target = self.target.new_sequence(request.tokens[:-1]) if batched else self._main(self.target)
-        resources = self.resources(spec, batched=batched, prefix=request.tokens[:-1])
+        prompt = request.tokens[:-1]  # what a new sequence may share with another's cache
+        target = self.target.new_sequence(prompt) if batched else self._main(self.target)
+        resources = self.resources(spec, batched=batched, prefix=prompt)
         try:
             proposer = spec.make(resources, self._memory(spec), self._parsed[spec.name])
         except BaseException:

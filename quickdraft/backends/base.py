@@ -180,6 +180,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
     Example: common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2.
     """
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):  # the usual case (one extends the other), compared at C speed
+        return n
     n = 0
     for x, y in zip(a, b):
         if x != y:

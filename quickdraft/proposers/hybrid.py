@@ -105,9 +105,7 @@ class AutoProposer(BaseProposer):
     def catch_up(self, context: Sequence[int]) -> int:
         """Tokens of ``context`` the draft model would evaluate before its first draft token
         beyond those a draft in step with the target has (the pending token and one accepted)."""
-        cached = self.drafter.model.tokens
-        same = len(cached) <= len(context) and context[:len(cached)] == cached  # the usual case, at C speed
-        behind = len(context) - (len(cached) if same else common_prefix(cached, context))
+        behind = len(context) - common_prefix(self.drafter.model.tokens, context)
         return behind if behind > 2 else 0
 
     def end(self, context: Sequence[int]) -> None:
