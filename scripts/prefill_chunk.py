@@ -46,6 +46,7 @@ async def one_request(scheduler: Scheduler, engine, prompt: str, max_tokens: int
             raise RuntimeError(event.error.message)
         elif isinstance(event, Finished):
             end = time.perf_counter() - start
+            first = end if first is None else first  # an answer with no text: its first token is its end
             return {"ttft": first, "tpot": (end - first) / max(1, tokens - 1), "pause": pause, "tokens": tokens}
 
 

@@ -88,6 +88,17 @@ class LlamaSequence:
         self._tree = None
         self.rollback(0)
 
+    def drop_tree_ids(self) -> list[int]:
+        """Untag the cache from the tree nodes' sequence ids and hand them back (for the pool):
+        the sequence keeps its own id and its cells. Settled sequences only."""
+        self._check_settled()
+        spare = self.ids[1:]
+        for seq_id in spare:
+            ll.llama_memory_seq_rm(self.backend._mem, seq_id, -1, -1)
+        del self.ids[1:]
+        self._mirrored = 1
+        return spare
+
     # --- a tree --------------------------------------------------------------------------------
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int], *,
                      rows: Sequence[int] | None = None) -> np.ndarray:
@@ -321,11 +332,7 @@ class LlamaCppBackend:
         if sequence._tree is not None or not sequence.tokens:
             self._free(sequence)
             return
-        for seq_id in sequence.ids[1:]:
-            ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
-        self._free_ids += sequence.ids[1:]
-        del sequence.ids[1:]
-        sequence._mirrored = 1
+        self._free_ids += sequence.drop_tree_ids()
         self._retired.append(sequence)
 
     def forget_retired(self, keep_cells: int | None = None) -> None:
