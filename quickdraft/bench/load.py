@@ -3,8 +3,8 @@
 For each server (``quickdraft serve`` with continuous batching, the same one request at a time,
 llama.cpp's own ``llama-server`` with ``-np N`` slots, with and without its draft model; every one
 on the same model files, threads and context) and each concurrency N, a freshly started server
-(the levels send the same prompts; no server sees a prompt's answer before it is asked), N clients (the real
-``openai`` client, streaming) each send ``requests_per_client`` requests one after another, the
+(the levels send the same prompts; no server sees a prompt's answer before it is asked), N
+clients (the real ``openai`` client, streaming) each send ``requests_per_client`` requests one after another, the
 prompts taken in turn from a task. Per request: time to first token, time per output token after
 it (TPOT, what the issue calls inter-token latency), the longest gap between two chunks, and
 the answer. Per (server, N): total tokens per second over the wall time, TTFT and TPOT p50/p99,
