@@ -59,6 +59,12 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
             on_step()
         if draft is not None:
             draft_times.append(time_forward(draft, context, 1))
+    prefill_times = []
+    for _ in range(2 if draft is not None else 0):  # the draft model's rate on a long forward (a catch-up)
+        draft.rollback(0)
+        start = time.perf_counter()
+        draft.prefill(context)
+        prefill_times.append((time.perf_counter() - start) / len(context))
     target.rollback(0)  # leave no cells held (a batching server needs them)
     if draft is not None:
         draft.rollback(0)
@@ -67,7 +73,8 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
         "context_tokens": len(context),
         "target": {"k": list(ks), "median_s": med, "min_s": [min(times[k]) for k in ks],
                    "max_s": [max(times[k]) for k in ks], "relative": [m / med[0] for m in med]},
-        "draft": {"token_s": median(draft_times), "relative_to_target_step": median(draft_times) / med[0]}
+        "draft": {"token_s": median(draft_times), "relative_to_target_step": median(draft_times) / med[0],
+                  "prefill_token_s": min(prefill_times), "prefill_relative": min(prefill_times) / median(draft_times)}
         if draft_times else None,
     }
 
@@ -144,45 +151,55 @@ def cost_curve(backend, repeats: int = 1) -> list[float]:
     return result["target"]["relative"]
 
 
-# What the draft model's agreement with the target is measured on: the target's own greedy
-# continuations of a code prompt and a prose prompt (raw text, no chat template).
-AGREEMENT_PROMPTS = ('def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
-                     "Three things every programmer should know about hash maps:")
+# What the draft model's agreement with the target is measured on: the openings of the target's
+# own greedy answers (through its chat template) to a code request and a prose request, the text a
+# fresh request first drafts on (the two models open answers differently more often than they part
+# on running text). Neither prompt is one of the bench's.
+AGREEMENT_PROMPTS = {"code": "Write a Python function that checks whether a string is a valid IPv4 address.",
+                     "prose": "Describe in a short paragraph how a city can reduce traffic congestion."}
 AGREEMENT_TOKENS = 48
 
 
-def draft_agreement(target, draft, prompts: Sequence[str] = AGREEMENT_PROMPTS, tokens: int = AGREEMENT_TOKENS) -> float:
-    """How often the draft model's greedy token is the target's: the target decodes ``tokens``
-    greedily after each prompt, the draft reads the same text in one forward, and the share of
-    positions where its argmax is the target's token is returned (a greedy draft's acceptance)."""
-    agree = total = 0
-    for text in prompts:
-        prompt = target.tokenize(text, special=False)
+def draft_agreement(target, draft, prompts: dict[str, str] = AGREEMENT_PROMPTS,
+                    tokens: int = AGREEMENT_TOKENS) -> dict[str, float]:
+    """How often the draft model's greedy token is the target's, per kind of answer: the target
+    answers each prompt greedily (``tokens`` tokens, through its chat template when it has one),
+    the draft reads the same text in one forward, and the share of positions where its argmax is
+    the target's token is that kind's agreement (a greedy draft's acceptance)."""
+    agreement = {}
+    for kind, text in prompts.items():
+        templated = target.chat_prompt([{"role": "user", "content": text}])
+        prompt = target.tokenize(templated if templated is not None else text, special=templated is not None)
         target.prefill(prompt[:-1])
         out = [int(np.argmax(target.forward(prompt[-1:])[0]))]
         for _ in range(tokens - 1):
             out.append(int(np.argmax(target.forward(out[-1:])[0])))
         draft.prefill(prompt[:-1])
         guesses = draft.forward([prompt[-1], *out[:-1]]).argmax(axis=1)  # [tokens]
-        agree += int((guesses == np.asarray(out)).sum())
-        total += len(out)
+        agreement[kind] = float((guesses == np.asarray(out)).mean())
     target.rollback(0)
     draft.rollback(0)
-    return agree / total
+    return agreement
 
 
-def draft_prior(target, draft) -> tuple[float, float]:
-    """(the draft model's time per token relative to a target step, its agreement with the target)
-    from the cache, or measured now (a few steps of each, and :func:`draft_agreement`) and cached."""
+DRAFT_PRIOR_KEYS = ("relative_to_target_step", "agreement", "prefill_relative")
+
+
+def draft_prior(target, draft) -> tuple[float, float, float]:
+    """(the draft model's time per token relative to a target step, its agreement with the target:
+    the mean over the kinds of :func:`draft_agreement`, its time per token of a long forward
+    relative to one token) from the cache, or measured now (a few steps of each, a prefill, and
+    :func:`draft_agreement`) and cached."""
     context = calibration_context(target)
     path = calibration_path(target, len(context), draft)
-    cached = read_calibration(path)
-    if cached is not None and cached.get("draft") and "agreement" in cached["draft"]:
-        return cached["draft"]["relative_to_target_step"], cached["draft"]["agreement"]
+    cached = (read_calibration(path) or {}).get("draft") or {}
+    if all(key in cached for key in (*DRAFT_PRIOR_KEYS, "agreement_by_kind")):
+        return tuple(cached[key] for key in DRAFT_PRIOR_KEYS)
     result = calibrate(target, context, draft, ks=[1], repeats=5)
-    result["draft"]["agreement"] = draft_agreement(target, draft)
+    by_kind = draft_agreement(target, draft)
+    result["draft"].update(agreement=sum(by_kind.values()) / len(by_kind), agreement_by_kind=by_kind)
     save_calibration(result, path)
-    return result["draft"]["relative_to_target_step"], result["draft"]["agreement"]
+    return tuple(result["draft"][key] for key in DRAFT_PRIOR_KEYS)
 
 
 def prior(target, draft=None) -> Prior:
@@ -191,8 +208,8 @@ def prior(target, draft=None) -> Prior:
     curve = cost_curve(target)
     path = calibration_path(target, len(calibration_context(target)))
     step_s = read_calibration(path)["target"]["median_s"][0]
-    token, agreement = draft_prior(target, draft) if draft is not None else (None, None)
-    return Prior(curve, step_s, token, agreement)
+    token, agreement, prefill = draft_prior(target, draft) if draft is not None else (None, None, None)
+    return Prior(curve, step_s, token, agreement, prefill)
 
 
 def calibration_path(backend, context_tokens: int, draft=None) -> Path:

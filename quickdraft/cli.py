@@ -308,20 +308,32 @@ def calibrate(
     target: str = Target, draft: Optional[str] = DraftModel, n_ctx: int = NCtx, threads: Optional[int] = Threads,
     repeats: int = typer.Option(5, "--repeats"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write calibration.json here."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Also write this machine's profile into this "
+                                           "folder (target-curve.json, draft-prior.json, tolerance.json, info.json)."),
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
 ):
-    """Measure the target's forward time for k = 1..17 new tokens and the draft's per-token time, and
-    cache them for this machine (what auto and the adaptive controller start from)."""
+    """Measure the target's forward time for k = 1..17 new tokens, the draft's per-token time and
+    agreement, cache them for this machine (what auto and the adaptive controller start from) and
+    show what they predict for each source of drafts."""
     from .backends import backend_spec
-    from .calibrate import MAX_K, calibrate as measure, calibration_context, calibration_path, save_calibration
+    from .calibrate import (MAX_K, calibrate as measure, calibration_context, calibration_path, draft_agreement,
+                            near_tie_tolerance, save_calibration)
+    from .profiles import MachineProfile, write_profile
 
     model = backend_spec(backend).open(models.resolve_model(target), **backend_settings(n_ctx, threads, None, dtype, device))
     draft_model = model.sibling(models.resolve_model(draft)) if draft and draft.lower() != "none" else None
+    if draft_model is not None:
+        from .backends.base import check_same_vocabulary
+
+        check_same_vocabulary(model, draft_model)
     context = calibration_context(model)
     with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
         task = bar.add_task("", total=repeats * (MAX_K + 1))
         result = measure(model, context, draft_model, ks=range(1, MAX_K + 2), repeats=repeats,
                          on_step=lambda: bar.advance(task))
+    if draft_model is not None:
+        by_kind = draft_agreement(model, draft_model)
+        result["draft"].update(agreement=sum(by_kind.values()) / len(by_kind), agreement_by_kind=by_kind)
     table = Table(title=f"forward cost after {len(context)} tokens ({model.path.name}, {model.build}, "
                         f"{model.n_threads or 'default'} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
@@ -332,15 +344,80 @@ def calibrate(
                       f"{1e3 * t['max_s'][i]:.1f}", f"{t['relative'][i]:.2f}x")
     Console().print(table)
     saved = [calibration_path(model, len(context))]
-    if result["draft"]:
-        Console().print(f"draft {draft}: {1e3 * result['draft']['token_s']:.1f} ms per token "
-                        f"({result['draft']['relative_to_target_step']:.2f} of a target step)")
+    d = result["draft"]
+    if d:
+        kinds = ", ".join(f"{a:.2f} on {kind}" for kind, a in d["agreement_by_kind"].items())
+        Console().print(f"draft {draft}: {1e3 * d['token_s']:.1f} ms per token ({d['relative_to_target_step']:.2f} "
+                        f"of a target step); greedy agreement with the target on answers: {kinds}")
         saved.append(calibration_path(model, len(context), draft_model))
+    here = MachineProfile("this machine", "", tuple(t["relative"]), t["median_s"][0],
+                          d and d["relative_to_target_step"], d and d["agreement"], d and d["prefill_relative"])
+    Console().print(prediction_table(here, d and d["agreement_by_kind"]))
     if out:
         saved.append(Path(out) / "calibration.json")
     for path in saved:
         save_calibration(result, path)
+    if profile:
+        tolerance = {"near_tie_tolerance": near_tie_tolerance(model)}
+        saved.append(write_profile(profile, result, system_report(), tolerance))
     Console().print("saved " + ", ".join(map(str, saved)))
+
+
+def prediction_table(profile, agreement: dict | None) -> Table:
+    """What the machine's costs predict for each source of drafts (profiles.predictions)."""
+    from .profiles import predictions
+
+    table = Table(title="what these costs predict (best draft length, speedup over plain decoding)")
+    for column in ("source", "tokens accepted", "best k", "predicted speedup"):
+        table.add_column(column, justify="right")
+    for p in predictions(profile, agreement):
+        table.add_row(p.source, f"{100 * p.accept:.0f}%", str(p.k),
+                      f"{p.speedup:.2f}x" if p.k else "1.00x (drafting does not pay)")
+    return table
+
+
+@app.command()
+@friendly
+def replay(
+    profile: List[Path] = typer.Option([], "--profile", help="A machine profile folder (`quickdraft calibrate "
+                                       "--profile DIR`; repeatable; default: every profile quickdraft keeps)."),
+    traces: Optional[Path] = typer.Option(None, "--traces", help="Recorded traces (default: the bundled ones, "
+                                          "made by scripts/record_traces.py)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks of the traces (default: all)."),
+    ks: str = typer.Option("1,2,3,4,6,8,12,16", "--ks", help="Draft lengths of the fixed policies."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables here (replay.md)."),
+):
+    """Price auto against every fixed (source, k) on machine profiles, from recorded traces: the real
+    engine and controller on each profile's costs, no model run (seconds, not hours)."""
+    from .bench.replay import GOAL_OF_BEST, GOAL_OF_PLAIN, Policy, fixed_policies, hindsight, markdown, passes, run_replay
+    from .bench.traces import TRACES, load_traces
+    from .profiles import bundled_profiles, load_profile
+
+    about, recorded = load_traces(traces or TRACES)
+    wanted = set(tasks.split(",")) if tasks else None
+    recorded = [t for t in recorded if wanted is None or t.task in wanted]
+    if not recorded:
+        raise QuickdraftError(f"no traces of the tasks {tasks!r}", param="tasks")
+    profiles = [load_profile(p) for p in profile] or bundled_profiles()
+    policies = [Policy("ar"), Policy("auto"), *fixed_policies(ks=[int(k) for k in ks.split(",") if k])]
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
+        task = bar.add_task("", total=len(profiles) * len(recorded) * len(policies))
+        samples = run_replay(recorded, profiles, policies, about.get("agreement"), on_sample=lambda s: bar.advance(task))
+    verdicts = hindsight(samples)
+    for name in dict.fromkeys(v.profile for v in verdicts):
+        p = next(p for p in profiles if p.name == name)
+        table = Table(title=f"{name}: {p.cpu}")
+        for column in ("task", "auto", "best fixed in hindsight", "its speedup", "auto / best", ""):
+            table.add_column(column, justify="right")
+        for v in (v for v in verdicts if v.profile == name):
+            table.add_row(v.task, f"{v.auto:.2f}x", v.best_policy, f"{v.best:.2f}x", f"{v.ratio:.2f}",
+                          "ok" if passes(v) else "[red]below the goal[/]")
+        Console().print(table)
+    Console().print(f"{len(recorded)} traces ({about.get('target')}, draft {about.get('draft')}); goal: auto >= "
+                    f"{GOAL_OF_BEST} of the best fixed policy and >= {GOAL_OF_PLAIN}x plain decoding")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "replay.md").write_text(markdown(verdicts, profiles))
 
 
 @app.command()

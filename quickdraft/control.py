@@ -30,9 +30,11 @@ class Offer:
     accept[i]: the probability that draft token i is accepted given tokens 0..i-1 were; its
     length caps the draft. draft_token_s: seconds to draft one token. setup_s: seconds paid once
     before the first token can be drafted (a draft model catching up with the context it has not
-    seen). forced: a length that must be drafted (a fixed budget), or None. probe: a length to
-    draft when nothing else would be drafted for this request (a source checking whether it pays
-    again), or None.
+    seen). horizon: the tokens a setup is spread over (a draft model that caught up keeps
+    drafting for the rest of the request): a draft expected to give E tokens bears
+    ``setup_s * min(1, E / horizon)``; None: the whole setup falls on this step. forced: a length
+    that must be drafted (a fixed budget), or None. probe: a length to draft when nothing else
+    would be drafted for this request (a source checking whether it pays again), or None.
     """
 
     source: str
@@ -41,6 +43,14 @@ class Offer:
     setup_s: float = 0.0
     forced: int | None = None
     probe: int | None = None
+    horizon: int | None = None
+
+    def spend(self, k: int) -> tuple[float, float]:
+        """(expected tokens, drafting seconds) of a step drafting k of this offer's tokens (k > 0),
+        the setup's share included."""
+        tokens = expected_tokens(self.accept, k)
+        share = 1.0 if self.horizon is None else min(1.0, tokens / self.horizon)
+        return tokens, self.setup_s * share + k * self.draft_token_s
 
 
 class Controller(Protocol):
@@ -97,6 +107,12 @@ def expected_tokens(accept: Sequence[float], k: int) -> float:
 # mostly rejected, 2-3% of the decode time lost (with it, with per-position rates: README, bench).
 RISK = 0.2
 
+# A source whose calibrated prior alone predicts at least this many times a plain step's tokens per
+# second (RISK included) drafts from a request's first steps, before anything was observed
+# (AdaptiveBudget.trusted): the machine measured the costs and the agreement for exactly this
+# decision. Below it, the prior is not trusted and the source enters by probes only.
+TRUST = 1.1
+
 
 def best_rate(accept: Sequence[float], draft_token_s: float, forward_s: Sequence[float],
               risk: float = RISK) -> tuple[int, float]:
@@ -128,8 +144,8 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
 
         sum of expected tokens / (sum of drafting time + forward_s(total new tokens)),
 
-    where a request drafting k tokens of an offer adds ``expected_tokens(offer.accept, k)`` tokens,
-    ``offer.setup_s + k * offer.draft_token_s`` seconds and k + 1 new tokens (its pending token and the draft),
+    where a request drafting k tokens of an offer adds ``offer.spend(k)``: expected tokens and
+    drafting seconds (k draft tokens and the setup's share), and k + 1 new tokens (its pending token and the draft),
     and the seconds a request's draft adds (its drafting, and the forward's growth) count 1 + ``risk``
     times (RISK).
     It starts from plain steps (forced lengths forced) and improves one request at a time,
@@ -150,9 +166,9 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
         if forced:
             i, o = forced[0]
             k = min(o.forced, len(o.accept))
-            opts = [(i, k, expected_tokens(o.accept, k), o.setup_s * (k > 0) + k * o.draft_token_s)]
+            opts = [(i, k, *o.spend(k)) if k > 0 else (i, 0, 1.0, 0.0)]
         else:
-            opts = [(None, 0, 1.0, 0.0)] + [(i, k, expected_tokens(o.accept, k), o.setup_s + k * o.draft_token_s)
+            opts = [(None, 0, 1.0, 0.0)] + [(i, k, *o.spend(k))
                                             for i, o in enumerate(request) for k in range(1, len(o.accept) + 1)]
         options.append(opts)
         choices.append(opts[0][:2])
@@ -180,16 +196,33 @@ class Prior:
     """What was measured on this machine before any request (calibrate.py, cached): ``curve[n-1]``
     the target's forward over n new tokens relative to one; ``step_s`` the seconds of one;
     ``draft_token`` the draft model's time per token relative to a target step; ``draft_accept``
-    how often the draft model's greedy token is the target's on the calibration text. None where
-    not measured (then: a curve of 1 + (n - 1)/2, a scale of 1, free drafts, acceptance 0.5)."""
+    how often the draft model's greedy token is the target's on the calibration text;
+    ``draft_prefill`` the draft model's time per token of a long forward (a prompt) relative to its
+    one-token time. None where not measured (then: a curve of 1 + (n - 1)/2, a scale of 1, free
+    drafts, acceptance 0.5, a catch-up priced by the curve's end, :func:`catch_up`)."""
 
     curve: Sequence[float] | None = None
     step_s: float | None = None
     draft_token: float | None = None
     draft_accept: float | None = None
+    draft_prefill: float | None = None
 
     def draft_token_s(self) -> float:
         return (self.draft_token or 0.0) * (self.step_s or 1.0)
+
+
+def catch_up(n: int, relative_at: Callable[[int], float], prefill: float | None, curve_end: int = 17) -> float:
+    """A draft model's forward over n new tokens (catching up with a context), in its one-token
+    times: the target curve's shape (``relative_at``) up to the curve's end, then ``prefill`` per
+    further token (its measured rate on a prompt, relative to one token), or, unmeasured, the
+    curve's cost per row at its end (an upper bound: long forwards use the cores better).
+
+    Example: with relative_at(n) = n / 2 and prefill 0.25, catch_up(21, ..., 0.25) == 8.5 + 1.0.
+    """
+    if n <= curve_end:
+        return relative_at(n)
+    per_token = prefill if prefill is not None else relative_at(curve_end) / curve_end
+    return relative_at(curve_end) + per_token * (n - curve_end)
 
 
 @dataclass
@@ -264,8 +297,13 @@ class AdaptiveBudget:
     probability at each draft position (one rate for all positions when ``positional`` is False:
     a source whose tokens are equally likely right wherever they stand, such as copied text) and
     the source's seconds per draft token (``draft_token_s``, a calibrated prior until measured).
-    ``prior_accept`` is the rate assumed before any draft, weighted as one observation. The
+    ``prior_accept`` is the rate assumed before any draft, weighted as ``prior_weight`` observations. The
     target's forward cost is the engine's (``cost``, shared), which the engine observes.
+
+    A source whose prior alone predicts a clear gain (``TRUST`` times a plain step's rate, at
+    ``prior_accept`` on every position, on the calibrated costs) is *trusted*: it offers its prior
+    acceptance from the first step, and what the request shows overrides the prior within a few
+    steps (with a prior weight of 3, two first tokens rejected bring a rate of 0.8 below 0.5).
 
     When drafting does not pay it still *probes* (offers a forced short draft, :meth:`short`) after
     ``probe_every`` steps without drafting, so it notices when drafts become good again, but
@@ -276,7 +314,7 @@ class AdaptiveBudget:
     back on doubles the wait (up to 32 times). A source that has never been graded offers nothing
     but such probes: its prior is a guess about other text (a draft model's agreement measured at
     load is lowest on an answer's first tokens, where a fresh request would try it), so a fresh
-    engine explores within the same bound. The engine keeps one per method and budget in its
+    engine explores within the same bound (unless trusted). The engine keeps one per method and budget in its
     memory, so later requests start from what earlier ones learned.
     """
 
@@ -285,6 +323,8 @@ class AdaptiveBudget:
     draft_token_s: float = 0.0
     positional: bool = True
     prior_accept: float = 0.5
+    prior_weight: float = 1.0
+    recover: float = 1.0  # a trusted source's observations fade by this each step it does not draft
     source: str = "adaptive"
     decay: float = 0.9
     probe_every: int = 16
@@ -306,12 +346,12 @@ class AdaptiveBudget:
 
     def acceptance(self) -> list[float]:
         """Probability that draft token i is accepted given the ones before were, i < max_k: what
-        was seen at position i, with one observation's weight of a prior (``prior_accept`` for
+        was seen at position i, with ``prior_weight`` observations' weight of a prior (``prior_accept`` for
         the first position, the estimate of position i - 1 after it, so a position never drafted
         yet is expected to do as its predecessor does)."""
-        rates, prior = [], self.prior_accept
+        rates, prior, weight = [], self.prior_accept, self.prior_weight
         for accepted, reached in self._accept:
-            prior = min(1.0, (accepted + prior) / (reached + 1.0))
+            prior = min(1.0, (accepted + weight * prior) / (reached + weight))
             rates.append(prior)
         return rates if self.positional else rates * self.max_k
 
@@ -320,13 +360,20 @@ class AdaptiveBudget:
         """Whether any draft of this source (sent, or graded in the shadow) was seen."""
         return any(reached for _, reached in self._accept)
 
-    def offer(self, cap: int, setup_s: float = 0.0) -> Offer:
+    @property
+    def trusted(self) -> bool:
+        """Whether the prior alone predicts a clear gain (``TRUST``; see the class)."""
+        k, rate = best_rate([self.prior_accept] * self.max_k, self.draft_token_s, self.cost.curve(self.max_k))
+        return k > 0 and rate * self.cost.seconds(1) >= TRUST
+
+    def offer(self, cap: int, setup_s: float = 0.0, horizon: int | None = None) -> Offer:
         """Its learned acceptance and cost, or a forced probe when one is due (see the class);
-        until graded, only the probe. ``setup_s``: what drafting would first cost this request
-        (:attr:`Offer.setup_s`), counted in what a probe may lose."""
-        accept = tuple(self.acceptance()[:cap]) if self.graded else ()
+        until graded, only the probe unless the prior is trusted. ``setup_s``: what drafting would
+        first cost this request, spread over ``horizon`` tokens (:class:`Offer`), and counted
+        whole in what a probe may lose."""
+        accept = tuple(self.acceptance()[:cap]) if self.graded or self.trusted else ()
         probe = self.short(cap) if cap > 0 and self.probe_due(setup_s) else None
-        return Offer(self.source, accept, self.draft_token_s, setup_s, probe=probe)
+        return Offer(self.source, accept, self.draft_token_s, setup_s, probe=probe, horizon=horizon)
 
     def short(self, cap: int) -> int:
         """The short draft (1 to ``probe`` tokens, at most ``cap``: 0 if that is 0) that would give the most tokens
@@ -357,7 +404,7 @@ class AdaptiveBudget:
         counted; drafting that pays resets the wait."""
         if k > 0:
             pays = best_rate(self.acceptance(), self.draft_token_s, self.cost.curve(self.max_k))[0] > 0
-            self._probing = not (pays and self.graded)
+            self._probing = not (pays and (self.graded or self.trusted))
             self._interval = self.probe_every if pays else min(2 * self._interval, 32 * self.probe_every)
 
     def budget(self) -> int:
@@ -378,6 +425,10 @@ class AdaptiveBudget:
         self._elapsed += times.draft_s + times.verify_s / times.batch
         n = acceptance.drafted if own_step else 0
         self._since_draft = 0 if n else self._since_draft + 1
+        if not n and self.recover < 1.0 and self.trusted:  # back towards the measured prior, slowly
+            for stats in self._accept:
+                stats[0] *= self.recover ** (1 / times.batch)
+                stats[1] *= self.recover ** (1 / times.batch)
         if own_step and self._probing:  # what it cost beyond plain steps for the tokens it gave
             self._lost += max(0.0, step_s - (acceptance.accepted + 1) * self.cost.seconds(1))
         self._probing = False

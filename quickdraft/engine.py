@@ -190,8 +190,8 @@ class Engine:
         model = self.target.sibling(resolve_model(str(self._draft)))
         check_same_vocabulary(self.target, model)
         if self.calibrate and self.prior.draft_token is None:
-            token, agreement = calibration.draft_prior(self.target, model)
-            self.prior = replace(self.prior, draft_token=token, draft_accept=agreement)
+            token, agreement, prefill = calibration.draft_prior(self.target, model)
+            self.prior = replace(self.prior, draft_token=token, draft_accept=agreement, draft_prefill=prefill)
         self._draft = model
         return model
 
@@ -209,7 +209,8 @@ class Engine:
             draft = self.draft_model()
             sequence = draft.new_sequence(prefix) if batched else self._main(draft)
             return Resources(self.target, sequence, self.prior, self.cost)
-        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None), self.cost)
+        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None),
+                         self.cost)
 
     def _memory(self, spec: ProposerSpec) -> Any:
         if spec.memory is None:
@@ -235,7 +236,7 @@ class Engine:
                 else draft.path.name,
                 "prior": {"cost_curve": [round(c, 3) for c in self.prior.curve] if self.prior.curve else None,
                           "step_s": self.prior.step_s, "draft_token": self.prior.draft_token,
-                          "draft_accept": self.prior.draft_accept}}
+                          "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill}}
 
     # --- requests -------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
@@ -399,21 +400,25 @@ class Engine:
         and the ``prefill`` chunks, the acceptance rule of each, and caches left holding the
         accepted tokens (the pending ones included). Backends without ``BATCH`` take one
         generation at a time."""
+        trees = [d.forward_tree() for d in drafts]  # None: a plain chain
+        inputs = [[g.context[-1], *d.tokens, *d.extra] for g, d in zip(generations, drafts)]
         if BATCH in self.target.capabilities:
-            chunks = [Chunk(g.sequence, [g.context[-1], *d.tokens], d.tree_parents() if d.parents else None)
-                      for g, d in zip(generations, drafts)]
-            rows = self.target.forward_batch([*chunks, *prefill])[:len(chunks)]  # [n + 1, V] each
+            chunks = [Chunk(g.sequence, tokens, *(tree or (None, "all")))
+                      for g, tokens, tree in zip(generations, inputs, trees)]
+            rows = self.target.forward_batch([*chunks, *prefill])[:len(chunks)]  # [n + 1 (+ extra rows), V] each
         else:
             if len(generations) != 1 or prefill:
                 raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
-            g, d = generations[0], drafts[0]
-            pending = [g.context[-1], *d.tokens]
-            rows = [g.sequence.forward_tree(pending, d.tree_parents()) if d.parents else g.sequence.forward(pending)]
+            sequence, tree = generations[0].sequence, trees[0]
+            rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
         acceptances = []
-        for g, d, logits in zip(generations, drafts, rows):
+        for g, d, logits, tree in zip(generations, drafts, rows, trees):
+            n = len(d)
             acceptance = verifiers.select(g.request.sampling, tree=d.parents is not None)(
-                d, logits, g.request.sampling, g.rng)
-            if d.parents is None:
+                d, logits[:n + 1], g.request.sampling, g.rng)
+            if d.extra_rows:
+                acceptance = replace(acceptance, guesses=tuple(int(t) for t in logits[n + 1:].argmax(axis=1)))
+            if tree is None:
                 g.sequence.rollback(len(g.context) + acceptance.accepted)
             else:
                 g.sequence.keep(acceptance.kept_nodes())
@@ -492,7 +497,7 @@ class Generation:
         if cap <= 0:
             return []
         if self.controller is None:
-            return self.proposer.offers(self.context, cap)
+            return self.proposer.offers(self.context, cap, self.request.max_tokens - len(self.generated))
         return [self.controller.offer(cap)]
 
     def draft(self, offer: Offer | None, k: int) -> Draft:

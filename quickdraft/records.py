@@ -23,18 +23,38 @@ class Draft:
        tree's parents array is ``(-1, *parents)``; a chain would be ``(0, 1, ..., n - 1)``.
        With q, each child was sampled from its q row independently of its siblings; without,
        siblings are distinct tokens chosen from the context alone (verifiers/tree.py).
+    extra: [m] tokens evaluated in the same forward that are not drafts (never emitted, never
+       verified): lookahead's Jacobi branch. Tree nodes n + 1 .. n + m, after the draft's.
+    extra_parents: [m] the parent of each extra node, a node of the whole tree (0 the root,
+       1..n the draft's, n + 1.. the extra ones before it).
+    extra_rows: the extra nodes (0..m-1) whose predictions the proposer reads back
+       (``Acceptance.guesses``); the other rows are not computed.
     """
 
     tokens: tuple[int, ...] = ()
     q: np.ndarray | None = None
     parents: tuple[int, ...] | None = None
     source: str = ""  # where the draft came from, when a method has several sources (auto); for stats
+    extra: tuple[int, ...] = ()
+    extra_parents: tuple[int, ...] = ()
+    extra_rows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.q is not None and self.q.shape[0] != len(self.tokens):
             raise ValueError(f"q has {self.q.shape[0]} rows for {len(self.tokens)} draft tokens")
         if self.parents is not None and len(self.parents) != len(self.tokens):
             raise ValueError(f"parents has {len(self.parents)} entries for {len(self.tokens)} draft tokens")
+        if len(self.extra_parents) != len(self.extra):
+            raise ValueError(f"extra_parents has {len(self.extra_parents)} entries for {len(self.extra)} extra tokens")
+
+    def forward_tree(self) -> tuple[tuple[int, ...], list[int]] | None:
+        """The whole tree the target evaluates when it is not a plain chain: (parents of the root,
+        the draft and the extra nodes; the rows to compute: the root's, the draft's and
+        ``extra_rows``). None for a chain without extras."""
+        if self.parents is None and not self.extra:
+            return None
+        n = len(self.tokens)
+        return self.tree_parents() + self.extra_parents, [*range(n + 1), *(n + 1 + i for i in self.extra_rows)]
 
     def tree_parents(self) -> tuple[int, ...]:
         """The parents array of the tree (root first): (-1, *parents), or a chain's."""
@@ -57,6 +77,8 @@ class Acceptance:
         ``len(path) == accepted``); empty for a chain (its nodes are 1..accepted).
     depth: for a tree draft, its longest root-to-leaf path in draft tokens (its positions);
         None for a chain (``drafted``).
+    guesses: the target's greedy prediction after each of the draft's ``extra_rows`` (what
+        lookahead's Jacobi window learns from); empty without extras.
     """
 
     tokens: tuple[int, ...]
@@ -64,6 +86,7 @@ class Acceptance:
     drafted: int
     path: tuple[int, ...] = ()
     depth: int | None = None
+    guesses: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)

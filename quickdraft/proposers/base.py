@@ -51,8 +51,9 @@ class SelfBudgeting(Proposer, Protocol):
     ``propose`` under a controller's budget, it offers each step what its sources could draft and
     drafts what the engine allocated."""
 
-    def offers(self, context: Sequence[int], cap: int) -> list[Offer]:
-        """Per source, what the next step could draft (at most ``cap`` tokens); none: a plain step."""
+    def offers(self, context: Sequence[int], cap: int, remaining: int | None = None) -> list[Offer]:
+        """Per source, what the next step could draft (at most ``cap`` tokens; ``remaining``: the
+        tokens the request may still emit); none: a plain step."""
 
     def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
               rng: np.random.Generator) -> Draft:

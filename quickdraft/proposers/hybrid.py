@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..backends.base import common_prefix
-from ..control import AdaptiveBudget, Offer
+from ..control import AdaptiveBudget, Offer, catch_up
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
@@ -36,6 +36,19 @@ from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 # short match's first token is right about a third of the time, the ones after it mostly).
 SUFFIX_CLASSES = (("suffix-long", 8, 0.9), ("suffix-medium", 3, 0.7), ("suffix-short", 1, 0.5))
 
+# The draft model's prior (its agreement measured on answers at load) weighs as this many drafts:
+# an answer's first token is the one the two models most often disagree on (two thirds agree on
+# the bench's answers, against 0.85-0.95 after it), so one rejection there must not outweigh the
+# measurement; two do (a prior of 0.8 falls to 0.48 at the first position).
+DRAFT_PRIOR_WEIGHT = 3.0
+DRAFT_RECOVER = 0.8
+
+
+# The draft model's catch-up with a request's context is paid once and then serves every later
+# draft: its offer spreads that cost over the request's next tokens, at most this many (a request
+# may end sooner than its max_tokens says).
+HORIZON = 64
+
 
 def match_strength(match_length: int) -> str:
     return next(name for name, shortest, _ in SUFFIX_CLASSES if match_length >= shortest)
@@ -44,9 +57,14 @@ def match_strength(match_length: int) -> str:
 @dataclass(frozen=True)
 class AutoOptions(SuffixOptions, DraftOptions):
     """The suffix drafter's options, the draft model's ``min_confidence``, and ``max_draft``: the
-    longest draft auto considers (the engine's budget caps it further)."""
+    longest draft auto considers (the engine's budget caps it further). Its suffix candidates are
+    not cut by length or survival probability (``length_per_match``, ``min_prob``): every token
+    comes with its estimated acceptance and the cost model decides how many to draft, so a
+    machine that verifies a few rows for free drafts even doubtful tokens."""
 
     max_draft: int = 16
+    length_per_match: float = 16.0
+    min_prob: float = 0.0
 
     def __post_init__(self) -> None:
         SuffixOptions.__post_init__(self)
@@ -71,7 +89,8 @@ class AutoMemory:
                         for name, _, accept in SUFFIX_CLASSES}
         if resources.draft is not None:
             self.control["draft"] = AdaptiveBudget(max_k=k, cost=resources.cost, draft_token_s=prior.draft_token_s(),
-                                                   prior_accept=prior.draft_accept or 0.5, source="draft")
+                                                   prior_accept=prior.draft_accept or 0.5, source="draft",
+                                                   prior_weight=DRAFT_PRIOR_WEIGHT, recover=DRAFT_RECOVER)
 
 
 class AutoProposer(BaseProposer):
@@ -94,6 +113,7 @@ class AutoProposer(BaseProposer):
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
+        self.draft_prefill = resources.prior.draft_prefill
         self._source: str | None = None  # the last draft's source, until observed
         self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model
@@ -111,20 +131,21 @@ class AutoProposer(BaseProposer):
     def end(self, context: Sequence[int]) -> None:
         self.suffix.end(context)
 
-    def offers(self, context: Sequence[int], cap: int) -> list[Offer]:
+    def offers(self, context: Sequence[int], cap: int, remaining: int | None = None) -> list[Offer]:
         control, offers = self.memory.control, []
         candidate, match = self.suffix.candidate(context, cap)
         self._candidate = None
         if candidate.tokens:
             name = match_strength(match)
             self._candidate = (name, candidate)
-            if control[name].graded:
+            if control[name].graded or control[name].trusted:
                 accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
                 offers.append(Offer(name, accept, control[name].draft_token_s))
         if self.drafter:
-            draft = control["draft"]  # a catch-up over n tokens costs about a target forward over n, scaled
+            draft = control["draft"]
             behind = self._behind = self.catch_up(context)
-            offers.append(draft.offer(cap, behind and draft.draft_token_s * draft.cost.relative_at(behind)))
+            setup = behind and draft.draft_token_s * catch_up(behind, draft.cost.relative_at, self.draft_prefill)
+            offers.append(draft.offer(cap, setup, horizon=min(remaining or HORIZON, HORIZON)))
         return offers
 
     def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,

@@ -53,5 +53,7 @@ def test_curves_are_keyed_by_model_settings_cpu_and_build(tiny_pair):
     paths = {calibration_path(a, 100), calibration_path(b, 100), calibration_path(a, 90),
              calibration_path(a, 100, draft)}
     assert len(paths) == 4
-    token, agreement = draft_prior(a, draft)
+    token, agreement, prefill = draft_prior(a, draft)
     assert token > 0 and 0.3 < agreement <= 1  # the tiny pair is correlated (about 75% greedy agreement)
+    assert 0 < prefill  # the draft's time per token of a long forward, relative to one token
+    assert draft_prior(a, draft) == (token, agreement, prefill)  # cached: the same, not measured again

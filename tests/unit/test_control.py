@@ -68,34 +68,53 @@ def test_probes_that_fail_lose_at_most_the_explore_share_of_the_time():
 
 
 def test_adaptive_keeps_drafting_when_it_pays():
-    """An ungraded source waits for its first probe (``probe_every`` steps, within the explore
-    share); once that probe is accepted it drafts the full length every step."""
+    """A source whose prior alone predicts a clear gain (here 50% acceptance, a nearly flat curve,
+    nearly free drafts) drafts from the first step, and at full length once its drafts are accepted."""
     c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.05 * k for k in range(5)], step_s=0.04),
                        draft_token_s=0.001)
+    assert c.trusted
     ks, _, _ = run(c, 40, 1.0, 0.001, lambda k: 0.04 * (1 + 0.05 * k))
-    first = next(i for i, k in enumerate(ks) if k)
-    assert first == c.probe_every and ks[:first] == [0] * first and ks[first + 1:] == [4] * (39 - first)
+    assert ks[0] > 0 and ks[1:] == [4] * 39
 
 
-def test_an_ungraded_source_enters_only_by_a_bounded_probe_however_good_its_prior():
-    """A prior measured on other text (the draft model's agreement at load) may be wrong for this
-    request: a fresh controller drafts nothing until a probe is due, so a source that is bad here
-    loses at most the explore share of the time (and the one draft its prior, halved by the probe's
-    failure, still pays for), and a good one then grows
-    to full length."""
+def test_an_untrusted_source_enters_only_by_a_bounded_probe():
+    """A prior that predicts no clear gain (60% acceptance where every row costs half a step) is
+    not trusted: nothing until a probe is due, so a source that is bad here loses at most the
+    explore share of the time, and a good one then grows to full length."""
     def fresh():
+        return AdaptiveBudget(max_k=8, cost=ForwardCost([1 + 0.5 * k for k in range(9)], step_s=0.04),
+                              draft_token_s=0.004, prior_accept=0.6)
+
+    forward = lambda k: 0.04 * (1 + 0.5 * k)  # noqa: E731
+    assert not fresh().trusted and fresh().could_pay()
+    assert fresh().offer(8).accept == () and fresh().offer(8).probe is None
+    bad, seconds, tokens = run(fresh(), 400, 0.0, 0.004, forward)
+    assert 0 < sum(map(bool, bad)) and bad.index(fresh().short(8)) >= fresh().probe_every
+    probe = fresh().short(8)
+    once = probe * 0.004 + forward(probe) - forward(0)
+    assert seconds <= tokens * forward(0) * (1 + fresh().explore) + once
+    good, _, _ = run(fresh(), 200, 1.0, 0.004, forward)
+    assert good[-1] >= 2 and good.index(fresh().short(8)) >= fresh().probe_every
+
+
+def test_a_trusted_prior_drafts_at_once_and_backs_off_when_the_request_refutes_it():
+    """A prior that predicts a clear gain (95% where a row costs 0.2 of a step) drafts from the
+    first step: a source that is good here never waits, one that is bad here is dropped after a
+    few rejected drafts (the prior weighs ``prior_weight`` observations) and then only probed."""
+    def fresh(weight=1.0):
         return AdaptiveBudget(max_k=8, cost=ForwardCost([1 + 0.2 * k for k in range(9)], step_s=0.04),
-                              draft_token_s=0.004, prior_accept=0.95)
+                              draft_token_s=0.004, prior_accept=0.95, prior_weight=weight)
 
     forward = lambda k: 0.04 * (1 + 0.2 * k)  # noqa: E731
-    assert fresh().offer(8).accept == () and fresh().offer(8).probe is None
-    bad, seconds, tokens = run(fresh(), 200, 0.0, 0.004, forward)
-    assert 0 < sum(map(bool, bad)) and bad.index(fresh().probe) >= fresh().probe_every
-    probe = fresh().probe
-    once = probe * 0.004 + forward(probe) - forward(0)  # the draft the prior, halved by one failure, still takes
-    assert seconds <= tokens * forward(0) * (1 + fresh().explore) + once
-    good, _, _ = run(fresh(), 120, 1.0, 0.004, forward)
-    assert good[-1] == 8
+    assert fresh().trusted and fresh().offer(8).accept
+    good, _, _ = run(fresh(), 60, 1.0, 0.004, forward)
+    assert all(good) and good[-1] == 8
+    for weight, most in ((1.0, 2), (3.0, 8)):  # a draft of 0.1 of a step is worth trying down to 36%
+        bad, seconds, tokens = run(fresh(weight), 300, 0.0, 0.004, forward)
+        tries = sum(map(bool, bad[:fresh().probe_every]))
+        assert bad[0] and tries <= most and not any(bad[tries:fresh().probe_every])  # then only probes
+        assert seconds <= tokens * forward(0) * (1 + fresh().explore) + sum(k * 0.004 + forward(k) - forward(0)
+                                                                            for k in bad[:tries])
 
 
 def test_a_setup_cost_delays_a_probe_and_is_not_a_cost_per_token():
