@@ -95,6 +95,10 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"), top_k: int = typer.Option(0, "--top-k", help="0 = off."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="-2..2, OpenAI's: minus this for "
+                                           "every token already generated."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="-2..2, OpenAI's: minus this "
+                                            "times how often a token was generated."),
     stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
@@ -109,7 +113,7 @@ def generate(
                          backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
                          heads=heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                   stop=stop)
+                   stop=stop, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
     stream = engine.stream(prompt, **options)
     for piece in stream:
         if not as_json:
@@ -126,7 +130,8 @@ def generate(
         if temperature != 0:
             raise QuickdraftError("--check compares greedy outputs; use it with --temperature 0")
         ar = engine.generate(prompt, **options, method="ar")
-        verdict = check_against_ar(engine, stream.request.tokens, result.token_ids, ar.token_ids)
+        verdict = check_against_ar(engine, stream.request.tokens, result.token_ids, ar.token_ids,
+                                   stream.request.sampling)
         output["check"] = verdict.to_dict()
         if not as_json:
             err.print(f"check against AR: {verdict} (AR {ar.stats['tokens_per_second']:.1f} tok/s)", soft_wrap=True)
