@@ -357,8 +357,10 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QUICKDRAFT_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on every endpoint but /health."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name clients pass as 'model' "
-                                             "(default: the target's bundled name or file stem)."),
+    model_name: Optional[str] = typer.Option(None, "--served-model-name", "--model-name",
+                                             help="The model id clients pass as 'model' and /v1/models lists "
+                                             "(default: the target's name as `quickdraft models` shows it, or "
+                                             "its file name without .gguf, which is accepted with it too)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; more get HTTP 503."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
@@ -380,14 +382,14 @@ def serve(
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
                          min_confidence=min_confidence, heads=heads)
-    name = model_name or (target if target in models.BUNDLED else Path(target).stem)
+    names = (model_name,) if model_name else models.served_names(target)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                   "this address can use the model", highlight=False)
-    err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
+    err.print(f"serving '{names[0]}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
     if engine.spec(engine.method).uses_draft_model:
         engine.draft_model()  # loaded and checked now, not by the first request
-    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
+    run(create_app(engine, names, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
                    prefill_chunk=prefill_chunk), host=host, port=port)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +22,7 @@ from ..engine import Engine, Request
 from ..errors import QuickdraftError
 from ..records import Piece
 from .protocol import (SSE_DONE, APIError, Reply, engine_error, engine_prompt, generation_options,
-                       speculative_summary, sse, timeout_error, usage)
+                       model_not_found, speculative_summary, sse, timeout_error, usage)
 from .scheduler import Failed, Finished, Job, Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -39,19 +39,19 @@ class ClientGone(Exception):
 class Completions:
     """``await completions(body, request, "chat" | "text")`` -> the HTTP response.
 
+    model_names: the served model id, then the other names accepted for it.
     on_error: called with every error that reaches a client inside a stream (for the metrics;
     errors raised as :class:`APIError` are counted by the app's exception handler).
     """
 
-    def __init__(self, scheduler: Scheduler, engine: Engine, *, model_name: str, timeout_s: float,
+    def __init__(self, scheduler: Scheduler, engine: Engine, *, model_names: Sequence[str], timeout_s: float,
                  on_error: Callable[[APIError], None]) -> None:
-        self.scheduler, self.engine, self.model_name = scheduler, engine, model_name
+        self.scheduler, self.engine, self.model_names = scheduler, engine, tuple(model_names)
         self.timeout_s, self.on_error = timeout_s, on_error
 
     async def __call__(self, body: ChatCompletionRequest | CompletionRequest, request: HTTPRequest, kind: str):
-        if body.model != self.model_name:
-            raise APIError(404, f"the model '{body.model}' does not exist: this server serves '{self.model_name}'",
-                           param="model", code="model_not_found")
+        if body.model not in self.model_names:
+            raise model_not_found(body.model, self.model_names)
         prompt_param = "messages" if kind == "chat" else "prompt"
         prompt, chat = engine_prompt(body)
         try:
@@ -61,7 +61,7 @@ class Completions:
         job = Job(prepared, timeout_s=self.timeout_s, loop=asyncio.get_running_loop(), prompt_param=prompt_param)
         self.scheduler.submit(job)  # 503 when the queue is full
         reply = Reply(kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()),
-                      self.model_name)
+                      self.model_names[0])
         try:
             started = await self._next_event(job, request)
             if isinstance(started, Failed):

@@ -52,6 +52,13 @@ def engine_error(exc: QuickdraftError, *, prompt_param: str = "messages") -> API
     return APIError(400, str(exc), param=param, code="invalid_request")
 
 
+def model_not_found(model: str, names: Sequence[str]) -> APIError:
+    """The 404 for a ``model`` this server does not serve (``names``: the served id, then aliases)."""
+    also = f" (also accepted: {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else ""
+    return APIError(404, f"the model '{model}' does not exist: this server serves '{names[0]}'{also}",
+                    param="model", code="model_not_found")
+
+
 def busy_error(max_queue: int) -> APIError:
     return APIError(503, f"the server is busy: {max_queue} requests are already waiting; retry later",
                     type="server_error", code="server_busy")

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from quickdraft.errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from quickdraft.server.protocol import (APIError, Reply, engine_error, engine_prompt, error_param,
-                                        generation_options, speculative_summary, sse, usage, validation_error)
+                                        generation_options, model_not_found, speculative_summary, sse, usage,
+                                        validation_error)
 from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -113,3 +114,9 @@ def test_text_completion_chunks_and_sse():
 
 def test_api_error_body_is_openais_shape():
     assert set(APIError(400, "m").body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_model_not_found_names_what_is_served():
+    error = model_not_found("qwen2.5-coder-1", ("tiny", "tiny.gguf"))
+    assert (error.status, error.param, error.code) == (404, "model", "model_not_found")
+    assert "'tiny'" in error.message and "tiny.gguf" in error.message
