@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .calibrate import MAX_K, near_tie_tolerance
+from .sampling import SamplingParams, penalize
 
 Witness = Callable[[int, int, int], str | None]  # (index, AR token, speculative token) -> shape, or None
 
@@ -93,15 +94,17 @@ def classify(spec: Sequence[int], ar: Sequence[int], logits_at: Callable[[int], 
     return CheckResult("near-tie" if shape else "real divergence", i, margin, tolerance, shape)
 
 
-def check_against_ar(engine, prompt_tokens: Sequence[int], spec: Sequence[int], ar: Sequence[int]) -> CheckResult:
-    """classify() with the engine's target: one-token logits after prompt + ar[:i], the target's
-    measured near-tie tolerance, and a witness search over verification's shapes."""
+def check_against_ar(engine, prompt_tokens: Sequence[int], spec: Sequence[int], ar: Sequence[int],
+                     sampling: SamplingParams = SamplingParams()) -> CheckResult:
+    """classify() with the engine's target: one-token logits after prompt + ar[:i] (penalized as
+    ``sampling`` says, as decoding did), the target's measured near-tie tolerance, and a witness
+    search over verification's shapes."""
     target = engine.target
 
     def logits_at(i: int) -> np.ndarray:
         context = list(prompt_tokens) + list(ar[:i])
         target.prefill(context[:-1])
-        return target.forward(context[-1:])[0]
+        return penalize(target.forward(context[-1:]), ar[:i], [()], sampling)[0]
 
     def witness(i: int, y: int, x: int) -> str | None:
         context = list(prompt_tokens) + list(ar[:i])
@@ -111,7 +114,8 @@ def check_against_ar(engine, prompt_tokens: Sequence[int], spec: Sequence[int], 
                 start = last - row
                 target.prefill(context[:start])
                 rows = target.forward([*context[start:], *[context[start]] * (size - row - 1)])  # fillers after it
-                if rows[row][x] >= rows[row][y]:
+                logits = penalize(rows[row:row + 1], ar[:i], [()], sampling)[0]
+                if logits[x] >= logits[y]:
                     return f"witness: a forward of {size} tokens with it at row {row}"
         return None
 

@@ -95,6 +95,10 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"), top_k: int = typer.Option(0, "--top-k", help="0 = off."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="-2..2, OpenAI's: minus this for "
+                                           "every token already generated."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="-2..2, OpenAI's: minus this "
+                                            "times how often a token was generated."),
     stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
@@ -109,7 +113,7 @@ def generate(
                          backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
                          heads=heads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                   stop=stop)
+                   stop=stop, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
     stream = engine.stream(prompt, **options)
     for piece in stream:
         if not as_json:
@@ -126,7 +130,8 @@ def generate(
         if temperature != 0:
             raise QuickdraftError("--check compares greedy outputs; use it with --temperature 0")
         ar = engine.generate(prompt, **options, method="ar")
-        verdict = check_against_ar(engine, stream.request.tokens, result.token_ids, ar.token_ids)
+        verdict = check_against_ar(engine, stream.request.tokens, result.token_ids, ar.token_ids,
+                                   stream.request.sampling)
         output["check"] = verdict.to_dict()
         if not as_json:
             err.print(f"check against AR: {verdict} (AR {ar.stats['tokens_per_second']:.1f} tok/s)", soft_wrap=True)
@@ -429,8 +434,10 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QUICKDRAFT_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on every endpoint but /health."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name clients pass as 'model' "
-                                             "(default: the target's bundled name or file stem)."),
+    model_name: Optional[str] = typer.Option(None, "--served-model-name", "--model-name",
+                                             help="The model id clients pass as 'model' and /v1/models lists "
+                                             "(default: the target's name as `quickdraft models` shows it, or "
+                                             "its file name without .gguf, which is accepted with it too)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; more get HTTP 503."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds, queueing included."),
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
@@ -452,14 +459,14 @@ def serve(
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
                          min_confidence=min_confidence, heads=heads)
-    name = model_name or (target if target in models.BUNDLED else Path(target).stem)
+    names = (model_name,) if model_name else models.served_names(target)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
                   "this address can use the model", highlight=False)
-    err.print(f"serving '{name}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
+    err.print(f"serving '{names[0]}' ({engine.method}) on http://{host}:{port}/v1", highlight=False)
     if engine.spec(engine.method).uses_draft_model:
         engine.draft_model()  # loaded and checked now, not by the first request
-    run(create_app(engine, name, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
+    run(create_app(engine, names, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
                    prefill_chunk=prefill_chunk), host=host, port=port)
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, P
 from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from .models import resolve_model
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
-from .sampling import SamplingParams
+from .sampling import MAX_LOGPROBS, SamplingParams, penalize, token_logprobs
 from .stats import Stats
 from .system import cpu_info, quickdraft_version
 from .records import Acceptance, Draft, GenerationResult, Piece, StepTimes
@@ -42,6 +42,8 @@ class Request:
     tokens: the prompt's token ids. max_tokens: new tokens at most (prompt + max_tokens fits the
     context). spec: the decoding method's declaration. budget: draft tokens per step at most.
     controller: the budget policy's name ("fixed" for methods that decide their own lengths).
+    logprobs: None (nothing computed), or report each emitted token's log-probability and this
+    many most likely alternatives (``Piece.logprobs``, ``GenerationResult.logprobs``).
     """
 
     tokens: tuple[int, ...]
@@ -51,10 +53,26 @@ class Request:
     spec: ProposerSpec
     budget: int
     controller: str
+    logprobs: int | None = None
 
     @property
     def method(self) -> str:
         return self.spec.name
+
+
+def token_bias(logit_bias: Mapping[Any, float], vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """``{token id: bias}`` (ids as ints or digit strings, as OpenAI sends them) as the sorted
+    ``(id, bias)`` pairs of :class:`SamplingParams`; an id outside the vocabulary is an error."""
+    try:
+        bias = tuple(sorted((int(token), float(value)) for token, value in logit_bias.items()))
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"logit_bias must map token ids to numbers, got {dict(logit_bias)!r}",
+                                    param="logit_bias") from None
+    bad = [token for token, _ in bias if not 0 <= token < vocab_size]
+    if bad:
+        raise InvalidParameterError(f"logit_bias key {bad[0]} is not a token id (0..{vocab_size - 1})",
+                                    param="logit_bias")
+    return bias
 
 
 class Memory:
@@ -259,11 +277,18 @@ class Engine:
     def prepare(self, prompt: Prompt, *, max_tokens: int | None = None, temperature: float = 0.0,
                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
                 method: str | None = None, num_draft: int | None = None, controller: str | None = None,
-                chat: bool | None = None) -> Request:
+                chat: bool | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None) -> Request:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
         ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
         at most ``default_max_tokens``."""
-        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        bias = token_bias(logit_bias or {}, self.target.vocab_size)
+        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+            raise InvalidParameterError(f"logprobs must be None or 0..{MAX_LOGPROBS} alternatives, got {logprobs}",
+                                        param="logprobs")
+        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                  presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                  logit_bias=bias)
         spec = self.spec(method or self.method)
         stop = tuple(stop)
         if any(not s for s in stop):
@@ -288,7 +313,7 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max(max_tokens, 1)}) exceeds the context size "
                 f"({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx",
                 param="max_tokens" if max_tokens >= self.target.n_ctx else "prompt")
-        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller)
+        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs)
 
     def stream(self, prompt: Prompt | Request, **options) -> Stream:
         """Generate, yielding :class:`Piece` s; ``prompt`` is a prepared :class:`Request` or
@@ -303,7 +328,12 @@ class Engine:
 
         Keywords: max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop (strings),
         method (a registered method), num_draft (draft budget per step), controller (``fixed``
-        or ``adaptive``), chat (apply the chat template to a text prompt; default: the engine's).
+        or ``adaptive``), chat (apply the chat template to a text prompt; default: the engine's),
+        presence_penalty and frequency_penalty (-2..2, over the tokens generated so far),
+        logit_bias ({token id: -100..100}), logprobs (None, or 0..20 alternatives per token:
+        ``GenerationResult.logprobs``). Penalties and bias apply to the target's logits at every
+        position it verifies, drafts included (``sampling.penalize``), so the output is plain
+        decoding's under the same penalties.
         """
         stream = self.stream(prompt, **options)
         for _ in stream:
@@ -413,11 +443,16 @@ class Engine:
             rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
         acceptances = []
         for g, d, logits, tree in zip(generations, drafts, rows, trees):
-            n = len(d)
-            acceptance = verifiers.select(g.request.sampling, tree=d.parents is not None)(
-                d, logits[:n + 1], g.request.sampling, g.rng)
+            n, sampling = len(d), g.request.sampling
+            guesses, logits = logits[n + 1:], logits[:n + 1]  # the extra rows are never verified
+            if sampling.penalized:
+                logits = penalize(logits, g.generated, d.row_prefixes(), sampling)
+            acceptance = verifiers.select(sampling, tree=d.parents is not None)(d, logits, sampling, g.rng)
             if d.extra_rows:
-                acceptance = replace(acceptance, guesses=tuple(int(t) for t in logits[n + 1:].argmax(axis=1)))
+                acceptance = replace(acceptance, guesses=tuple(int(t) for t in guesses.argmax(axis=1)))
+            if g.request.logprobs is not None:  # row kept_nodes()[i] chose emitted token i
+                acceptance = replace(acceptance, logprobs=token_logprobs(
+                    logits[list(acceptance.kept_nodes())], acceptance.tokens, g.request.logprobs))
             if tree is None:
                 g.sequence.rollback(len(g.context) + acceptance.accepted)
             else:
@@ -454,6 +489,7 @@ class Generation:
         self.sequence, self.resources, self.clock = sequence, resources, clock
         self.rng = request.sampling.rng()
         self.context, self.generated = list(request.tokens), []
+        self.logprobs: list | None = None if request.logprobs is None else []
         self.stats = Stats(prompt_tokens=len(self.context))
         self.out = _TextOut(resources.target, request.stop)
         self.started = clock()
@@ -518,10 +554,13 @@ class Generation:
         kept = [t for t in acceptance.tokens[:room] if out.finish_reason is None and out.add(t)]
         self.context += acceptance.tokens
         self.generated += kept
+        logprobs = None if acceptance.logprobs is None else acceptance.logprobs[:len(kept)]
+        if logprobs is not None:
+            self.logprobs += logprobs
         self.stats.observe(acceptance, len(kept), times, draft.source)
         text = out.flush(final=self.done)
         if kept or text:
-            return Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))))
+            return Piece(text, tuple(kept), tuple(i < acceptance.accepted for i in range(len(kept))), logprobs)
         return None
 
     def finish(self) -> None:
@@ -534,4 +573,5 @@ class Generation:
     def result(self) -> GenerationResult:
         return GenerationResult(text=self.out.text, token_ids=list(self.generated),
                                 finish_reason=self.out.finish_reason or "length", stats=self.stats.to_dict(),
-                                prompt_tokens=len(self.request.tokens))
+                                prompt_tokens=len(self.request.tokens),
+                                logprobs=None if self.logprobs is None else list(self.logprobs))

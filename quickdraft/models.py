@@ -249,6 +249,21 @@ def resolve_model(name_or_path: str, *, progress: bool = True) -> Path:
     )
 
 
+def served_names(name_or_path: str) -> tuple[str, ...]:
+    """The names a server of this model answers to, the model id it lists first: a bundled or
+    derived model's name (what ``quickdraft models`` shows); a ``.gguf`` file's name without the
+    suffix, then with it; any other path's last part (a model directory's name).
+
+    Example: ``"qwen2.5-coder-1.5b-instruct-iq4_nl"`` -> ``("qwen2.5-coder-1.5b-instruct-iq4_nl",)``;
+    ``"~/models/Qwen2.5-7B.Q4_0.gguf"`` -> ``("Qwen2.5-7B.Q4_0", "Qwen2.5-7B.Q4_0.gguf")``.
+    """
+    if name_or_path in BUNDLED or name_or_path in DERIVED:
+        return (name_or_path,)
+    name = Path(name_or_path).expanduser().name
+    stem = name.removesuffix(".gguf")
+    return (stem, name) if stem != name else (name,)
+
+
 def ensure_model(
     model: BundledModel,
     *,

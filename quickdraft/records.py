@@ -11,6 +11,17 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """The target's log-probability of an emitted ``token`` (its distribution after penalties and
+    logit_bias, at temperature 1: before temperature, top-k and top-p), and ``top``: the most
+    likely tokens there as ``(token, logprob)`` pairs, most likely first (as many as asked)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Draft:
     """Proposed continuation of the context: a chain of ``n`` tokens, or a tree of them.
 
@@ -60,6 +71,18 @@ class Draft:
         """The parents array of the tree (root first): (-1, *parents), or a chain's."""
         return (-1, *(self.parents if self.parents is not None else range(len(self.tokens))))
 
+    def row_prefixes(self) -> tuple[tuple[int, ...], ...]:
+        """[n + 1] for each row of the verification logits, the draft tokens it was computed
+        after: a chain's row i follows ``tokens[:i]``, a tree's row j the tokens on the path from
+        the root down to node j (node j's own included, the root's not).
+
+        Example: the tree ``tokens (5, 7, 9), parents (0, 0, 1)`` -> ((), (5,), (7,), (5, 9)).
+        """
+        parents, prefixes = self.tree_parents(), [()]
+        for node in range(1, len(parents)):
+            prefixes.append((*prefixes[parents[node]], self.tokens[node - 1]))
+        return tuple(prefixes)
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -79,6 +102,8 @@ class Acceptance:
         None for a chain (``drafted``).
     guesses: the target's greedy prediction after each of the draft's ``extra_rows`` (what
         lookahead's Jacobi window learns from); empty without extras.
+    logprobs: [accepted + 1] the target's log-probabilities of ``tokens`` when the request asks
+        for them (the engine adds them after the verifier), else None.
     """
 
     tokens: tuple[int, ...]
@@ -87,11 +112,13 @@ class Acceptance:
     path: tuple[int, ...] = ()
     depth: int | None = None
     guesses: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def __post_init__(self) -> None:
         assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)
         assert len(self.tokens) == self.accepted + 1, (self.tokens, self.accepted)
         assert not self.path or len(self.path) == self.accepted, (self.path, self.accepted)
+        assert self.logprobs is None or len(self.logprobs) == len(self.tokens), (self.logprobs, self.tokens)
 
     def kept_nodes(self) -> tuple[int, ...]:
         """The tree path the cache keeps, root included: (0, *path) (a chain: 0..accepted)."""
@@ -120,27 +147,36 @@ class Piece:
 
     from_draft[i] is True when token_ids[i] was proposed by the proposer and accepted by the
     target, False for tokens the target produced itself (recovered, bonus, plain steps).
+    logprobs[i]: the target's log-probability of token_ids[i] (drafted ones included), when the
+    request asked for them (``Engine.prepare(logprobs=k)``), else None.
     """
 
     text: str
     token_ids: tuple[int, ...]
     from_draft: tuple[bool, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """A finished generation: ``text``, its ``token_ids``, why it stopped and its stats."""
+    """A finished generation: ``text``, its ``token_ids``, why it stopped and its stats;
+    ``logprobs`` (one per token id) when the request asked for them."""
 
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens)
     stats: dict = field(default_factory=dict)
     prompt_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "text": self.text,
             "token_ids": list(self.token_ids),
             "finish_reason": self.finish_reason,
             "stats": self.stats,
         }
+        if self.logprobs is not None:
+            out["logprobs"] = [{"token": lp.token, "logprob": lp.logprob, "top": [list(t) for t in lp.top]}
+                               for lp in self.logprobs]
+        return out

@@ -3,15 +3,27 @@
 This module is the only place randomness enters: every draw takes an explicit
 ``np.random.Generator``; nothing uses global random state. The target's ``p`` and the
 proposer's ``q`` are warped by the same :func:`warp` with the same parameters.
+
+The order of processing, as plain decoding applies it: the model's logits, then
+:func:`penalize` (presence and frequency penalties over the tokens generated so far, and
+``logit_bias``), then :func:`warp` (temperature, top-k, top-p). :func:`token_logprobs` reports
+log-probabilities of the penalized logits at temperature 1.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .errors import InvalidParameterError
+from .records import TokenLogprob
+
+MAX_PENALTY = 2.0  # presence and frequency penalties lie in [-2, 2] (OpenAI's range)
+MAX_BIAS = 100.0  # a logit_bias value lies in [-100, 100]
+MAX_LOGPROBS = 20  # most likely alternatives reported per token at most
 
 
 @dataclass(frozen=True)
@@ -20,12 +32,18 @@ class SamplingParams:
 
     top_k: keep the k most likely tokens (0 = all). top_p: keep the smallest set of most likely
     tokens whose probability reaches top_p (1.0 = all). seed: for a reproducible rng.
+    presence_penalty, frequency_penalty, logit_bias: what :func:`penalize` applies to the
+    target's logits before warping (``logit_bias``: ``(token id, bias)`` pairs, token ids
+    distinct; checked against the vocabulary by ``Engine.prepare``).
     """
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
@@ -37,13 +55,88 @@ class SamplingParams:
             raise InvalidParameterError(f"top_k must be >= 0 (0 disables it), got {self.top_k}", param="top_k")
         if self.seed is not None and self.seed < 0:
             raise InvalidParameterError(f"seed must be >= 0, got {self.seed}", param="seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+                raise InvalidParameterError(f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}",
+                                            param=name)
+        tokens = [token for token, _ in self.logit_bias]
+        if any(token < 0 for token in tokens) or len(set(tokens)) < len(tokens):
+            raise InvalidParameterError("logit_bias keys must be distinct token ids >= 0", param="logit_bias")
+        for token, bias in self.logit_bias:
+            if not (np.isfinite(bias) and -MAX_BIAS <= bias <= MAX_BIAS):
+                raise InvalidParameterError(f"logit_bias values must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}], got "
+                                            f"{bias} for token {token}", param="logit_bias")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def penalized(self) -> bool:
+        """Whether :func:`penalize` changes anything."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+
+def penalize(logits: np.ndarray, generated: Sequence[int], before: Sequence[Sequence[int]],
+             params: SamplingParams) -> np.ndarray:
+    """The logits plain decoding samples from, at every row of a verification forward.
+
+    logits: [R, V], row r the model's prediction after the tokens generated so far and then
+    ``before[r]`` (the draft tokens that row was computed after: ``Draft.row_prefixes()``; ``()``
+    for a plain step). generated: the completion's tokens so far (the prompt is not counted, as
+    OpenAI counts). Returns [R, V] float64 (``logits`` itself when ``params`` penalize nothing)::
+
+        logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty
+        logit[j] += logit_bias[j]
+
+    where count[j] counts token j in ``generated`` plus ``before[r]``: a drafted position is
+    penalized exactly as plain decoding would penalize it after the same tokens, so speculation
+    stays lossless with respect to the penalized distribution.
+
+    Example: presence 1, frequency 0.5, generated (7, 7), before ((), (7,), (7, 3)): token 7 gets
+    -2 in row 0, -2.5 in rows 1 and 2; token 3 gets -1.5 in row 2 only.
+    """
+    if not params.penalized:
+        return logits
+
+    def penalty(count: np.ndarray) -> np.ndarray:
+        return count * params.frequency_penalty + (count > 0) * params.presence_penalty
+
+    out = np.array(logits, dtype=np.float64)
+    counts = Counter(generated)
+    if counts:
+        ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        out[:, ids] -= penalty(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+    for row, tokens in zip(out, before):
+        for token, extra in Counter(tokens).items():
+            had = np.float64(counts[token])
+            row[token] -= penalty(had + extra) - penalty(had)
+    if params.logit_bias:
+        ids, bias = zip(*params.logit_bias)
+        out[:, list(ids)] += bias
+    return out
+
+
+def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top: int) -> tuple[TokenLogprob, ...]:
+    """Each token's log-probability under its row's softmax, with the ``top`` most likely tokens.
+
+    logits: [R, V] (row r the distribution ``tokens[r]`` was chosen from, penalized but not
+    warped: temperature 1, no top-k or top-p). tokens: [R]. ``top``: 0 to V; the top tokens come
+    most likely first.
+    """
+    out = []
+    for row, token in zip(np.asarray(logits, dtype=np.float64), tokens):
+        shifted = row - row.max()
+        logp = shifted - np.log(np.exp(shifted).sum())
+        best = np.argpartition(-logp, top - 1)[:top] if top else np.empty(0, dtype=np.int64)  # O(V), no sort
+        best = best[np.lexsort((best, -logp[best]))]
+        out.append(TokenLogprob(int(token), float(logp[token]),
+                                tuple((int(t), float(logp[t])) for t in best)))
+    return tuple(out)
 
 
 def warp(logits: np.ndarray, params: SamplingParams) -> np.ndarray:

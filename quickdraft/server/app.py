@@ -1,7 +1,7 @@
 """The FastAPI application: routes, error handling, streaming. Build it with :func:`create_app`.
 
     engine = quickdraft.load()
-    app = create_app(engine, "qwen2.5-coder-1.5b-instruct", api_key="KEY")
+    app = create_app(engine, "qwen2.5-coder-1.5b-instruct-iq4_nl", api_key="KEY")
     run(app, host="127.0.0.1", port=8000)
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``),
@@ -25,7 +25,7 @@ from ..engine import Engine
 from .completions import Completions
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .middleware import ApiKeyAuth, BodySizeLimit, RequestCounter
-from .protocol import APIError, internal_error, validation_error
+from .protocol import APIError, internal_error, model_not_found, validation_error
 from .scheduler import Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -39,11 +39,14 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
 OPEN_PATHS = ("/health",)  # reachable without the API key
 
 
-def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, api_key: str | None = None, *,
+def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | Sequence[str],
+               api_key: str | None = None, *,
                max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> FastAPI:
-    """An OpenAI-compatible app serving ``model_name``.
+    """An OpenAI-compatible app serving ``model_name``: the model id clients pass as ``model``
+    and ``/v1/models`` lists, or a sequence of names, that id first and then other names accepted
+    for it (``models.served_names``: a ``.gguf`` file's name with and without the suffix).
 
     engine_or_engines: one Engine, or several replicas of the same model pair (each has its own
         llama.cpp context and worker thread; requests go to whichever has room).
@@ -58,6 +61,8 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
     never beyond what fits the context).
     """
     engines = list(engine_or_engines) if isinstance(engine_or_engines, (list, tuple)) else [engine_or_engines]
+    names = (model_name,) if isinstance(model_name, str) else tuple(model_name)
+    model_id = names[0]
     metrics = Metrics()
     scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics, max_batch=max_batch,
                           prefill_chunk=prefill_chunk)
@@ -108,7 +113,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
     async def _unexpected(_: Request, exc: Exception):
         return error_response(internal_error())
 
-    complete = Completions(scheduler, engines[0], model_name=model_name, timeout_s=timeout_s, on_error=count_error)
+    complete = Completions(scheduler, engines[0], model_names=names, timeout_s=timeout_s, on_error=count_error)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -120,7 +125,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
 
     # --- information ---------------------------------------------------------------------------
     created = int(time.time())
-    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "quickdraft"}
+    model_card = {"id": model_id, "object": "model", "created": created, "owned_by": "quickdraft"}
 
     @app.get("/v1/models")
     async def list_models():
@@ -128,14 +133,13 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str, ap
 
     @app.get("/v1/models/{model:path}")
     async def retrieve_model(model: str):
-        if model != model_name:
-            raise APIError(404, f"the model '{model}' does not exist: this server serves '{model_name}'",
-                           param="model", code="model_not_found")
+        if model not in names:
+            raise model_not_found(model, names)
         return model_card
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "engines": len(engines),
+        return {"status": "ok", "model": model_id, "engines": len(engines),
                 "queue_length": scheduler.waiting, "running": scheduler.running}
 
     @app.get("/metrics")

@@ -1,11 +1,13 @@
-"""Serving one completion request (chat or text, streamed or not) through the scheduler.
+"""Serving one completion request (chat or text, streamed or not, n choices) through the scheduler.
 
 The request's task prepares the request (``Engine.prepare``: bad prompt, context overflow,
 unknown method and bad values are answered at once as plain 4xx JSON, even for ``stream:
-true``), submits a :class:`~quickdraft.server.scheduler.Job` and waits for its events; the stream
-is only opened once an engine has begun the request. While waiting, a non-streaming request polls its connection, and a
-streaming one is cancelled by Starlette when the client goes; either way the job is cancelled, so
-the engine drops it after its current step.
+true``), submits the jobs that answer its choices (``protocol.choice_requests``: one for all
+choices when greedy, one per choice when sampling; they batch together) and waits for their
+events; the stream is only opened once an engine has begun the request. While waiting, a
+non-streaming request polls its connection, and a streaming one is cancelled by Starlette when
+the client goes; either way its jobs are cancelled, so the engine drops them after its current
+step.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import Engine, Request
 from ..errors import QuickdraftError
-from ..records import Piece
-from .protocol import (SSE_DONE, APIError, Reply, engine_error, engine_prompt, generation_options,
-                       speculative_summary, sse, timeout_error, usage)
-from .scheduler import Failed, Finished, Job, Scheduler
+from ..records import GenerationResult, Piece
+from .protocol import (SSE_DONE, APIError, Reply, choice_requests, engine_error, engine_prompt, generation_options,
+                       model_not_found, speculative_summary, sse, timeout_error, usage)
+from .scheduler import Event, Failed, Finished, Job, Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 DISCONNECT_POLL_S = 0.2  # how often a waiting non-streaming request checks that its client is still there
@@ -36,98 +38,146 @@ class ClientGone(Exception):
     """The client disconnected while its request was waiting or running."""
 
 
+class Choices:
+    """The jobs answering one request's ``n`` choices, their events in one queue as ``(job index,
+    event)``. Job j answers choices ``indices(j)``: all of them when one job answers all (greedy),
+    else choice j."""
+
+    def __init__(self, requests: Sequence[Request], n: int, *, timeout_s: float, prompt_param: str) -> None:
+        self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.jobs = [Job(r, timeout_s=timeout_s, loop=loop, prompt_param=prompt_param, events=self.events, index=j)
+                     for j, r in enumerate(requests)]
+        self.n = n
+
+    def indices(self, job: int) -> range:
+        per_job = self.n // len(self.jobs)
+        return range(job * per_job, (job + 1) * per_job)
+
+    @property
+    def deadline(self) -> float:
+        return min(job.deadline for job in self.jobs)
+
+
 class Completions:
     """``await completions(body, request, "chat" | "text")`` -> the HTTP response.
 
+    model_names: the served model id, then the other names accepted for it.
     on_error: called with every error that reaches a client inside a stream (for the metrics;
     errors raised as :class:`APIError` are counted by the app's exception handler).
     """
 
-    def __init__(self, scheduler: Scheduler, engine: Engine, *, model_name: str, timeout_s: float,
+    def __init__(self, scheduler: Scheduler, engine: Engine, *, model_names: Sequence[str], timeout_s: float,
                  on_error: Callable[[APIError], None]) -> None:
-        self.scheduler, self.engine, self.model_name = scheduler, engine, model_name
+        self.scheduler, self.engine, self.model_names = scheduler, engine, tuple(model_names)
         self.timeout_s, self.on_error = timeout_s, on_error
 
     async def __call__(self, body: ChatCompletionRequest | CompletionRequest, request: HTTPRequest, kind: str):
-        if body.model != self.model_name:
-            raise APIError(404, f"the model '{body.model}' does not exist: this server serves '{self.model_name}'",
-                           param="model", code="model_not_found")
+        if body.model not in self.model_names:
+            raise model_not_found(body.model, self.model_names)
         prompt_param = "messages" if kind == "chat" else "prompt"
         prompt, chat = engine_prompt(body)
         try:
             prepared = self.engine.prepare(prompt, chat=chat, **generation_options(body))
         except QuickdraftError as e:
             raise engine_error(e, prompt_param=prompt_param) from None
-        job = Job(prepared, timeout_s=self.timeout_s, loop=asyncio.get_running_loop(), prompt_param=prompt_param)
-        self.scheduler.submit(job)  # 503 when the queue is full
+        choices = Choices(choice_requests(prepared, body.choices()), body.choices(), timeout_s=self.timeout_s,
+                          prompt_param=prompt_param)
+        self.scheduler.submit(*choices.jobs)  # 503 when the queue cannot take them all
         reply = Reply(kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()),
-                      self.model_name)
+                      self.model_names[0])
+        results: dict[int, GenerationResult] = {}
         try:
-            started = await self._next_event(job, request)
+            _, started = await self._next_event(choices, request)  # an engine began (or refused) the first one
             if isinstance(started, Failed):
                 raise started.error
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._stream(job, reply, include_usage),
+                return StreamingResponse(self._stream(choices, reply, include_usage),
                                          media_type="text/event-stream", headers=SSE_HEADERS)
-            while not isinstance(event := await self._next_event(job, request), (Finished, Failed)):
-                pass
+            while len(results) < len(choices.jobs):
+                job, event = await self._next_event(choices, request)
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Finished):
+                    results[job] = event.result
         except ClientGone:
+            self._cancel(choices)
             return Response(status_code=499)  # nobody reads it; counted in the metrics
         except BaseException:
-            self.scheduler.cancel(job)
+            self._cancel(choices)
             raise
-        if isinstance(event, Failed):
-            raise event.error
-        result = event.result
-        return JSONResponse(reply.response(result.text, result.finish_reason,
-                                           usage(len(prepared.tokens), len(result.token_ids)),
-                                           summary(prepared, result.stats)))
+        answers = [(i, results[job]) for job in range(len(choices.jobs)) for i in choices.indices(job)]
+        token_bytes = self.engine.target.token_bytes
+        return JSONResponse(reply.response(
+            [reply.choice(i, result.text, result.finish_reason,
+                          None if result.logprobs is None else reply.logprobs(result.logprobs, token_bytes))
+             for i, result in answers],
+            usage(len(prepared.tokens), sum(len(result.token_ids) for _, result in answers)),
+            summary(prepared, results[0].stats)))
 
-    async def _next_event(self, job: Job, request: HTTPRequest | None):
-        """The job's next event; watches the client (``request``, if given) and the deadline meanwhile."""
+    def _cancel(self, choices: Choices) -> None:
+        for job in choices.jobs:
+            self.scheduler.cancel(job)
+
+    async def _next_event(self, choices: Choices, request: HTTPRequest | None) -> tuple[int, Event]:
+        """The next event of any of the choices' jobs; watches the client (``request``, if given)
+        and the deadline meanwhile."""
         while True:
-            remaining = job.deadline + TIMEOUT_GRACE_S - time.monotonic()
+            remaining = choices.deadline + TIMEOUT_GRACE_S - time.monotonic()
             if remaining <= 0:
-                self.scheduler.cancel(job, "timeout")
+                for job in choices.jobs:
+                    self.scheduler.cancel(job, "timeout")
                 raise timeout_error(self.timeout_s)
             try:
                 wait = min(remaining, DISCONNECT_POLL_S) if request is not None else remaining
-                return await asyncio.wait_for(job.events.get(), wait)
+                return await asyncio.wait_for(choices.events.get(), wait)
             except asyncio.TimeoutError:
                 if request is not None and await request.is_disconnected():
-                    self.scheduler.cancel(job)
                     raise ClientGone from None
 
-    async def _stream(self, job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
-        """Server-sent events in OpenAI's chunk format, ``data: [DONE]`` last; an error after the
-        stream started is sent as one ``data: {"error": ...}`` event (OpenAI clients raise it)."""
-        done = False
+    async def _stream(self, choices: Choices, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events in OpenAI's chunk format, each carrying its choice's ``index``,
+        ``data: [DONE]`` last; an error after the stream started is sent as one ``data: {"error":
+        ...}`` event (OpenAI clients raise it) and ends it."""
+        done, finished, completion_tokens = False, 0, 0
+        token_bytes = self.engine.target.token_bytes
+        sent = [0] * choices.n  # characters of text each choice has streamed (completions' text_offset)
         try:
             if reply.kind == "chat":
-                yield sse(reply.chunk("", first=True))
+                for i in range(choices.n):
+                    yield sse(reply.chunk("", index=i, first=True))
             while not done:
                 try:
-                    event = await self._next_event(job, None)
+                    job, event = await self._next_event(choices, None)
                 except APIError as error:  # the HTTP-side timeout
-                    event = Failed(error)
+                    job, event = 0, Failed(error)
                 if isinstance(event, Piece):
-                    if event.text:
-                        yield sse(reply.chunk(event.text))
+                    if event.text or event.logprobs:
+                        for i in choices.indices(job):
+                            logprobs = None if event.logprobs is None else reply.logprobs(event.logprobs, token_bytes,
+                                                                                           sent[i])
+                            yield sse(reply.chunk(event.text, index=i, logprobs=logprobs))
+                            sent[i] += len(event.text)
                 elif isinstance(event, Finished):
-                    done = True
-                    result = event.result
-                    yield sse(reply.chunk(finish_reason=result.finish_reason, speculative=summary(job.request, result.stats)))
-                    if include_usage:
-                        yield sse(reply.usage_chunk(usage(len(job.request.tokens), len(result.token_ids))))
-                    yield SSE_DONE
+                    result, finished = event.result, finished + 1
+                    for i in choices.indices(job):
+                        completion_tokens += len(result.token_ids)
+                        yield sse(reply.chunk(index=i, finish_reason=result.finish_reason,
+                                              speculative=summary(choices.jobs[job].request, result.stats)))
+                    if finished == len(choices.jobs):
+                        done = True
+                        if include_usage:
+                            yield sse(reply.usage_chunk(usage(len(choices.jobs[0].request.tokens),
+                                                              completion_tokens)))
+                        yield SSE_DONE
                 elif isinstance(event, Failed):
                     done = True
                     self.on_error(event.error)
                     yield sse(event.error.body())
         finally:
-            if not done:  # the client went away (Starlette cancelled us): stop the engine too
-                self.scheduler.cancel(job)
+            if not (done and finished == len(choices.jobs)):  # the client went away, or a choice failed
+                self._cancel(choices)
 
 
 def summary(request: Request, stats: dict) -> dict:

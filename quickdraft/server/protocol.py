@@ -8,10 +8,13 @@ every shape is checked by plain unit tests.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from itertools import accumulate
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal, Sequence
 
+from ..engine import Request
 from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
+from ..records import TokenLogprob
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 # OpenAI's default sampling is temperature 1, top_p 1 (pass temperature=0 for greedy).
@@ -50,6 +53,13 @@ def engine_error(exc: QuickdraftError, *, prompt_param: str = "messages") -> API
     if isinstance(exc, InvalidParameterError):
         return APIError(400, str(exc), param=param, code="invalid_value")
     return APIError(400, str(exc), param=param, code="invalid_request")
+
+
+def model_not_found(model: str, names: Sequence[str]) -> APIError:
+    """The 404 for a ``model`` this server does not serve (``names``: the served id, then aliases)."""
+    also = f" (also accepted: {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else ""
+    return APIError(404, f"the model '{model}' does not exist: this server serves '{names[0]}'{also}",
+                    param="model", code="model_not_found")
 
 
 def busy_error(max_queue: int) -> APIError:
@@ -119,9 +129,24 @@ def generation_options(request: ChatCompletionRequest | CompletionRequest) -> di
         "top_k": request.top_k or 0,
         "seed": request.seed,
         "stop": request.stop_strings(),
+        "presence_penalty": request.presence_penalty or 0.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "logit_bias": request.logit_bias or {},
+        "logprobs": request.top_logprobs_asked(),
         "method": spec.method if spec else None,
         "num_draft": spec.num_draft if spec else None,
     }
+
+
+def choice_requests(request: Request, n: int) -> list[Request]:
+    """The generations that answer ``n`` choices: greedy, one for all of them (the choices are
+    equal); sampling, one per choice, the i-th seeded ``seed + i`` (so choice 0 is what the same
+    request with n = 1 answers), or each from fresh entropy when the request has no seed."""
+    if request.sampling.greedy:
+        return [request]
+    seed = request.sampling.seed
+    return [replace(request, sampling=replace(request.sampling, seed=None if seed is None else seed + i))
+            for i in range(n)]
 
 
 # --- engine -> responses -----------------------------------------------------------------------
@@ -129,6 +154,38 @@ def generation_options(request: ChatCompletionRequest | CompletionRequest) -> di
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+TokenBytes = Callable[[int], bytes]
+
+
+def token_string(token_bytes: TokenBytes, token: int) -> str:
+    """A token's text as logprobs show it (bytes that are not whole UTF-8 characters as U+FFFD)."""
+    return token_bytes(token).decode("utf-8", errors="replace")
+
+
+def chat_logprobs(logprobs: Sequence[TokenLogprob], token_bytes: TokenBytes) -> dict:
+    """A chat choice's (or chunk's) ``logprobs``: ``{"content": [{token, logprob, bytes,
+    top_logprobs: [{token, logprob, bytes}]}], "refusal": None}``."""
+    def entry(token: int, logprob: float) -> dict:
+        return {"token": token_string(token_bytes, token), "logprob": logprob, "bytes": list(token_bytes(token))}
+
+    return {"content": [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]}
+                        for lp in logprobs], "refusal": None}
+
+
+def text_logprobs(logprobs: Sequence[TokenLogprob], token_bytes: TokenBytes, offset: int = 0) -> dict:
+    """A text completion choice's (or chunk's) ``logprobs``: ``{tokens, token_logprobs,
+    top_logprobs, text_offset}``. ``top_logprobs[i]`` maps the most likely tokens' strings, and the
+    chosen one's, to their log-probabilities (OpenAI: up to logprobs + 1 entries). ``text_offset``:
+    where each token starts in the completion, counting the token strings as listed, from
+    ``offset`` (the completion's characters before these tokens)."""
+    tokens = [token_string(token_bytes, lp.token) for lp in logprobs]
+    starts = list(accumulate(map(len, tokens), initial=offset))[:-1]
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{token_string(token_bytes, t): p for t, p in (*lp.top, (lp.token, lp.logprob))}
+                             for lp in logprobs],
+            "text_offset": starts}
 
 
 def speculative_summary(method: str, num_draft: int, stats: dict) -> dict:
@@ -154,27 +211,37 @@ class Reply:
         return {"id": self.id, "object": object_, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": choices, **extra}
 
-    def response(self, text: str, finish_reason: str, usage: dict, speculative: dict) -> dict:
-        """The whole answer of a non-streaming request."""
+    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict:
+        """One choice of a non-streaming answer (``logprobs``: :func:`chat_logprobs` or
+        :func:`text_logprobs`, for this reply's kind)."""
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": finish_reason}
-            return self._envelope("chat.completion", [choice], usage=usage, speculative=speculative)
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return self._envelope("text_completion", [choice], usage=usage, speculative=speculative)
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def chunk(self, text: str | None = None, *, first: bool = False, finish_reason: str | None = None,
-              **extra) -> dict:
-        """One stream chunk: the first one of a chat stream carries the role; the last one the
-        finish reason (and here the ``speculative`` stats, as an extra field)."""
+    def response(self, choices: list[dict], usage: dict, speculative: dict) -> dict:
+        """The whole answer of a non-streaming request (``choices`` from :meth:`choice`)."""
+        object_ = "chat.completion" if self.kind == "chat" else "text_completion"
+        return self._envelope(object_, choices, usage=usage, speculative=speculative)
+
+    def chunk(self, text: str | None = None, *, index: int = 0, first: bool = False,
+              finish_reason: str | None = None, logprobs: dict | None = None, **extra) -> dict:
+        """One stream chunk of choice ``index``: the first one of a chat stream carries the role;
+        the last one the finish reason (and here the ``speculative`` stats, as an extra field)."""
         if self.kind == "chat":
             delta: dict = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice], **extra)
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope("text_completion", [choice], **extra)
+
+    def logprobs(self, logprobs: Sequence[TokenLogprob], token_bytes: TokenBytes, offset: int = 0) -> dict:
+        """``logprobs`` in this reply's kind's format (``offset``: text completions only)."""
+        if self.kind == "chat":
+            return chat_logprobs(logprobs, token_bytes)
+        return text_logprobs(logprobs, token_bytes, offset)
 
     def usage_chunk(self, usage: dict) -> dict:
         """The final chunk a client asked for with ``stream_options.include_usage``: no choices."""

@@ -22,7 +22,8 @@ are already waiting, instead of letting clients hang.
 A job carries a :class:`~quickdraft.engine.Request` the HTTP side prepared (``Engine.prepare``:
 prompt tokenized, every parameter checked, defaults filled in) before queueing it, so a bad
 request is refused at once and the worker only runs what is ready. Events flow back to the
-request's asyncio task through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``:
+request's asyncio task through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``, as
+``(job.index, event)`` (the jobs answering one request's choices may share a queue):
 :class:`Started` once it is admitted, then one :class:`~quickdraft.Piece` per step that produced
 text, then :class:`Finished` or :class:`Failed`. The deadline counts from arrival (queueing
 included).
@@ -68,16 +69,18 @@ Event = Started | Piece | Finished | Failed
 
 class Job:
     """One prepared request on its way through the queue and an engine. prompt_param: the request
-    field an error about the prompt names (``messages`` or ``prompt``)."""
+    field an error about the prompt names (``messages`` or ``prompt``). events: where its events
+    go, as ``(index, event)`` (default: a queue of its own)."""
 
     def __init__(self, request: Request, *, timeout_s: float, loop: asyncio.AbstractEventLoop,
-                 prompt_param: str = "messages") -> None:
+                 prompt_param: str = "messages", events: asyncio.Queue | None = None, index: int = 0) -> None:
         self.request = request
         self.prompt_param = prompt_param
         self.timeout_s = timeout_s
         self.arrived = time.monotonic()
         self.deadline = self.arrived + timeout_s
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue() if events is None else events
+        self.index = index
         self.cancel_reason: str | None = None
         self._loop = loop
         self._cancelled = threading.Event()
@@ -92,7 +95,7 @@ class Job:
     def emit(self, event: Event) -> None:
         """Hand an event to the request's task (from any thread)."""
         try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self.events.put_nowait, (self.index, event))
         except RuntimeError:  # the event loop is closed: the server is shutting down
             pass
 
@@ -169,14 +172,14 @@ class Scheduler:
             thread.join(timeout_s)
 
     # --- requests ----------------------------------------------------------------------------
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; raises :class:`APIError` 503 when the server is stopping, or when the job
-        would wait behind ``max_queue`` others (jobs about to start do not count as waiting)."""
+    def submit(self, *jobs: Job) -> None:
+        """Queue ``jobs``, all or none; raises :class:`APIError` 503 when the server is stopping, or
+        when more than ``max_queue`` jobs would wait (jobs about to start do not count as waiting)."""
         with self._cond:
-            queue = [*self._pending, job]
+            queue = [*self._pending, *jobs]
             if self._stopping or len(queue) - self._startable(queue) > self.max_queue:
                 raise busy_error(self.max_queue)
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._cond.notify_all()
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:

@@ -1,9 +1,12 @@
 """Request bodies of the OpenAI-compatible endpoints, as pydantic models.
 
-Only what quickdraft can honour is accepted. Fields OpenAI clients commonly send are accepted at
-their neutral value and refused otherwise (``n=2``, ``logprobs=true``, ``tools=[...]``): a
-client that asks for something we do not do gets a 400 saying so, never a silent approximation.
-Unknown fields are ignored, as OpenAI-compatible servers usually do.
+Only what quickdraft can honour is accepted. Fields OpenAI clients commonly send that quickdraft
+does not do are accepted at their neutral value and refused otherwise (``tools=[...]``,
+``response_format``, ``echo``): a client that asks for something we do not do gets a 400 saying
+so, never a silent approximation. Ranges are OpenAI's documented ones (``temperature`` 0..2,
+``n`` here at most 16, ``top_logprobs`` 0..20, completions' ``logprobs`` 0..5); the penalties'
+and ``logit_bias``'s are checked by ``Engine.prepare`` (-2..2, -100..100, keys token ids), whose
+errors name the parameter too. Unknown fields are ignored, as OpenAI-compatible servers usually do.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 MAX_NUM_DRAFT = 64
+MAX_CHOICES = 16  # n: choices per request at most (each one is a generation of its own when sampling)
+MAX_TEMPERATURE = 2.0
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs (OpenAI's range)
+MAX_COMPLETION_LOGPROBS = 5  # the completions endpoint's logprobs (OpenAI's range)
 
 # field -> the value that means "feature not used"; anything else is refused with a 400.
 _NEUTRAL: dict[str, Any] = {
-    "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "logprobs": False,
-    "top_logprobs": 0, "tools": [], "functions": [], "echo": False,
-    "best_of": 1, "suffix": "", "response_format": {"type": "text"},
+    "tools": [], "functions": [], "echo": False, "best_of": 1, "suffix": "", "response_format": {"type": "text"},
 }
 
 
@@ -67,31 +72,22 @@ class _GenerationRequest(BaseModel):
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
-    n: int | None = 1
+    n: int | None = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     speculative: SpeculativeOptions | None = None
-    # Accepted at their neutral value only (see _NEUTRAL).
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    # Accepted at their neutral value only (see _NEUTRAL).
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, n: int | None) -> int:
-        if n not in (None, 1):
-            raise ValueError(f"only n=1 is supported (one choice per request), got n={n}")
-        return 1
 
     @field_validator("stop")
     @classmethod
@@ -114,12 +110,17 @@ class _GenerationRequest(BaseModel):
     def stop_strings(self) -> list[str]:
         return self.stop or []  # normalized to a list by the validator
 
+    def choices(self) -> int:
+        return self.n or 1
+
 
 class ChatCompletionRequest(_GenerationRequest):
     """``POST /v1/chat/completions``. ``max_completion_tokens`` is OpenAI's newer ``max_tokens``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _one_max_tokens(self):
@@ -127,15 +128,31 @@ class ChatCompletionRequest(_GenerationRequest):
             self.max_tokens = self.max_completion_tokens
         return self
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, top: int | None, info):
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
+
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per token whose log-probabilities the response reports (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(_GenerationRequest):
     """``POST /v1/completions``: ``prompt`` is raw text (no chat template) or token ids; a batch
     of one prompt is accepted (OpenAI allows lists of prompts)."""
 
     prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None
+
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per token whose log-probabilities the response reports (None: no logprobs)."""
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod

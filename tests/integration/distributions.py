@@ -1,19 +1,35 @@
-"""The exact distribution the statistical tests compare speculative sampling against."""
+"""The exact distribution the statistical tests compare speculative sampling against, and the
+tests' own reference for penalties (OpenAI's formula written out, independent of the engine)."""
+
+from typing import Callable, Sequence
 
 import numpy as np
 
 from quickdraft.sampling import SamplingParams, warp
 
 
-def two_token_distribution(target, prompt: list[int], params: SamplingParams) -> dict[tuple[int, int], float]:
-    """P(first two sampled tokens = (a, b)) after ``prompt``, from the target's own logits and
-    the sampling warp: the support is every pair the warp allows (top-k 3: at most 9 pairs)."""
+def penalized_row(row: np.ndarray, generated: Sequence[int], presence_penalty: float = 0.0,
+                  frequency_penalty: float = 0.0, logit_bias: dict | None = None) -> np.ndarray:
+    """[V] logits after OpenAI's penalties over ``generated`` and its ``logit_bias``, the slow way."""
+    counts = np.bincount(np.asarray(generated, dtype=int), minlength=len(row)).astype(float)
+    out = np.asarray(row, dtype=float) - counts * frequency_penalty - (counts > 0) * presence_penalty
+    for token, bias in (logit_bias or {}).items():
+        out[int(token)] += bias
+    return out
+
+
+def two_token_distribution(target, prompt: list[int], params: SamplingParams,
+                           process: Callable[[np.ndarray, list[int]], np.ndarray] = lambda row, generated: row,
+                           ) -> dict[tuple[int, int], float]:
+    """P(first two sampled tokens = (a, b)) after ``prompt``, from the target's own logits, each
+    row ``process``ed (given the tokens generated before it) and warped: the support is every pair
+    the warp allows (top-k 3: at most 9 pairs)."""
     target.prefill(prompt[:-1])
-    p0 = warp(target.forward(prompt[-1:])[0], params)
+    p0 = warp(process(target.forward(prompt[-1:])[0], []), params)
     exact = {}
     for a in np.flatnonzero(p0):
         target.prefill(prompt)
-        p1 = warp(target.forward([int(a)])[0], params)
+        p1 = warp(process(target.forward([int(a)])[0], [int(a)]), params)
         for b in np.flatnonzero(p1):
             exact[(int(a), int(b))] = p0[a] * p1[b]
     return exact

@@ -30,6 +30,19 @@ def test_generate_json_has_the_documented_schema(tiny_pair):
     assert len(out["token_ids"]) == out["stats"]["generated_tokens"] == 20
 
 
+def test_generate_with_penalties_is_checked_against_plain_decoding_under_them(tiny_pair):
+    target, draft = tiny_pair
+    result = run("generate", "the quick brown fox", "--target", target, "--draft", draft, "--raw",
+                 "--max-tokens", 24, "--method", "draft", "--presence-penalty", 0.5, "--frequency-penalty", 2,
+                 "--json", "--check")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["check"]["result"] == "exact"
+    plain = json.loads(run("generate", "the quick brown fox", "--target", target, "--draft", "none", "--raw",
+                           "--max-tokens", 24, "--method", "ar", "--json").stdout.strip().splitlines()[-1])
+    assert plain["token_ids"] != out["token_ids"]  # the penalties changed the answer
+
+
 @pytest.mark.parametrize("method", ["ar", "ngram", "draft"])
 def test_generate_streams_text_then_stats(tiny_pair, method):
     target, draft = tiny_pair
@@ -53,6 +66,8 @@ def test_chat_template_is_applied_unless_raw(tiny_engine):
     (["--max-tokens", 0], "max_tokens"),
     (["--max-tokens", 100000], "context"),
     (["--method", "nope"], "unknown method"),
+    (["--presence-penalty", 3], "presence_penalty"),
+    (["--frequency-penalty", -2.5], "frequency_penalty"),
 ])
 def test_bad_values_give_a_clear_error_and_nonzero_exit(tiny_pair, args, message):
     target, draft = tiny_pair

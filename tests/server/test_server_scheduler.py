@@ -94,7 +94,9 @@ def events(loop, j: Job) -> list:
     async def drain():
         out = []
         while not out or not isinstance(out[-1], Finished):
-            out.append(await asyncio.wait_for(j.events.get(), 5))
+            index, event = await asyncio.wait_for(j.events.get(), 5)
+            assert index == j.index
+            out.append(event)
         return out
 
     return loop.run_until_complete(drain())
@@ -180,6 +182,39 @@ def test_a_batching_engine_runs_requests_together_within_its_batch_and_its_cells
             assert [type(e).__name__ for e in events(loop, j)] == ["Started", "Piece", "Finished"]
         assert engine.started == [0, 1, 2, 3, 10]
         assert max(engine.batch_sizes) == 3
+    finally:
+        engine.gate.set()
+        scheduler.stop()
+
+
+def test_the_jobs_of_one_request_are_queued_all_or_none(loop):
+    """A request's n choices are submitted together: refused whole when the queue cannot take
+    them all, never half queued."""
+    engine = GatedEngine()
+    scheduler = Scheduler([engine], max_queue=2, metrics=Metrics())
+    scheduler.start()
+    try:
+        scheduler.submit(job(loop, 1))
+        until(lambda: scheduler.running == 1)
+        with pytest.raises(APIError) as refused:
+            scheduler.submit(job(loop, 2), job(loop, 3), job(loop, 4))
+        assert refused.value.status == 503 and scheduler.waiting == 0
+        queue: asyncio.Queue = asyncio.Queue()
+        pair = [Job(job(loop, seed).request, timeout_s=30, loop=loop, events=queue, index=i)
+                for i, seed in enumerate((5, 6))]
+        scheduler.submit(*pair)
+        engine.gate.set()
+
+        async def drain():
+            finished = set()
+            while len(finished) < 2:
+                index, event = await asyncio.wait_for(queue.get(), 5)
+                if isinstance(event, Finished):
+                    finished.add(index)
+            return finished
+
+        assert loop.run_until_complete(drain()) == {0, 1}  # both report into the shared queue, by index
+        assert engine.started == [1, 5, 6]
     finally:
         engine.gate.set()
         scheduler.stop()

@@ -284,3 +284,12 @@ def test_derived_model_is_made_once_stamped_and_loads(tmp_path: Path) -> None:
     with pytest.raises(QuickdraftError, match="no quantization type"):
         models.ensure_derived(models.DerivedModel("bad", str(base), "Q9_9", "test"), progress=False, cache=tmp_path)
     assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "bad.gguf").exists()
+
+
+def test_served_names_are_what_a_user_can_guess():
+    from quickdraft.models import BUNDLED, DEFAULT_TARGET, DERIVED, served_names
+
+    assert served_names(DEFAULT_TARGET) == ("qwen2.5-coder-1.5b-instruct-iq4_nl",)  # not cut at ".5b"
+    assert all(served_names(name) == (name,) for name in [*BUNDLED, *DERIVED])
+    assert served_names("/models/Qwen2.5-7B.Q4_0.gguf") == ("Qwen2.5-7B.Q4_0", "Qwen2.5-7B.Q4_0.gguf")
+    assert served_names("./my-hf-model-dir/") == ("my-hf-model-dir",)

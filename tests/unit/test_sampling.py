@@ -47,3 +47,59 @@ def test_choose_greedy_is_argmax():
 def test_negative_seed_is_refused():
     with pytest.raises(InvalidParameterError, match="seed"):
         SamplingParams(seed=-1)
+
+
+# --- penalties, logit_bias and log-probabilities ----------------------------------------------
+
+def test_penalize_counts_the_generated_tokens_and_each_rows_draft_prefix():
+    from quickdraft.records import Draft
+    from quickdraft.sampling import penalize
+
+    example = penalize(np.zeros((3, 10)), [7, 7], [(), (7,), (7, 3)], SamplingParams(presence_penalty=1,
+                                                                                   frequency_penalty=0.5))
+    assert example[:, 7].tolist() == [-2, -2.5, -2.5] and example[:, 3].tolist() == [0, 0, -1.5]
+    assert not example[:, [0, 1, 2, 4, 5, 6, 8, 9]].any()
+    tree = Draft((4, 4, 2), parents=(0, 1, 0))  # node 1 (4) -> node 2 (4); node 3 (2) beside node 1
+    params = SamplingParams(frequency_penalty=1.0, logit_bias=((2, 3.0), (9, -100.0)))
+    out = penalize(np.ones((4, 10), dtype=np.float32), [2], tree.row_prefixes(), params)
+    assert out.dtype == np.float64
+    assert out[:, 4].tolist() == [1, 0, -1, 1]  # counted once after node 1, twice after node 2
+    assert out[:, 2].tolist() == [3, 3, 3, 2]  # generated once, drafted once more before row 3; +3 bias
+    assert out[:, 9].tolist() == [-99] * 4
+
+
+def test_penalize_is_free_when_nothing_is_penalized():
+    from quickdraft.sampling import penalize
+
+    logits = np.ones((2, 5), dtype=np.float32)
+    assert penalize(logits, [1, 2], [(), (3,)], SamplingParams(temperature=0.7)) is logits
+
+
+def test_row_prefixes_of_a_chain_and_a_tree():
+    from quickdraft.records import Draft
+
+    assert Draft((5, 7, 9)).row_prefixes() == ((), (5,), (5, 7), (5, 7, 9))
+    assert Draft((5, 7, 9), parents=(0, 0, 1)).row_prefixes() == ((), (5,), (7,), (5, 9))
+    assert Draft().row_prefixes() == ((),)
+
+
+def test_token_logprobs_are_the_softmax_at_temperature_1_with_the_top_tokens_first():
+    from quickdraft.sampling import token_logprobs
+
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.4, 0.1]])) + 3.0  # shifted: same softmax
+    first, second = token_logprobs(logits, [2, 3], 2)
+    assert first.token == 2 and np.isclose(first.logprob, np.log(0.3))
+    assert [t for t, _ in first.top] == [3, 2] and np.allclose([lp for _, lp in first.top], np.log([0.4, 0.3]))
+    assert np.isclose(second.logprob, np.log(0.1)) and second.top[0][0] == 2
+    assert token_logprobs(logits, [0, 0], 0)[0].top == ()
+    assert len(token_logprobs(logits, [0, 0], 4)[1].top) == 4
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-2.01), "frequency_penalty"),
+    (dict(frequency_penalty=float("inf")), "frequency_penalty"), (dict(logit_bias=((3, 101.0),)), "logit_bias"),
+    (dict(logit_bias=((-1, 1.0),)), "logit_bias"), (dict(logit_bias=((3, 1.0), (3, 2.0))), "logit_bias")])
+def test_penalty_and_bias_ranges(kwargs, param):
+    with pytest.raises(InvalidParameterError) as error:
+        SamplingParams(**kwargs)
+    assert error.value.param == param
