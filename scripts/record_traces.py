@@ -5,20 +5,28 @@ target's greedy answer and the draft model's greedy continuation at every positi
         [--limit 8] [-n 96] [--out quickdraft/bench/data/traces.json.gz]
 
 Resumes: prompt-turns already in --out are kept (their answers are computed again only where a
-later turn needs them). The file's "about" says the models, the machine and the draft's agreement
+later turn needs them); --lookahead-only adds lookahead's schedules to the traces that lack them. The file's "about" says the models, the machine and the draft's agreement
 measured by calibration (what auto's prior would hold), which replay uses as the prior everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quickdraft import load
 from quickdraft.bench.tasks import load_tasks
-from quickdraft.bench.traces import TRACES, load_traces, record, save_traces
+from quickdraft.bench.traces import (LOOKAHEAD_CONFIGS, TRACES, load_traces, record, record_lookahead,
+                                     save_traces)
+
+
+def progress_over(items, what: str):
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        yield from progress.track(items)
 
 
 def main() -> None:
@@ -27,6 +35,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8, help="prompts per task")
     parser.add_argument("-n", "--max-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=TRACES)
+    parser.add_argument("--lookahead-only", action="store_true", help="only add missing lookahead schedules")
     args = parser.parse_args()
     engine = load(method="ar")
     engine.draft_model()  # loaded, checked and its prior measured
@@ -34,6 +43,13 @@ def main() -> None:
              "max_tokens": args.max_tokens, "system": engine.describe(),
              "agreement": engine.prior.draft_accept}
     traces = load_traces(args.out)[1] if args.out.exists() else []
+    if args.lookahead_only:
+        about = load_traces(args.out)[0]
+        for i, trace in enumerate(progress_over(traces, "lookahead")):
+            if set(trace.lookahead) != set(LOOKAHEAD_CONFIGS):
+                traces[i] = replace(trace, lookahead=record_lookahead(engine, trace.prompt, len(trace.path)))
+                save_traces(traces, args.out, about)
+        return
     done = {(t.task, t.prompt_id, t.turn) for t in traces}
     prompts = load_tasks(args.tasks.split(","), limit=args.limit)
     total = sum(len(p.turns) for p in prompts)

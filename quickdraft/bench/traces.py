@@ -10,13 +10,19 @@ ids, so a trace is the same on every machine.
 
 Recording a chain costs one draft token per position while the draft agrees with the answer
 (``chains[i + 1]`` is ``chains[i][1:]`` and one more token), ``chain`` tokens where it does not.
+
+Lookahead's drafts come from the target's own predictions on its Jacobi window, off the answer's
+path, which a trace cannot hold; instead ``lookahead[config]`` records the schedule of a real
+greedy run of that configuration (:data:`LOOKAHEAD_CONFIGS`): per step the tokens its forward
+evaluated and the tokens it emitted, which is all that pricing that fixed policy on another
+machine needs.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,6 +32,9 @@ from ..errors import QuickdraftError
 
 TRACES = Path(__file__).parent / "data" / "traces.json.gz"
 CHAIN = 16  # draft tokens recorded per position: auto's longest draft
+# lookahead configurations recorded: (window, ngram, guesses) by label; the draft budget is
+# guesses x (ngram - 1), every n-gram in full
+LOOKAHEAD_CONFIGS = {"W4 N3 G4": (4, 3, 4), "W10 N4 G6": (10, 4, 6)}
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Trace:
     path: tuple[int, ...]
     chains: tuple[tuple[int, ...], ...]
     ended: bool
+    lookahead: dict = field(default_factory=dict, compare=False)  # config label -> [[forward tokens, emitted tokens], ...]
 
     @property
     def name(self) -> str:
@@ -66,6 +76,33 @@ def record_chains(draft, context: Sequence[int], path: Sequence[int], chain: int
     return chains
 
 
+def record_lookahead(engine, prompt: Sequence[int], max_tokens: int) -> dict[str, list[list[int]]]:
+    """Per configuration of :data:`LOOKAHEAD_CONFIGS`, the schedule of a greedy lookahead run on
+    ``prompt`` with ``engine``'s target: [forward tokens, emitted tokens] per step (the forward
+    carries the pending token, the draft's tree and the Jacobi branch)."""
+    from ..engine import Engine
+    from ..proposers.lookahead import LookaheadOptions
+
+    schedules = {}
+    for label, (window, ngram, guesses) in LOOKAHEAD_CONFIGS.items():
+        rows = 1 + LookaheadOptions(window, ngram, guesses).branch_rows
+        lookahead = Engine(engine.target, method="lookahead", chat=False, prior=engine.prior, window=window,
+                           ngram=ngram, guesses=guesses)
+        request = lookahead.prepare(list(prompt), max_tokens=max_tokens, num_draft=guesses * (ngram - 1))
+        steps, drafted = [], 0
+        with lookahead.exclusive():
+            generation = lookahead.start(request)
+            generation.prefill()
+            while not generation.done:
+                lookahead.step([generation])
+                stats = generation.stats
+                steps.append([rows + stats.drafted_tokens - drafted, stats.accepted_lengths[-1]])
+                drafted = stats.drafted_tokens
+            lookahead.release(generation)
+        schedules[label] = steps
+    return schedules
+
+
 def record(engine, prompts, max_tokens: int, chain: int = CHAIN, on_trace: Callable[[Trace], None] = lambda t: None,
            done: Sequence[tuple] = ()) -> list[Trace]:
     """Traces of every prompt-turn of ``prompts`` (bench.tasks.BenchPrompt): the target's greedy
@@ -85,7 +122,8 @@ def record(engine, prompts, max_tokens: int, chain: int = CHAIN, on_trace: Calla
             if (prompt.task, prompt.prompt_id, turn) not in done:
                 trace = Trace(prompt.task, prompt.prompt_id, turn, request.tokens, tuple(answer.token_ids),
                               tuple(record_chains(draft, request.tokens, answer.token_ids, chain)),
-                              answer.finish_reason == "stop")
+                              answer.finish_reason == "stop",
+                              record_lookahead(engine, request.tokens, len(answer.token_ids)))
                 traces.append(trace)
                 on_trace(trace)
             messages = [*messages, {"role": "assistant", "content": answer.text}]
@@ -108,5 +146,5 @@ def load_traces(path: Path = TRACES) -> tuple[dict, list[Trace]]:
     except (OSError, ValueError) as e:
         raise QuickdraftError(f"cannot read traces from {path}: {e}") from None
     traces = [Trace(t["task"], t["prompt_id"], t["turn"], tuple(t["prompt"]), tuple(t["path"]),
-                    tuple(tuple(c) for c in t["chains"]), t["ended"]) for t in doc["traces"]]
+                    tuple(tuple(c) for c in t["chains"]), t["ended"], t.get("lookahead", {})) for t in doc["traces"]]
     return doc.get("about", {}), traces

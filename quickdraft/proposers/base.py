@@ -59,6 +59,10 @@ class SelfBudgeting(Proposer, Protocol):
               rng: np.random.Generator) -> Draft:
         """``k`` tokens from ``offer``'s source (None and 0: a plain step)."""
 
+    def ride(self, context: Sequence[int], draft: Draft, rows: int) -> Draft:
+        """``draft`` with at most ``rows`` extra rows riding in its forward (``Draft.extra``), rows
+        the engine found free on this machine's cost curve; or ``draft`` unchanged."""
+
 
 class BaseProposer:
     """No-op ``begin``, ``observe`` and ``end``: subclass and override what a method needs."""

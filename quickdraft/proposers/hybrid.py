@@ -21,13 +21,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import common_prefix
+from ..backends.base import TREE, common_prefix
 from ..control import AdaptiveBudget, Offer, catch_up
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftModelProposer, DraftOptions
+from .lookahead import Jacobi
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
 # Suffix drafts by the length of the match they continue: (name, shortest match, acceptance
@@ -42,6 +43,11 @@ SUFFIX_CLASSES = (("suffix-long", 8, 0.9), ("suffix-medium", 3, 0.7), ("suffix-s
 # measurement; two do (a prior of 0.8 falls to 0.48 at the first position).
 DRAFT_PRIOR_WEIGHT = 3.0
 DRAFT_RECOVER = 0.8
+
+# Lookahead's Jacobi branch in auto: 3-grams (two levels), as many columns as the free rows hold
+# (a column costs two rows), at most 8; its pool's n-grams are believed a third of the time
+# before the shadow has graded them.
+LOOKAHEAD_NGRAM, LOOKAHEAD_WINDOW, LOOKAHEAD_PRIOR = 3, 8, 0.3
 
 
 # The draft model's catch-up with a request's context is paid once and then serves every later
@@ -78,8 +84,8 @@ class AutoOptions(SuffixOptions, DraftOptions):
 
 class AutoMemory:
     """What auto learns across requests: the suffix store of earlier outputs, and per source (the
-    suffix match classes and the draft model) an :class:`AdaptiveBudget`, seeded from the
-    calibrated prior; the target's forward cost is the engine's (``resources.cost``)."""
+    suffix match classes, the draft model, lookahead's pool) an :class:`AdaptiveBudget`, seeded
+    from the calibrated prior; the target's forward cost is the engine's (``resources.cost``)."""
 
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
         prior, k = resources.prior, options.max_draft
@@ -87,6 +93,9 @@ class AutoMemory:
         self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, prior_accept=accept,
                                              source=name)
                         for name, _, accept in SUFFIX_CLASSES}
+        if TREE in resources.target.capabilities:
+            self.control["lookahead"] = AdaptiveBudget(max_k=k, cost=resources.cost, prior_accept=LOOKAHEAD_PRIOR,
+                                                       source="lookahead")
         if resources.draft is not None:
             self.control["draft"] = AdaptiveBudget(max_k=k, cost=resources.cost, draft_token_s=prior.draft_token_s(),
                                                    prior_accept=prior.draft_accept or 0.5, source="draft",
@@ -94,30 +103,34 @@ class AutoMemory:
 
 
 class AutoProposer(BaseProposer):
-    """``auto``: a suffix drafter (this request and earlier outputs) plus, when the engine has a
-    draft model, that draft model. Each step it offers what each source could draft (the suffix
-    candidate with the trie's probability of each token times the rate learned for its match
-    class; the draft model's learned acceptance and cost) and drafts what the engine allocates
-    (control.allocate: the most expected tokens per second, for one request or a whole batch, a
-    plain step included). Each draft names its source (a suffix class, "draft" or "plain").
+    """``auto``: a suffix drafter (this request and earlier outputs), when the engine has a draft
+    model that draft model, and on a backend with token trees lookahead's n-gram pool. Each step it
+    offers what each source could draft (a candidate's tokens with their estimated acceptance: the
+    suffix trie's probability of each token times the rate learned for its match class, the pool's
+    n-gram times the pool's rate; the draft model's learned acceptance and cost) and drafts what
+    the engine allocates (control.allocate: the most expected tokens per second, for one request or
+    a whole batch, a plain step included). Each draft names its source (a suffix class, "draft",
+    "lookahead" or "plain").
 
-    Suffix drafts cost nothing to propose, so their acceptance is learned from every step, drafted
-    or not: the tokens the target emitted say how the step's suffix candidate would have fared
-    (shadow learning), and a suffix class never needs a probe. The draft model is learned from its
-    own drafts; its probes are bounded by what they may lose (AdaptiveBudget). The draft model
-    is not given the prompt at the start: it catches up when it first drafts, and until then
-    costs the request nothing (no prefill, no cache).
+    Candidates (suffix, pool) cost nothing to propose, so their acceptance is learned from every
+    step, drafted or not: the tokens the target emitted say how each would have fared (shadow
+    learning), and they never need a probe. The draft model is learned from its own drafts; its
+    probes are bounded by what they may lose (AdaptiveBudget). The draft model is not given the
+    prompt at the start: it catches up when it first drafts, and until then costs the request
+    nothing (no prefill, no cache). Lookahead's Jacobi branch rides only in rows the engine finds
+    free (:meth:`ride`), so on a machine where every row costs, the pool stays empty and free.
     """
 
     def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
+        self.jacobi = Jacobi(1) if "lookahead" in memory.control else None
         self.draft_prefill = resources.prior.draft_prefill
         self._source: str | None = None  # the last draft's source, until observed
         self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model
-        self._candidate: tuple[str, Candidate] | None = None  # the last offer's suffix candidate and class
+        self._candidates: dict[str, Candidate] = {}  # the last offer's free candidates, by source
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
@@ -132,12 +145,13 @@ class AutoProposer(BaseProposer):
         self.suffix.end(context)
 
     def offers(self, context: Sequence[int], cap: int, remaining: int | None = None) -> list[Offer]:
-        control, offers = self.memory.control, []
+        control, offers, self._candidates = self.memory.control, [], {}
         candidate, match = self.suffix.candidate(context, cap)
-        self._candidate = None
         if candidate.tokens:
-            name = match_strength(match)
-            self._candidate = (name, candidate)
+            self._candidates[match_strength(match)] = candidate
+        if self.jacobi is not None and (found := self.jacobi.pool.get(int(context[-1]))):
+            self._candidates["lookahead"] = Candidate(list(found[0][:cap]), [1.0] * min(cap, len(found[0])))
+        for name, candidate in self._candidates.items():
             if control[name].graded or control[name].trusted:
                 accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
                 offers.append(Offer(name, accept, control[name].draft_token_s))
@@ -157,19 +171,31 @@ class AutoProposer(BaseProposer):
             self._setup = self._behind > 0  # the offer just made measured it on this context
             draft = self.drafter.propose(context, k, sampling, rng)
             return Draft(draft.tokens, draft.q, source="draft")
-        return Draft(tuple(self._candidate[1].tokens[:k]) if k else (), source=self._source)
+        return Draft(tuple(self._candidates[self._source].tokens[:k]) if k else (), source=self._source)
+
+    def ride(self, context: Sequence[int], draft: Draft, rows: int) -> Draft:
+        """The draft with lookahead's Jacobi branch riding in ``rows`` free rows, when it fits
+        (the first free rows set the window: ``LOOKAHEAD_NGRAM`` - 1 levels, as many columns as
+        fit, at most ``LOOKAHEAD_WINDOW``)."""
+        if self.jacobi is None:
+            return draft
+        if not self.jacobi.levels:
+            window = min(LOOKAHEAD_WINDOW, (rows + 1) // (LOOKAHEAD_NGRAM - 1))
+            self.jacobi.start(context, max(window, 1), LOOKAHEAD_NGRAM)
+        return self.jacobi.ride(draft, int(context[-1])) if self.jacobi.rows <= rows else draft
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """Learn from the step just verified (the engine's timings of it). A step the engine took
         without asking for a draft (no room left) teaches nothing."""
+        if self.jacobi is not None:
+            self.jacobi.learn(acceptance.guesses)
         source, self._source = self._source, None
         if source is None:
             return
         for name, control in self.memory.control.items():
             control.observe(acceptance, times, own_step=name == source, learn=name == "draft",
                             setup=name == source == "draft" and self._setup)
-        if self._candidate is not None:  # drafted or not, the emitted tokens grade the candidate
-            name, candidate = self._candidate
+        for name, candidate in self._candidates.items():  # drafted or not, the emitted tokens grade them
             matched, reached = shadow_outcome(candidate.tokens, acceptance.tokens)
             self.memory.control[name].learn(matched, reached, candidate.probs, share=1 / times.batch)
 

@@ -29,7 +29,7 @@ verifies rows nearly for free (a GPU, a memory-bound CPU), not where every row c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -126,46 +126,78 @@ def jacobi_step(levels: Sequence[Sequence[int]], root: int, predictions: Sequenc
     return [list(level) for level in levels[1:]] + [list(predictions)], grams
 
 
-class LookaheadProposer(BaseProposer):
-    """One request's lookahead: its Jacobi window and the n-gram pool it fills (see the module
-    docstring). Drafts are deterministic (q is None): a tree of the pool's n-grams after the
-    pending token, the branch riding as the draft's extra nodes."""
+class Jacobi:
+    """A request's Jacobi window and the n-gram pool it fills (see the module docstring): what
+    the ``lookahead`` method drafts from, and what auto's lookahead source rides on free rows.
 
-    def __init__(self, options: LookaheadOptions) -> None:
-        self.options = options
-        self.pool = NgramPool(options.guesses)
+    ``start(prompt, window, ngram)`` sets the window's shape and first guesses (tokens of the
+    prompt: any guesses would do, these are likely); ``ride(draft, root)`` adds the branch to a
+    draft as its extra nodes; ``learn(guesses)`` takes the target's predictions after the branch's
+    deepest nodes (``Acceptance.guesses``) and stores the n-grams they complete."""
+
+    def __init__(self, guesses: int) -> None:
+        self.pool = NgramPool(guesses)
         self.levels: list[list[int]] = []
-        self._root: int | None = None  # the pending token of the step in flight
+        self._root: int | None = None  # the pending token of the step whose branch is in flight
 
-    def begin(self, prompt: Sequence[int]) -> None:
-        """The window starts from tokens of the prompt (any guesses would do; these are likely)."""
-        o = self.options
-        picks = np.random.default_rng(len(prompt)).choice(np.asarray(prompt), size=(o.ngram - 1, o.window))
+    def start(self, prompt: Sequence[int], window: int, ngram: int) -> None:
+        picks = np.random.default_rng(len(prompt)).choice(np.asarray(prompt), size=(ngram - 1, window))
         self.levels = picks.tolist()
 
+    @property
+    def rows(self) -> int:
+        """Rows the branch adds to a forward."""
+        return len(self.levels[0]) - 1 + len(self.levels[0]) * (len(self.levels) - 1) if self.levels else 0
+
+    def ride(self, draft: Draft, root: int) -> Draft:
+        """``draft`` with the branch as its extra nodes (after the pending token ``root``)."""
+        self._root = root
+        extra, parents, reads = branch(self.levels, 1 + len(draft))
+        return replace(draft, extra=tuple(extra), extra_parents=tuple(parents), extra_rows=tuple(reads))
+
+    def learn(self, guesses: Sequence[int]) -> None:
+        """One Jacobi step, if the branch rode in the step just verified (else nothing)."""
+        if self._root is not None and len(guesses) == len(self.levels[0]):
+            self.levels, grams = jacobi_step(self.levels, self._root, guesses)
+            for gram in grams:
+                self.pool.add(gram[0], gram[1:])
+        self._root = None
+
+
+class LookaheadProposer(BaseProposer):
+    """Lookahead decoding: drafts are deterministic (q is None), a tree of the pool's n-grams
+    after the pending token, and the Jacobi branch rides in every step (:class:`Jacobi`)."""
+
+    def __init__(self, options: LookaheadOptions, max_nodes: int | None = None) -> None:
+        if max_nodes is not None and 1 + options.branch_rows > max_nodes:
+            raise InvalidParameterError(f"a lookahead window of {options.window} x {options.ngram - 1} levels needs "
+                                        f"{1 + options.branch_rows} tree nodes, more than the backend's "
+                                        f"max_tree_nodes ({max_nodes}); choose a smaller window or ngram", param="window")
+        self.options, self.room = options, (max_nodes or 1 << 30) - 1 - options.branch_rows  # draft nodes at most
+        self.jacobi = Jacobi(options.guesses)
+        self.pool = self.jacobi.pool
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.jacobi.start(prompt, self.options.window, self.options.ngram)
+
     def propose(self, context: Sequence[int], budget: int, sampling, rng) -> Draft:
-        root = self._root = int(context[-1])
-        found = [g for g in self.pool.get(root)]
+        root = int(context[-1])
+        found, budget = self.pool.get(root), min(budget, self.room)
         if budget <= 0 or not found:
-            tokens, parents = (), None
+            draft = Draft()
         elif len(found) == 1:
-            tokens, parents = tuple(found[0][:budget]), None
+            draft = Draft(tuple(found[0][:budget]))
         else:
             tokens, parents = trie(found, budget)
-        extra, extra_parents, reads = branch(self.levels, 1 + len(tokens))
-        return Draft(tokens, None, parents=parents, extra=tuple(extra), extra_parents=tuple(extra_parents),
-                     extra_rows=tuple(reads))
+            draft = Draft(tokens, None, parents=parents)
+        return self.jacobi.ride(draft, root)
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
-        if self._root is None or len(acceptance.guesses) != self.options.window:
-            return
-        self.levels, grams = jacobi_step(self.levels, self._root, acceptance.guesses)
-        for gram in grams:
-            self.pool.add(gram[0], gram[1:])
-        self._root = None
+        self.jacobi.learn(acceptance.guesses)
 
 
 LOOKAHEAD = ProposerSpec("lookahead", "lookahead decoding: Jacobi iterations ride in each forward and fill a pool of "
                          "n-grams, verified as a token tree (Fu et al. 2024)",
-                         make=lambda resources, memory, options: LookaheadProposer(options),
+                         make=lambda resources, memory, options: LookaheadProposer(
+                             options, resources.target.max_tree_nodes),
                          options=LookaheadOptions, requires=frozenset({TREE}), default_budget=8)

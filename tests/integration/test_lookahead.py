@@ -138,3 +138,35 @@ def test_a_lossy_tree_rule_is_caught_on_lookaheads_drafts(tiny_engine, monkeypat
     draws = 1500
     counts, exact, _ = lookahead_samples(tiny_engine, draws)
     assert p_value(counts, exact, draws) < 1e-3, (counts, exact)
+
+
+def test_auto_rides_lookaheads_branch_in_free_rows_and_stays_exact(tiny_engine):
+    """Where a forward costs the same whatever its size (calibrated so, and a synthetic clock: every
+    forward 40 ms), auto's Jacobi branch rides in every step and its pool becomes a source of
+    drafts; the output stays plain decoding's token for token."""
+    from test_engine_tiny import PROMPTS, SimulatedTime, Timed
+
+    clock = SimulatedTime()
+    engine = Engine(Timed(tiny_engine.target, clock, 0.04), chat=False, clock=clock, method="auto",
+                    prior=Prior(curve=[1.0] * 17, step_s=0.04))
+    sources: dict[str, int] = {}
+    for prompt in PROMPTS:
+        ar = tiny_engine.generate(prompt, max_tokens=48, method="ar")
+        auto = engine.generate(prompt, max_tokens=48)
+        assert auto.token_ids == ar.token_ids, prompt
+        for source, n in auto.stats["draft_sources"].items():
+            sources[source] = sources.get(source, 0) + n
+    assert sources.get("lookahead", 0) > 3, sources
+
+
+def test_no_branch_rides_where_every_row_costs(tiny_engine):
+    """On a steep curve (every row half a step) no row is free: auto never evaluates the branch."""
+    from quickdraft.records import Draft
+
+    engine = Engine(tiny_engine.target, chat=False, prior=Prior(curve=[1.0 + 0.5 * k for k in range(17)]))
+    generation = engine.start(engine.prepare("the quick brown fox", max_tokens=8, method="auto"))
+    try:
+        generation.prefill()
+        assert engine._ride([generation], [Draft()], 0) == [Draft()]
+    finally:
+        engine.release(generation)

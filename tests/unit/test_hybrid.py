@@ -11,8 +11,14 @@ from quickdraft.sampling import SamplingParams
 from quickdraft.records import Acceptance, StepTimes
 
 
+class Chains:
+    """What auto asks of a target here: its capabilities (chains only: no lookahead branch)."""
+
+    capabilities = frozenset()
+
+
 def make_auto():
-    options, resources = AutoOptions(), Resources(target=None)
+    options, resources = AutoOptions(), Resources(target=Chains())
     return AutoProposer(resources, AutoMemory(resources, options), options)
 
 
