@@ -124,6 +124,8 @@ def generate(
     if not as_json:
         sys.stdout.write("\n")
         err.print(f"[dim]{engine.method}: {_stats_line(result.stats)}[/]", highlight=False, soft_wrap=True)
+        for source, note in result.stats.get("why", {}).items():
+            err.print(f"[dim]  {source}: {note}[/]", highlight=False, soft_wrap=True)
     if check:
         from .check import check_against_ar
 
@@ -394,7 +396,8 @@ def replay(
 ):
     """Price auto against every fixed (source, k) on machine profiles, from recorded traces: the real
     engine and controller on each profile's costs, no model run (seconds, not hours)."""
-    from .bench.replay import GOAL_OF_BEST, GOAL_OF_PLAIN, Policy, fixed_policies, hindsight, markdown, passes, run_replay
+    from .bench.replay import (GOAL_OF_BEST, GOAL_OF_PLAIN, Policy, fixed_policies, hindsight, lookahead_standing,
+                               markdown, passes, run_replay)
     from .bench.traces import TRACES, load_traces
     from .profiles import bundled_profiles, load_profile
 
@@ -420,6 +423,14 @@ def replay(
         Console().print(table)
     Console().print(f"{len(recorded)} traces ({about.get('target')}, draft {about.get('draft')}); goal: auto >= "
                     f"{GOAL_OF_BEST} of the best fixed policy and >= {GOAL_OF_PLAIN}x plain decoding")
+    standing = lookahead_standing([t for t in recorded if t.lookahead], profiles, about.get("agreement"))
+    if standing:
+        table = Table(title="lookahead (priced from its recorded runs) and auto, on the traces with a lookahead run")
+        for column in ("profile", "lookahead", "traces", "lookahead speedup", "auto speedup"):
+            table.add_column(column, justify="right")
+        for name, config, count, lookahead, auto in standing:
+            table.add_row(name, config, str(count), f"{lookahead:.2f}x", f"{auto:.2f}x")
+        Console().print(table)
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "replay.md").write_text(markdown(verdicts, profiles))

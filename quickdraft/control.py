@@ -360,11 +360,17 @@ class AdaptiveBudget:
         """Whether any draft of this source (sent, or graded in the shadow) was seen."""
         return any(reached for _, reached in self._accept)
 
+    def predicted(self) -> tuple[int, float]:
+        """What the prior alone predicts: the best draft length at ``prior_accept`` on every
+        position, and its speedup over a plain step (RISK included)."""
+        k, rate = best_rate([self.prior_accept] * self.max_k, self.draft_token_s, self.cost.curve(self.max_k))
+        return k, rate * self.cost.seconds(1)
+
     @property
     def trusted(self) -> bool:
         """Whether the prior alone predicts a clear gain (``TRUST``; see the class)."""
-        k, rate = best_rate([self.prior_accept] * self.max_k, self.draft_token_s, self.cost.curve(self.max_k))
-        return k > 0 and rate * self.cost.seconds(1) >= TRUST
+        k, speedup = self.predicted()
+        return k > 0 and speedup >= TRUST
 
     def offer(self, cap: int, setup_s: float = 0.0, horizon: int | None = None) -> Offer:
         """Its learned acceptance and cost, or a forced probe when one is due (see the class);

@@ -592,6 +592,8 @@ class Generation:
             self._ended = True
             self.proposer.end(self.context)
             self.stats.total_time_s, self.stats.ended_on_eos = self.clock() - self.started, self.out.eos
+            if self.controller is None:  # a method that decides its own drafts says why it drafted what it did
+                self.stats.why = self.proposer.why()
 
     def result(self) -> GenerationResult:
         return GenerationResult(text=self.out.text, token_ids=list(self.generated),

@@ -33,6 +33,7 @@ class Stats:
     accepted_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     draft_lengths: dict[int, int] = field(default_factory=dict)
     draft_sources: dict[str, int] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)  # per source: what it did, or why it did not draft (auto)
     _reached: list[int] = field(default_factory=list)  # drafts with > i tokens
     _kept: list[int] = field(default_factory=list)  # of those, token i accepted
 
@@ -92,6 +93,7 @@ class Stats:
             "accepted_lengths": list(self.accepted_lengths),
             "draft_lengths": {str(k): n for k, n in sorted(self.draft_lengths.items())},
             **({"draft_sources": dict(self.draft_sources)} if self.draft_sources else {}),
+            **({"why": dict(self.why)} if self.why else {}),
         }
 
     def summary(self) -> str:

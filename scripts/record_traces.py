@@ -5,7 +5,8 @@ target's greedy answer and the draft model's greedy continuation at every positi
         [--limit 8] [-n 96] [--out quickdraft/bench/data/traces.json.gz]
 
 Resumes: prompt-turns already in --out are kept (their answers are computed again only where a
-later turn needs them); --lookahead-only adds lookahead's schedules to the traces that lack them. The file's "about" says the models, the machine and the draft's agreement
+later turn needs them); --lookahead-only adds lookahead's schedules to the traces that lack them
+(the first --lookahead-per-task of each task: a lookahead run is slow where rows cost a step). The file's "about" says the models, the machine and the draft's agreement
 measured by calibration (what auto's prior would hold), which replay uses as the prior everywhere.
 """
 
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("-n", "--max-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=TRACES)
     parser.add_argument("--lookahead-only", action="store_true", help="only add missing lookahead schedules")
+    parser.add_argument("--lookahead-per-task", type=int, default=None,
+                        help="with --lookahead-only: at most this many traces per task carry them")
     args = parser.parse_args()
     engine = load(method="ar")
     engine.draft_model()  # loaded, checked and its prior measured
@@ -45,7 +48,10 @@ def main() -> None:
     traces = load_traces(args.out)[1] if args.out.exists() else []
     if args.lookahead_only:
         about = load_traces(args.out)[0]
-        for i, trace in enumerate(progress_over(traces, "lookahead")):
+        per_task = args.lookahead_per_task or len(traces)
+        chosen = [t for t in traces if sum(u.task == t.task for u in traces[:traces.index(t)]) < per_task]
+        for trace in progress_over(chosen, "lookahead"):
+            i = traces.index(trace)
             if set(trace.lookahead) != set(LOOKAHEAD_CONFIGS):
                 traces[i] = replace(trace, lookahead=record_lookahead(engine, trace.prompt, len(trace.path)))
                 save_traces(traces, args.out, about)

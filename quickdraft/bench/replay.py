@@ -25,7 +25,7 @@ mean of per-prompt speedups over plain decoding, as the bench reports them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -184,7 +184,8 @@ def compact(trace: Trace) -> tuple[list[int], list[int], list[list[int]], int]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One replayed generation: decode seconds on the profile, tokens, and where drafts came from."""
+    """One replayed generation: decode seconds on the profile, tokens, where drafts came from and,
+    for auto, why (``stats["why"]``)."""
 
     trace: Trace
     policy: Policy
@@ -193,6 +194,7 @@ class Sample:
     tokens: int
     forwards: int
     sources: dict
+    why: dict = field(default_factory=dict, compare=False)
 
 
 def replay_sample(trace: Trace, profile: MachineProfile, policy: Policy, agreement: float | None = None,
@@ -213,7 +215,7 @@ def replay_sample(trace: Trace, profile: MachineProfile, policy: Policy, agreeme
                               f"recorded answer at token {at}: a lossless method must not")
     s = result.stats
     return Sample(trace, policy, profile.name, s["total_time_s"] - s["prefill_time_s"], s["generated_tokens"],
-                  s["target_forwards"], s.get("draft_sources", {}))
+                  s["target_forwards"], s.get("draft_sources", {}), s.get("why", {}))
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,38 @@ def hindsight(samples: Sequence[Sample]) -> list[Verdict]:
         verdicts.append(Verdict(profile, task, table[profile, task, "auto"], best,
                                 best_label if best > 1.0 else "ar"))
     return verdicts
+
+
+def price_schedule(trace: Trace, profile: MachineProfile, config: str) -> Sample:
+    """Lookahead's recorded schedule (traces.record_lookahead) priced on ``profile``: each step's
+    forward over its tokens (the draft's tree and the Jacobi branch). Its drafts depend on the
+    target's predictions off the answer's path, which replay cannot give, so this fixed policy is
+    priced from the real run instead of run again."""
+    steps = trace.lookahead[config]
+    return Sample(trace, Policy("lookahead", None), profile.name, sum(profile.seconds(rows) for rows, _ in steps),
+                  sum(emitted for _, emitted in steps), len(steps), {"lookahead": len(steps)})
+
+
+def lookahead_standing(traces: Sequence[Trace], profiles: Sequence[MachineProfile], agreement: float | None = None
+                       ) -> list[tuple[str, str, int, float, float]]:
+    """Where lookahead pays: per profile and recorded configuration, over the traces that carry its
+    schedule, (profile, config, traces, lookahead's speedup over plain decoding, auto's), geometric
+    means of per-prompt speedups."""
+    rows = []
+    for profile in profiles:
+        for config in dict.fromkeys(c for t in traces for c in t.lookahead):
+            chosen = [t for t in traces if config in t.lookahead]
+            plain = {t: replay_sample(t, profile, Policy("ar"), agreement) for t in chosen}
+            auto = {t: replay_sample(t, profile, Policy("auto"), agreement) for t in chosen}
+
+            def speedup(sample: Sample) -> float:
+                base = plain[sample.trace]
+                return (base.seconds / base.tokens) / (sample.seconds / sample.tokens)
+
+            rows.append((profile.name, config, len(chosen),
+                         geometric_mean(speedup(price_schedule(t, profile, config)) for t in chosen),
+                         geometric_mean(speedup(auto[t]) for t in chosen)))
+    return rows
 
 
 def run_replay(traces: Sequence[Trace], profiles: Sequence[MachineProfile], policies: Sequence[Policy],

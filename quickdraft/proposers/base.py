@@ -59,6 +59,9 @@ class SelfBudgeting(Proposer, Protocol):
               rng: np.random.Generator) -> Draft:
         """``k`` tokens from ``offer``'s source (None and 0: a plain step)."""
 
+    def why(self) -> dict[str, str]:
+        """Per source, one line on what it did in this request or why it did not draft (stats)."""
+
     def ride(self, context: Sequence[int], draft: Draft, rows: int) -> Draft:
         """``draft`` with at most ``rows`` extra rows riding in its forward (``Draft.extra``), rows
         the engine found free on this machine's cost curve; or ``draft`` unchanged."""

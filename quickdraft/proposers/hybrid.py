@@ -16,6 +16,7 @@ only once the shadow has graded it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -131,6 +132,9 @@ class AutoProposer(BaseProposer):
         self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model
         self._candidates: dict[str, Candidate] = {}  # the last offer's free candidates, by source
+        self._seen: Counter[str] = Counter()  # steps each source had something to offer
+        self._drafted: Counter[str] = Counter()  # steps each source drafted
+        self._rides = 0  # steps lookahead's branch rode in
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.suffix.begin(prompt)
@@ -151,6 +155,7 @@ class AutoProposer(BaseProposer):
             self._candidates[match_strength(match)] = candidate
         if self.jacobi is not None and (found := self.jacobi.pool.get(int(context[-1]))):
             self._candidates["lookahead"] = Candidate(list(found[0][:cap]), [1.0] * min(cap, len(found[0])))
+        self._seen.update(self._candidates.keys())
         for name, candidate in self._candidates.items():
             if control[name].graded or control[name].trusted:
                 accept = tuple(min(1.0, a * p) for a, p in zip(control[name].acceptance(), candidate.probs))
@@ -165,6 +170,7 @@ class AutoProposer(BaseProposer):
     def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
               rng: np.random.Generator) -> Draft:
         self._source = offer.source if offer is not None and k else "plain"
+        self._drafted[self._source] += 1
         if offer is not None:
             self.memory.control[offer.source].decide(k)
         if self._source == "draft":
@@ -182,7 +188,39 @@ class AutoProposer(BaseProposer):
         if not self.jacobi.levels:
             window = min(LOOKAHEAD_WINDOW, (rows + 1) // (LOOKAHEAD_NGRAM - 1))
             self.jacobi.start(context, max(window, 1), LOOKAHEAD_NGRAM)
-        return self.jacobi.ride(draft, int(context[-1])) if self.jacobi.rows <= rows else draft
+        if self.jacobi.rows > rows:
+            return draft
+        self._rides += 1
+        return self.jacobi.ride(draft, int(context[-1]))
+
+    def why(self) -> dict[str, str]:
+        """Per source, what it did in this request or why it did not draft."""
+        control, drafted = self.memory.control, self._drafted
+        suffix = sum(drafted[name] for name, _, _ in SUFFIX_CLASSES)
+        matches = sum(self._seen[name] for name, _, _ in SUFFIX_CLASSES)
+        notes = {"suffix": f"drafted in {suffix} steps" if suffix else
+                 f"{matches} matches, none worth drafting at its learned acceptance on this machine's costs"
+                 if matches else "no match in the prompt or earlier answers"}
+        if self.drafter is None:
+            notes["draft"] = "no draft model (--draft)"
+        elif drafted["draft"]:
+            notes["draft"] = f"drafted in {drafted['draft']} steps"
+        else:
+            k, speedup = control["draft"].predicted()
+            notes["draft"] = (f"not trusted here: at its agreement measured on answers "
+                              f"({control['draft'].prior_accept:.2f}), a draft token of "
+                              f"{control['draft'].draft_token_s / control['draft'].cost.seconds(1):.2f} steps and "
+                              f"this machine's forward costs it predicts {speedup:.2f}x"
+                              + (f" at k = {k}" if k else " (drafting does not pay)")
+                              + "; it enters by probes, within 2% of the time, and none was due")
+        if self.jacobi is None:
+            notes["lookahead"] = "needs a backend with token trees"
+        elif not self._rides:
+            notes["lookahead"] = "no free rows here (its branch rides only where extra rows cost nothing)"
+        else:
+            notes["lookahead"] = f"its branch rode in {self._rides} steps; its n-grams drafted in " \
+                                 f"{drafted['lookahead']} steps"
+        return notes
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """Learn from the step just verified (the engine's timings of it). A step the engine took

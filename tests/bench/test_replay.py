@@ -107,3 +107,28 @@ def test_a_lossy_verifier_is_caught_by_replay(monkeypatch):
     monkeypatch.setattr(quickdraft.verifiers, "verify_greedy", keep_all)
     with pytest.raises(QuickdraftError, match="parted from the recorded answer"):
         replay_sample(tiny_trace(), FLAT, Policy("draft", 4))
+
+
+def test_where_lookahead_pays_auto_gains_at_least_as_much():
+    """Lookahead priced from its recorded runs: it pays where rows are free (the memory-bound
+    machine) and loses where every row costs a step; on every profile auto, on the same traces,
+    is at least as fast."""
+    from quickdraft.bench.replay import lookahead_standing
+
+    about, traces = load_traces()
+    rows = lookahead_standing([t for t in traces if t.lookahead], PROFILES, about["agreement"])
+    by = {(profile, config): (lookahead, auto) for profile, config, _, lookahead, auto in rows}
+    assert by["synthetic-memory-bound", "W10 N4 G6"][0] > 1.2 > by["synthetic-compute-bound", "W10 N4 G6"][0]
+    for (profile, config), (lookahead, auto) in by.items():
+        assert auto >= 0.95 * lookahead, (profile, config, lookahead, auto)
+
+
+def test_auto_says_why_it_drafted_nothing():
+    """On a compute-bound machine nothing pays on prose: the stats say so, per source."""
+    _, traces = load_traces()
+    trace = next(t for t in traces if t.task == "everyday")
+    sample = replay_sample(trace, {p.name: p for p in PROFILES}["synthetic-compute-bound"], Policy("auto"), 0.8)
+    assert sample.sources == {"plain": sample.forwards}
+    assert set(sample.why) == {"suffix", "draft", "lookahead"}
+    assert "predicts 1.00x" in sample.why["draft"] and "does not pay" in sample.why["draft"]
+    assert "token trees" in sample.why["lookahead"]  # the replayed target evaluates chains only
