@@ -13,6 +13,7 @@ from pathlib import Path
 from .backends import BACKENDS, COMMON_SETTINGS, DEFAULT_BACKEND, backend_spec
 from .engine import Engine, Memory, Request, Stream
 from .errors import QuickdraftError
+from .grammar import Grammar
 from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from .proposers import METHODS
 from .sampling import SamplingParams
@@ -57,5 +58,5 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
                   calibrate=calibrate, default_max_tokens=default_max_tokens, **settings)
 
 
-__all__ = ["BACKENDS", "METHODS", "Acceptance", "Draft", "Engine", "GenerationResult", "Memory", "Piece",
+__all__ = ["BACKENDS", "METHODS", "Acceptance", "Draft", "Engine", "GenerationResult", "Grammar", "Memory", "Piece",
            "QuickdraftError", "Request", "SamplingParams", "Stream", "load", "__version__"]

@@ -25,9 +25,10 @@ from .backends import BACKENDS
 from .backends.base import BATCH, TREE, Backend, Chunk, check_same_vocabulary, reusable_prefix
 from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
 from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError
+from .grammar import Constraint, Grammar, Vocabulary
 from .models import resolve_model
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
-from .sampling import MAX_LOGPROBS, SamplingParams, penalize, token_logprobs
+from .sampling import MAX_LOGPROBS, SamplingParams, constrain, penalize, token_logprobs
 from .stats import Stats
 from .system import cpu_info, quickdraft_version
 from .records import Acceptance, Draft, GenerationResult, Piece, StepTimes
@@ -51,6 +52,8 @@ class Request:
     controller: the budget policy's name ("fixed" for methods that decide their own lengths).
     logprobs: None (nothing computed), or report each emitted token's log-probability and this
     many most likely alternatives (``Piece.logprobs``, ``GenerationResult.logprobs``).
+    grammar: what the output must match (grammar.py; checked against the target's vocabulary),
+    or None.
     """
 
     tokens: tuple[int, ...]
@@ -61,6 +64,7 @@ class Request:
     budget: int
     controller: str
     logprobs: int | None = None
+    grammar: Grammar | None = None
 
     @property
     def method(self) -> str:
@@ -177,6 +181,7 @@ class Engine:
         self.options = options
         self.memory = Memory()
         self._draft = draft
+        self._vocabulary: Vocabulary | None = None
         self._parsed: dict[str, Any] = {}
         self._busy = threading.Lock()
         declared = {name for spec in methods for name in spec.option_names()}
@@ -220,22 +225,30 @@ class Engine:
         self._draft = model
         return model
 
+    def vocabulary(self) -> Vocabulary:
+        """The target's tokens as the grammar engine reads them (built on first use, about a
+        second for a 152k vocabulary)."""
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(self.target)
+        return self._vocabulary
+
     @property
     def cost(self) -> ForwardCost:
         """The target's forward cost by size, as this engine's memory learned it."""
         return self.memory.get("forward cost", lambda: ForwardCost.from_prior(self.prior))
 
-    def resources(self, spec: ProposerSpec, *, batched: bool = False, prefix: Sequence[int] = ()) -> Resources:
+    def resources(self, spec: ProposerSpec, *, batched: bool = False, prefix: Sequence[int] = (),
+                  constraint: Constraint | None = None) -> Resources:
         """What ``spec``'s proposers get: the target, the draft model if the method uses one (a
         sequence of its own when ``batched``, holding what the draft model's cache shares of
-        ``prefix``), the prior (without the draft model's part when the method drafts otherwise)
-        and the shared forward cost."""
+        ``prefix``), the prior (without the draft model's part when the method drafts otherwise),
+        the shared forward cost and the request's grammar ``constraint``."""
         if spec.uses_draft_model and self._draft is not None:
             draft = self.draft_model()
             sequence = draft.new_sequence(prefix) if batched else self._main(draft)
-            return Resources(self.target, sequence, self.prior, self.cost)
+            return Resources(self.target, sequence, self.prior, self.cost, constraint)
         return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None),
-                         self.cost)
+                         self.cost, constraint)
 
     def _memory(self, spec: ProposerSpec) -> Any:
         if spec.memory is None:
@@ -285,7 +298,8 @@ class Engine:
                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
                 method: str | None = None, num_draft: int | None = None, controller: str | None = None,
                 chat: bool | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None) -> Request:
+                logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
+                grammar: Grammar | None = None) -> Request:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
         ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
         at most ``default_max_tokens``."""
@@ -297,6 +311,11 @@ class Engine:
                                   presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                                   logit_bias=bias)
         spec = self.spec(method or self.method)
+        if grammar is not None:
+            if not isinstance(grammar, Grammar):
+                raise InvalidParameterError(f"grammar must be a quickdraft.Grammar, got {type(grammar).__name__}",
+                                            param="grammar")
+            self.vocabulary().check(grammar)
         stop = tuple(stop)
         if any(not s for s in stop):
             raise InvalidParameterError("stop strings must not be empty", param="stop")
@@ -320,7 +339,7 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max(max_tokens, 1)}) exceeds the context size "
                 f"({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx",
                 param="max_tokens" if max_tokens >= self.target.n_ctx else "prompt")
-        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs)
+        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs, grammar)
 
     def stream(self, prompt: Prompt | Request, **options) -> Stream:
         """Generate, yielding :class:`Piece` s; ``prompt`` is a prepared :class:`Request` or
@@ -338,9 +357,11 @@ class Engine:
         or ``adaptive``), chat (apply the chat template to a text prompt; default: the engine's),
         presence_penalty and frequency_penalty (-2..2, over the tokens generated so far),
         logit_bias ({token id: -100..100}), logprobs (None, or 0..20 alternatives per token:
-        ``GenerationResult.logprobs``). Penalties and bias apply to the target's logits at every
-        position it verifies, drafts included (``sampling.penalize``), so the output is plain
-        decoding's under the same penalties.
+        ``GenerationResult.logprobs``), grammar (a :class:`~quickdraft.grammar.Grammar` the output
+        must match: a JSON schema, any JSON object, a Lark grammar; it ends the generation when
+        complete). Penalties, bias and the grammar's mask apply to the target's logits at every
+        position it verifies, drafts included (``sampling.penalize``, ``sampling.constrain``), so
+        the output is plain decoding's under the same penalties and grammar.
         """
         stream = self.stream(prompt, **options)
         for _ in stream:
@@ -383,7 +404,8 @@ class Engine:
         spec = request.spec
         prompt = request.tokens[:-1]  # what a new sequence may share with another's cache
         target = self.target.new_sequence(prompt) if batched else self._main(self.target)
-        resources = self.resources(spec, batched=batched, prefix=prompt)
+        constraint = None if request.grammar is None else self.vocabulary().constraint(request.grammar)
+        resources = self.resources(spec, batched=batched, prefix=prompt, constraint=constraint)
         try:
             proposer = spec.make(resources, self._memory(spec), self._parsed[spec.name])
         except BaseException:
@@ -470,6 +492,8 @@ class Engine:
             guesses, logits = logits[n + 1:], logits[:n + 1]  # the extra rows are never verified
             if sampling.penalized:
                 logits = penalize(logits, g.generated, d.row_prefixes(), sampling)
+            if g.resources.constraint is not None:  # the grammar's tokens after each row's prefix
+                logits = constrain(logits, g.resources.constraint.allowed(d.row_prefixes()))
             acceptance = verifiers.select(sampling, tree=d.parents is not None)(d, logits, sampling, g.rng)
             if d.extra_rows:
                 acceptance = replace(acceptance, guesses=tuple(int(t) for t in guesses.argmax(axis=1)))
@@ -577,6 +601,11 @@ class Generation:
         kept = [t for t in acceptance.tokens[:room] if out.finish_reason is None and out.add(t)]
         self.context += acceptance.tokens
         self.generated += kept
+        constraint = self.resources.constraint
+        if constraint is not None:
+            constraint.advance(kept)
+            if constraint.finished and out.finish_reason is None:  # only an end of generation may follow
+                out.finish_reason = "stop"
         logprobs = None if acceptance.logprobs is None else acceptance.logprobs[:len(kept)]
         if logprobs is not None:
             self.logprobs += logprobs

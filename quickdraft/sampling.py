@@ -6,8 +6,9 @@ proposer's ``q`` are warped by the same :func:`warp` with the same parameters.
 
 The order of processing, as plain decoding applies it: the model's logits, then
 :func:`penalize` (presence and frequency penalties over the tokens generated so far, and
-``logit_bias``), then :func:`warp` (temperature, top-k, top-p). :func:`token_logprobs` reports
-log-probabilities of the penalized logits at temperature 1.
+``logit_bias``), then :func:`constrain` (a grammar's mask), then :func:`warp` (temperature,
+top-k, top-p). :func:`token_logprobs` reports log-probabilities of the penalized and constrained
+logits at temperature 1.
 """
 
 from __future__ import annotations
@@ -121,12 +122,22 @@ def penalize(logits: np.ndarray, generated: Sequence[int], before: Sequence[Sequ
     return out
 
 
+def constrain(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The logits plain constrained decoding samples from: ``logits`` [R, V] with the tokens
+    ``allowed`` [R, V] (bool: a grammar's tokens after each row's prefix, grammar.Constraint)
+    does not allow set to -inf, so every warp gives them probability 0.
+
+    Example: logits [[1, 2, 3]], allowed [[True, False, True]] -> [[1, -inf, 3]].
+    """
+    return np.where(allowed, logits, -np.inf)
+
+
 def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top: int) -> tuple[TokenLogprob, ...]:
     """Each token's log-probability under its row's softmax, with the ``top`` most likely tokens.
 
     logits: [R, V] (row r the distribution ``tokens[r]`` was chosen from, penalized but not
     warped: temperature 1, no top-k or top-p). tokens: [R]. ``top``: 0 to V; the top tokens come
-    most likely first.
+    most likely first, and only tokens that could be chosen (a grammar's mask leaves fewer).
     """
     out = []
     for row, token in zip(np.asarray(logits, dtype=np.float64), tokens):
@@ -134,6 +145,7 @@ def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top: int) -> tuple
         logp = shifted - np.log(np.exp(shifted).sum())
         best = np.argpartition(-logp, top - 1)[:top] if top else np.empty(0, dtype=np.int64)  # O(V), no sort
         best = best[np.lexsort((best, -logp[best]))]
+        best = best[np.isfinite(logp[best])]
         out.append(TokenLogprob(int(token), float(logp[token]),
                                 tuple((int(t), float(logp[t])) for t in best)))
     return tuple(out)

@@ -85,12 +85,14 @@ class Resources:
     """What the engine gives a method: the target, the draft model (when the method uses one and
     the engine has one: a sequence of the draft model's cache for this request, with the
     single-sequence protocol of a backend), what this machine was measured to cost
-    (control.Prior), and the engine's learned forward cost of the target by size (shared)."""
+    (control.Prior), the engine's learned forward cost of the target by size (shared), and the
+    request's grammar state (grammar.Constraint, advanced by the engine; None without a grammar)."""
 
     target: Backend
     draft: Any = None
     prior: Prior = field(default_factory=Prior)
     cost: ForwardCost = field(default_factory=ForwardCost)
+    constraint: Any = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftModelProposer, DraftOptions
+from .grammar import GRAMMAR, ForcedDrafts
 from .lookahead import Jacobi
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
@@ -128,6 +129,7 @@ class AutoProposer(BaseProposer):
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
         self.jacobi = Jacobi(1) if "lookahead" in memory.control else None
         self.draft_prefill = resources.prior.draft_prefill
+        self.forced = ForcedDrafts(resources.constraint) if resources.constraint is not None else None
         self._source: str | None = None  # the last draft's source, until observed
         self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model
@@ -165,12 +167,16 @@ class AutoProposer(BaseProposer):
             behind = self._behind = self.catch_up(context)
             setup = behind and draft.draft_token_s * catch_up(behind, draft.cost.relative_at, self.draft_prefill)
             offers.append(draft.offer(cap, setup, horizon=min(remaining or HORIZON, HORIZON)))
+        if self.forced:  # the tokens a request's grammar forces: certain, free (proposers/grammar.py)
+            offers += self.forced.offers(cap)
         return offers
 
     def draft(self, context: Sequence[int], offer: Offer | None, k: int, sampling: SamplingParams,
               rng: np.random.Generator) -> Draft:
         self._source = offer.source if offer is not None and k else "plain"
         self._drafted[self._source] += 1
+        if self._source == GRAMMAR:
+            return self.forced.draft(k)
         if offer is not None:
             self.memory.control[offer.source].decide(k)
         if self._source == "draft":
@@ -220,6 +226,8 @@ class AutoProposer(BaseProposer):
         else:
             notes["lookahead"] = f"its branch rode in {self._rides} steps; its n-grams drafted in " \
                                  f"{drafted['lookahead']} steps"
+        if self.forced:
+            notes[GRAMMAR] = f"drafted the tokens the grammar forces in {drafted[GRAMMAR]} steps"
         return notes
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
