@@ -234,7 +234,8 @@ def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and 
 @friendly
 def bench(
     tasks: str = typer.Option("humaneval,mt-bench,code-edit", "--tasks",
-                              help="Comma-separated built-in tasks: humaneval, mt-bench, code-edit, everyday, grounded ('' for none)."),
+                              help="Comma-separated built-in tasks: humaneval, mt-bench, code-edit, everyday, grounded, "
+                              "extraction (JSON-schema output) ('' for none)."),
     data: List[str] = typer.Option([], "--data", help="A JSONL file of prompts (repeatable): {\"prompt\": ...} or {\"turns\": [...]} per line."),
     methods: str = typer.Option("ar,auto,draft,ngram,suffix", "--methods", help="Comma-separated methods; ar is always included."),
     tree: bool = typer.Option(False, "--tree", help="Also run each method's tree variant (draft -> draft-tree, ...)."),

@@ -277,10 +277,15 @@ class Engine:
                           "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill}}
 
     # --- requests -------------------------------------------------------------------------------
-    def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
+    def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None,
+                      tools: Sequence[dict] | None = None) -> list[int]:
         """Token ids for a prompt: ids as given; a message list or (unless ``chat`` is False) a
-        string through the model's chat template when it has one; otherwise the raw text."""
+        string through the model's chat template when it has one, with ``tools`` (OpenAI tool
+        definitions) when given; otherwise the raw text."""
         if not isinstance(prompt, str) and all(isinstance(t, (int, np.integer)) for t in prompt):
+            if tools:
+                raise InvalidParameterError("tools are rendered by a chat template, not added to token ids",
+                                            param="tools")
             bad = [t for t in prompt if not 0 <= t < self.target.vocab_size]
             if bad:
                 raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary "
@@ -288,9 +293,12 @@ class Engine:
             return [int(t) for t in prompt]
         chat = self.chat if chat is None else chat
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        templated = self.target.chat_prompt(messages) if (chat or not isinstance(prompt, str)) else None
+        templated = self.target.chat_prompt(messages, tools) if (chat or not isinstance(prompt, str)) else None
         if templated is None and not isinstance(prompt, str):
             raise InvalidParameterError("this model has no chat template; pass a plain text prompt", param="prompt")
+        if templated is None and tools:
+            raise InvalidParameterError("tools are rendered by a chat template: send chat messages to a model "
+                                        "that has one", param="tools")
         return self.target.tokenize(templated if templated is not None else prompt,
                                     special=templated is not None)
 
@@ -299,7 +307,7 @@ class Engine:
                 method: str | None = None, num_draft: int | None = None, controller: str | None = None,
                 chat: bool | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                 logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
-                grammar: Grammar | None = None) -> Request:
+                grammar: Grammar | None = None, tools: Sequence[dict] | None = None) -> Request:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
         ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
         at most ``default_max_tokens``."""
@@ -326,7 +334,7 @@ class Engine:
         if controller not in CONTROLLERS:
             raise InvalidParameterError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}",
                                         param="controller")
-        tokens = self.prompt_tokens(prompt, chat=chat)
+        tokens = self.prompt_tokens(prompt, chat=chat, tools=tools)
         if not tokens:
             raise InvalidParameterError("the prompt is empty", param="prompt")
         room = self.target.n_ctx - len(tokens)
@@ -359,7 +367,7 @@ class Engine:
         logit_bias ({token id: -100..100}), logprobs (None, or 0..20 alternatives per token:
         ``GenerationResult.logprobs``), grammar (a :class:`~quickdraft.grammar.Grammar` the output
         must match: a JSON schema, any JSON object, a Lark grammar; it ends the generation when
-        complete). Penalties, bias and the grammar's mask apply to the target's logits at every
+        complete), tools (OpenAI tool definitions the chat template renders into the prompt). Penalties, bias and the grammar's mask apply to the target's logits at every
         position it verifies, drafts included (``sampling.penalize``, ``sampling.constrain``), so
         the output is plain decoding's under the same penalties and grammar.
         """

@@ -91,10 +91,23 @@ __all__ = [
     "write_tiny_gguf",
 ]
 
-#: A minimal ChatML template (what Qwen2.5 uses), stored in ``tokenizer.chat_template``.
+#: A minimal ChatML template (what Qwen2.5 uses), stored in ``tokenizer.chat_template``. Like
+#: Qwen2.5's it renders tools (a system turn listing them) and tool calls in Hermes' format
+#: (``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``, tool results as
+#: ``<tool_response>`` user turns); messages without them render as plain ChatML.
 DEFAULT_TINY_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n# Tools\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\n</tools>\nCall a tool as <tool_call>\n{\"name\": NAME, \"arguments\": {...}}\n</tool_call>"
+    "<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '\n<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": '"
+    " + (call['function']['arguments'] | tojson) + '}\n</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

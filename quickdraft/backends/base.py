@@ -64,9 +64,10 @@ class Backend(Protocol):
     def token_text(self, token: int) -> bytes:
         """The vocabulary entry itself (for comparing vocabularies)."""
     def is_end_of_generation(self, token: int) -> bool: ...
-    def chat_prompt(self, messages: list[dict]) -> str | None:
-        """The model's chat template applied to ``messages`` (with the assistant turn opened),
-        or None if the model has no template."""
+    def chat_prompt(self, messages: list[dict], tools: Sequence[dict] | None = None) -> str | None:
+        """The model's chat template applied to ``messages`` (with the assistant turn opened) and
+        ``tools`` (OpenAI tool definitions, when the template renders them), or None if the model
+        has no template."""
 
 
 class TreeBackend(Backend, Protocol):

@@ -453,10 +453,10 @@ class LlamaCppBackend:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self._vocab, token))
 
-    def chat_prompt(self, messages: list[dict]) -> str | None:
+    def chat_prompt(self, messages: list[dict], tools: Sequence[dict] | None = None) -> str | None:
         if not self.chat_template:
             return None
-        return render_chat(self.chat_template, messages,
+        return render_chat(self.chat_template, messages, tools=tools,
                            bos=self._special_text(ll.llama_vocab_bos(self._vocab)),
                            eos=self._special_text(self.eos_token))
 

@@ -355,10 +355,10 @@ class TorchBackend:
     def is_end_of_generation(self, token: int) -> bool:
         return token in self._eog
 
-    def chat_prompt(self, messages: list[dict]) -> str | None:
+    def chat_prompt(self, messages: list[dict], tools: Sequence[dict] | None = None) -> str | None:
         if not self.chat_template:
             return None
-        return render_chat(self.chat_template, messages, bos=self.tokenizer.bos_token or "",
+        return render_chat(self.chat_template, messages, tools=tools, bos=self.tokenizer.bos_token or "",
                            eos=self.tokenizer.eos_token or "")
 
 

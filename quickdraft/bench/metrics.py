@@ -83,6 +83,8 @@ def _row(task: str, method: str, group: list[dict]) -> dict:
         "tokens_per_second": median(tps), "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),
         "draft_time_s": total("draft_time_s"), "verify_time_s": total("verify_time_s"),
         "checks": checks,
+        "valid": sum(1 for s in group if s.get("valid")),  # answers valid against their schema
+        "constrained": sum(1 for s in group if s.get("valid") is not None),  # of those that had one
     }
 
 

@@ -800,6 +800,17 @@ def section_checks(results: dict) -> list[str]:
     return lines
 
 
+def section_validity(results: dict) -> list[str]:
+    """Structured output: per task and method, the answers valid against their JSON schema."""
+    rows = [r for r in _rows(results, "summary") if r.get("constrained")]
+    if not rows:
+        return []
+    return ["## Structured output", "", "Answers constrained to a JSON schema (the prompt's), and how many are "
+            "valid against it (an answer cut by max_tokens is not).", "",
+            md_table(["task", "method", "valid"], [[r["task"], r["method"], f"{r['valid']}/{r['constrained']}"]
+                                                  for r in rows], right=[2]), ""]
+
+
 def section_plots(written: Sequence[tuple[str, Path]], notes: Sequence[str]) -> list[str]:
     lines = ["## Plots", ""]
     for caption, path in written:
@@ -818,7 +829,8 @@ def render_markdown(results: dict, written: Sequence[tuple[str, Path]] = (),
         lines += [f"Run of {config['date']}" + (f" on {machine}." if machine else "."), ""]
     lines += section_divergence_warning(results) + section_missing(results)
     for section in (section_config, section_state, section_summary, section_repeats,
-                    section_acceptance_by_position, section_checks, section_calibration, section_peers):
+                    section_acceptance_by_position, section_checks, section_validity, section_calibration,
+                    section_peers):
         lines += section(results)
     lines += section_plots(written, notes)
     return "\n".join(lines).rstrip() + "\n"

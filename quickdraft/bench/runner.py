@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..check import check_against_ar
 from ..engine import Memory
 from ..errors import QuickdraftError
+from ..grammar import Grammar
 from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from ..proposers import METHODS
 from .metrics import AR_METHOD, WARM, geometric_mean, sample_key, summarize, with_speedups
@@ -112,13 +113,15 @@ def rotate(methods: Sequence[str], by: int) -> list[str]:
 
 
 def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, key: tuple,
-               memory: Memory | None = None) -> dict:
+               memory: Memory | None = None, schema: dict | None = None) -> dict:
     """Generate once and return the sample record (see the schema in quickdraft.bench). The engine
-    runs with ``memory`` (a warm sample's), else with a fresh one (a cold sample)."""
+    runs with ``memory`` (a warm sample's), else with a fresh one (a cold sample). ``schema``: the
+    JSON schema the answer is constrained to; ``valid`` then says whether it is valid against it."""
     task, prompt_id, turn, repeat = key
     engine.memory = memory if memory is not None else Memory()
     request = engine.prepare(messages, method=method, max_tokens=config.max_tokens, num_draft=config.num_draft,
-                             temperature=config.temperature, seed=config.seed + repeat)
+                             temperature=config.temperature, seed=config.seed + repeat,
+                             grammar=None if schema is None else Grammar.json_schema(schema))
     start = time.perf_counter()
     result = engine.generate(request)
     elapsed = time.perf_counter() - start
@@ -134,7 +137,19 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
                        "draft_lengths": s.get("draft_lengths"), "draft_sources": s.get("draft_sources")},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
             "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
-            "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text}
+            "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text,
+            "valid": None if schema is None else schema_valid(result.text, schema)}
+
+
+def schema_valid(text: str, schema: dict) -> bool:
+    """Whether ``text`` is one JSON value valid against ``schema`` (jsonschema, the bench extra)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
 
 
 def check_samples(engine, samples: list[dict], prompt_tokens: list[int]) -> None:
@@ -213,14 +228,15 @@ def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progres
     bar = progress.add_task("bench", total=total, completed=len(done), status=running_status(samples))
     memories: dict[tuple, Memory] = {}  # (task, method, repeat) -> what the warm runs so far taught it
 
-    def sample(key: tuple, messages: list[dict], method: str, memory: Memory | None = None) -> dict:
+    def sample(key: tuple, messages: list[dict], method: str, memory: Memory | None = None,
+               schema: dict | None = None) -> dict:
         if key not in done:
             progress.update(bar, description=f"{key[0]} {key[1]} [{key[4]}]")
-            done[key] = run_sample(engine, messages, method, config, key[:4], memory)
+            done[key] = run_sample(engine, messages, method, config, key[:4], memory, schema)
             samples.append(done[key])
             progress.update(bar, advance=1, status=running_status(samples))
         elif memory is not None:  # resumed: run it again unrecorded, so the chain learns what it did
-            run_sample(engine, messages, method, config, key[:4], memory)
+            run_sample(engine, messages, method, config, key[:4], memory, schema)
         return done[key]
 
     for prompt in prompts:
@@ -231,9 +247,10 @@ def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progres
             prompt_tokens = engine.prompt_tokens(messages)
             for repeat in range(config.repeat):
                 unit = (prompt.task, prompt.prompt_id, turn, repeat)
-                group = [sample((*unit, m), messages, m) for m in rotate(config.methods, repeat)]
+                group = [sample((*unit, m), messages, m, schema=prompt.schema) for m in rotate(config.methods, repeat)]
                 group += [sample((*unit, f"{m}{WARM}"), messages, m,
-                                 memories.setdefault((prompt.task, m, repeat), Memory())) for m in warm]
+                                 memories.setdefault((prompt.task, m, repeat), Memory()), prompt.schema)
+                          for m in warm]
                 check_samples(engine, group, prompt_tokens)
                 results.save()
             ar_answer = done[(prompt.task, prompt.prompt_id, turn, 0, AR_METHOD)]["text"]

@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,11 +24,13 @@ from ..system import cache_dir
 @dataclass(frozen=True)
 class BenchPrompt:
     """One benchmark question: its user turns, asked one after another (multi-turn questions
-    carry the model's own earlier answers in the history)."""
+    carry the model's own earlier answers in the history); ``schema``: a JSON schema every answer
+    is constrained to (structured output), or None."""
 
     task: str
     prompt_id: str
     turns: tuple[str, ...]
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,22 @@ def load_grounded() -> list[BenchPrompt]:
     return load_jsonl(DATA / "grounded.jsonl", "grounded")
 
 
+def load_extraction() -> list[BenchPrompt]:
+    """Our own structured output: "extract the fields of this text as JSON" from an invoice, a
+    job offer, a review, an event, a flat to rent and a bug report (6), each answer constrained
+    to its own JSON schema."""
+    return load_jsonl(DATA / "extraction.jsonl", "extraction")
+
+
 TASKS: dict[str, Callable[[], list[BenchPrompt]]] = {"humaneval": load_humaneval, "mt-bench": load_mtbench,
                                                      "code-edit": load_code_edit, "everyday": load_everyday,
-                                                     "grounded": load_grounded}
+                                                     "grounded": load_grounded, "extraction": load_extraction}
 
 
 def load_jsonl(path: Path, task: str | None = None) -> list[BenchPrompt]:
     """Prompts from a JSONL file: one object per line with ``prompt`` (a string) or ``turns``
-    (a list of strings), and optionally ``id``. Blank lines are skipped.
+    (a list of strings), and optionally ``id`` and ``schema`` (a JSON schema the answers are
+    constrained to). Blank lines are skipped.
 
     Example line: ``{"id": "q1", "turns": ["Write a haiku.", "Now make it rhyme."]}``.
     Errors name the file and line number.
@@ -136,7 +146,10 @@ def load_jsonl(path: Path, task: str | None = None) -> list[BenchPrompt]:
         if not turns or not isinstance(turns, list) or not all(isinstance(t, str) and t for t in turns):
             raise QuickdraftError(f"{where}: needs 'prompt' (a non-empty string) or 'turns' "
                                   f"(a list of non-empty strings)")
-        prompts.append(BenchPrompt(task, str(row.get("id", number)), tuple(turns)))
+        schema = row.get("schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise QuickdraftError(f"{where}: 'schema' must be a JSON schema (an object)")
+        prompts.append(BenchPrompt(task, str(row.get("id", number)), tuple(turns), schema))
     if not prompts:
         raise QuickdraftError(f"{path}: no prompts")
     return prompts

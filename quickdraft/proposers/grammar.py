@@ -12,10 +12,20 @@ the others like any offer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..control import Offer
 from ..records import Draft
 
 GRAMMAR = "grammar"  # the source's name, in offers, drafts and stats["draft_sources"]
+
+
+@dataclass(frozen=True)
+class JumpForwardOptions:
+    """``jump_forward``: draft the tokens a request's grammar forces (default); off, the grammar
+    still constrains the output, only its forced tokens are not drafted (to measure what they give)."""
+
+    jump_forward: bool = True
 
 
 class ForcedDrafts:

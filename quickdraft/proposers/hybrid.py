@@ -29,7 +29,7 @@ from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftModelProposer, DraftOptions
-from .grammar import GRAMMAR, ForcedDrafts
+from .grammar import GRAMMAR, ForcedDrafts, JumpForwardOptions
 from .lookahead import Jacobi
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
@@ -63,7 +63,7 @@ def match_strength(match_length: int) -> str:
 
 
 @dataclass(frozen=True)
-class AutoOptions(SuffixOptions, DraftOptions):
+class AutoOptions(SuffixOptions, DraftOptions, JumpForwardOptions):
     """The suffix drafter's options, the draft model's ``min_confidence``, and ``max_draft``: the
     longest draft auto considers (the engine's budget caps it further). Its suffix candidates are
     not cut by length or survival probability (``length_per_match``, ``min_prob``): every token
@@ -129,7 +129,8 @@ class AutoProposer(BaseProposer):
         self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
         self.jacobi = Jacobi(1) if "lookahead" in memory.control else None
         self.draft_prefill = resources.prior.draft_prefill
-        self.forced = ForcedDrafts(resources.constraint) if resources.constraint is not None else None
+        jump = resources.constraint is not None and options.jump_forward
+        self.forced = ForcedDrafts(resources.constraint) if jump else None  # proposers/grammar.py
         self._source: str | None = None  # the last draft's source, until observed
         self._behind = 0  # the last offer's catch-up of the draft model (catch_up), in tokens
         self._setup = False  # the last draft began with a catch-up of the draft model

@@ -8,6 +8,10 @@ events; the stream is only opened once an engine has begun the request. While wa
 non-streaming request polls its connection, and a streaming one is cancelled by Starlette when
 the client goes; either way its jobs are cancelled, so the engine drops them after its current
 step.
+
+With tools (and ``tool_choice`` not ``none``) each choice's answer is read back into ``content``
+and ``tool_calls`` (server/tools.py), streamed as OpenAI streams them, ``finish_reason``
+``tool_calls`` when it called any.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from ..engine import Engine, Request
 from ..errors import QuickdraftError
 from ..records import GenerationResult, Piece
 from .protocol import (SSE_DONE, APIError, Reply, choice_requests, engine_error, engine_prompt, generation_options,
-                       model_not_found, speculative_summary, sse, timeout_error, usage)
+                       model_not_found, speculative_summary, sse, timeout_error, tool_choice, usage)
 from .scheduler import Event, Failed, Finished, Job, Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .tools import ToolCallParser, parse_tool_calls, renders_tool_calls
 
 DISCONNECT_POLL_S = 0.2  # how often a waiting non-streaming request checks that its client is still there
 TIMEOUT_GRACE_S = 2.0  # the worker enforces the deadline between steps; the HTTP side waits this much longer
@@ -71,12 +76,24 @@ class Completions:
                  on_error: Callable[[APIError], None]) -> None:
         self.scheduler, self.engine, self.model_names = scheduler, engine, tuple(model_names)
         self.timeout_s, self.on_error = timeout_s, on_error
+        self._tool_calls: bool | None = None  # whether the model's template writes tool calls as we read them
+
+    def tool_calls_known(self) -> bool:
+        """Whether this model's chat template writes tool calls in the format server/tools.py reads."""
+        if self._tool_calls is None:
+            self._tool_calls = renders_tool_calls(self.engine.target.chat_prompt)
+        return self._tool_calls
 
     async def __call__(self, body: ChatCompletionRequest | CompletionRequest, request: HTTPRequest, kind: str):
         if body.model not in self.model_names:
             raise model_not_found(body.model, self.model_names)
         prompt_param = "messages" if kind == "chat" else "prompt"
         prompt, chat = engine_prompt(body)
+        calls = tool_choice(body) != "none"  # answers are read back into tool calls
+        if calls and not self.tool_calls_known():
+            raise APIError(400, "this model's chat template does not write tool calls in a format quickdraft "
+                                "reads (<tool_call> tags, as Qwen2.5's and Hermes' do)", param="tools",
+                           code="invalid_value")
         try:
             prepared = self.engine.prepare(prompt, chat=chat, **generation_options(body))
         except QuickdraftError as e:
@@ -93,7 +110,7 @@ class Completions:
                 raise started.error
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._stream(choices, reply, include_usage),
+                return StreamingResponse(self._stream(choices, reply, include_usage, calls),
                                          media_type="text/event-stream", headers=SSE_HEADERS)
             while len(results) < len(choices.jobs):
                 job, event = await self._next_event(choices, request)
@@ -109,10 +126,12 @@ class Completions:
             raise
         answers = [(i, results[job]) for job in range(len(choices.jobs)) for i in choices.indices(job)]
         token_bytes = self.engine.target.token_bytes
+        parsed = [parse_tool_calls(result.text, new_call_id) if calls else (result.text, []) for _, result in answers]
         return JSONResponse(reply.response(
-            [reply.choice(i, result.text, result.finish_reason,
-                          None if result.logprobs is None else reply.logprobs(result.logprobs, token_bytes))
-             for i, result in answers],
+            [reply.choice(i, content, finish_reason(result.finish_reason, tool_calls),
+                          None if result.logprobs is None else reply.logprobs(result.logprobs, token_bytes),
+                          tool_calls)
+             for (i, result), (content, tool_calls) in zip(answers, parsed)],
             usage(len(prepared.tokens), sum(len(result.token_ids) for _, result in answers)),
             summary(prepared, results[0].stats)))
 
@@ -136,13 +155,16 @@ class Completions:
                 if request is not None and await request.is_disconnected():
                     raise ClientGone from None
 
-    async def _stream(self, choices: Choices, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(self, choices: Choices, reply: Reply, include_usage: bool,
+                      calls: bool = False) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format, each carrying its choice's ``index``,
         ``data: [DONE]`` last; an error after the stream started is sent as one ``data: {"error":
-        ...}`` event (OpenAI clients raise it) and ends it."""
+        ...}`` event (OpenAI clients raise it) and ends it. ``calls``: each choice's text is read
+        into content and tool-call deltas (ToolCallParser)."""
         done, finished, completion_tokens = False, 0, 0
         token_bytes = self.engine.target.token_bytes
         sent = [0] * choices.n  # characters of text each choice has streamed (completions' text_offset)
+        parsers = [ToolCallParser(new_call_id) for _ in range(choices.n)] if calls else None
         try:
             if reply.kind == "chat":
                 for i in range(choices.n):
@@ -157,13 +179,19 @@ class Completions:
                         for i in choices.indices(job):
                             logprobs = None if event.logprobs is None else reply.logprobs(event.logprobs, token_bytes,
                                                                                            sent[i])
-                            yield sse(reply.chunk(event.text, index=i, logprobs=logprobs))
+                            deltas = parsers[i].feed(event.text) if parsers else [{"content": event.text}]
+                            for n, delta in enumerate(deltas or [{"content": ""}] * (logprobs is not None)):
+                                yield sse(reply.chunk(delta.get("content"), index=i, tool_calls=delta.get("tool_calls"),
+                                                      logprobs=logprobs if n == 0 else None))
                             sent[i] += len(event.text)
                 elif isinstance(event, Finished):
                     result, finished = event.result, finished + 1
                     for i in choices.indices(job):
                         completion_tokens += len(result.token_ids)
-                        yield sse(reply.chunk(index=i, finish_reason=result.finish_reason,
+                        for delta in parsers[i].close() if parsers else ():
+                            yield sse(reply.chunk(delta.get("content"), index=i, tool_calls=delta.get("tool_calls")))
+                        reason = finish_reason(result.finish_reason, parsers[i].calls if parsers else [])
+                        yield sse(reply.chunk(index=i, finish_reason=reason,
                                               speculative=summary(choices.jobs[job].request, result.stats)))
                     if finished == len(choices.jobs):
                         done = True
@@ -178,6 +206,15 @@ class Completions:
         finally:
             if not (done and finished == len(choices.jobs)):  # the client went away, or a choice failed
                 self._cancel(choices)
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def finish_reason(reason: str, tool_calls: list[dict]) -> str:
+    """``tool_calls`` for an answer that ended (not cut by max_tokens) having called tools."""
+    return "tool_calls" if tool_calls and reason == "stop" else reason
 
 
 def summary(request: Request, stats: dict) -> dict:

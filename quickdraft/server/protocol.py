@@ -14,8 +14,10 @@ from typing import Any, Callable, Literal, Sequence
 
 from ..engine import Request
 from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
+from ..grammar import Grammar
 from ..records import TokenLogprob
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat
+from .tools import tool_grammar
 
 # OpenAI's default sampling is temperature 1, top_p 1 (pass temperature=0 for greedy).
 DEFAULT_TEMPERATURE = 1.0
@@ -118,10 +120,41 @@ def engine_prompt(request: ChatCompletionRequest | CompletionRequest) -> tuple[A
     return request.prompt, False
 
 
+# response_format's type -> the grammar of its answers (errors name the field the schema is in).
+_FORMATS: dict[str, Callable[[ResponseFormat], Grammar | None]] = {
+    "text": lambda fmt: None,
+    "json_object": lambda fmt: Grammar.json_object(param="response_format"),
+    "json_schema": lambda fmt: Grammar.json_schema({"type": "object"} if fmt.json_schema.schema_ is None
+                                                   else fmt.json_schema.schema_,
+                                                   param="response_format.json_schema.schema"),
+}
+
+
+def tool_choice(request: ChatCompletionRequest | CompletionRequest) -> str:
+    """``none`` (no tools, or tools not to call), ``auto``, ``required`` or the function to call."""
+    return request.tool_choice_name() if isinstance(request, ChatCompletionRequest) else "none"
+
+
+def request_grammar(request: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
+    """What the answer must match: tool calls in the model's format (server/tools.py) unless
+    ``tool_choice`` is ``none``, else the ``response_format``; None for free text."""
+    choice, fmt = tool_choice(request), request.response_format
+    if choice != "none":
+        if fmt is not None and fmt.type != "text":
+            raise InvalidParameterError("response_format together with tools is not supported: ask for the "
+                                        "format in a tool's parameters, or set tool_choice to 'none'",
+                                        param="response_format")
+        return tool_grammar([t.function.model_dump(exclude_none=True) for t in request.tools], choice,
+                            request.parallel_tool_calls is not False)
+    return None if fmt is None else _FORMATS[fmt.type](fmt)
+
+
 def generation_options(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
     """Keyword arguments for ``Engine.prepare`` besides the prompt (``max_tokens`` None: the
-    engine's default, what fits the context up to its cap)."""
+    engine's default, what fits the context up to its cap; ``tools``: what the chat template
+    renders; ``grammar``: :func:`request_grammar`)."""
     spec = request.speculative
+    tools = request.tools if isinstance(request, ChatCompletionRequest) else None
     return {
         "max_tokens": request.max_tokens,
         "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
@@ -135,6 +168,8 @@ def generation_options(request: ChatCompletionRequest | CompletionRequest) -> di
         "logprobs": request.top_logprobs_asked(),
         "method": spec.method if spec else None,
         "num_draft": spec.num_draft if spec else None,
+        "grammar": request_grammar(request),
+        "tools": [t.model_dump(exclude_none=True) for t in tools] if tools else None,
     }
 
 
@@ -211,12 +246,17 @@ class Reply:
         return {"id": self.id, "object": object_, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": choices, **extra}
 
-    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict:
+    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None,
+               tool_calls: list[dict] | None = None) -> dict:
         """One choice of a non-streaming answer (``logprobs``: :func:`chat_logprobs` or
-        :func:`text_logprobs`, for this reply's kind)."""
+        :func:`text_logprobs`, for this reply's kind; ``tool_calls``: the calls parsed from the
+        answer, ``text`` then the content besides them, null when empty)."""
         if self.kind == "chat":
-            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                    "finish_reason": finish_reason}
+            message = {"role": "assistant", "content": text or None} if tool_calls else {"role": "assistant",
+                                                                                          "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
     def response(self, choices: list[dict], usage: dict, speculative: dict) -> dict:
@@ -225,13 +265,17 @@ class Reply:
         return self._envelope(object_, choices, usage=usage, speculative=speculative)
 
     def chunk(self, text: str | None = None, *, index: int = 0, first: bool = False,
-              finish_reason: str | None = None, logprobs: dict | None = None, **extra) -> dict:
+              finish_reason: str | None = None, logprobs: dict | None = None, tool_calls: list[dict] | None = None,
+              **extra) -> dict:
         """One stream chunk of choice ``index``: the first one of a chat stream carries the role;
-        the last one the finish reason (and here the ``speculative`` stats, as an extra field)."""
+        the last one the finish reason (and here the ``speculative`` stats, as an extra field);
+        ``tool_calls``: deltas of tool calls (server/tools.py, ToolCallParser)."""
         if self.kind == "chat":
             delta: dict = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
+            if tool_calls is not None:
+                delta["tool_calls"] = tool_calls
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice], **extra)
         choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}

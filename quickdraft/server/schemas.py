@@ -1,9 +1,10 @@
 """Request bodies of the OpenAI-compatible endpoints, as pydantic models.
 
 Only what quickdraft can honour is accepted. Fields OpenAI clients commonly send that quickdraft
-does not do are accepted at their neutral value and refused otherwise (``tools=[...]``,
-``response_format``, ``echo``): a client that asks for something we do not do gets a 400 saying
-so, never a silent approximation. Ranges are OpenAI's documented ones (``temperature`` 0..2,
+does not do are accepted at their neutral value and refused otherwise (``functions``, ``echo``,
+``tools`` on text completions): a client that asks for something we do not do gets a 400 saying
+so, never a silent approximation. ``response_format`` (``text``, ``json_object``, ``json_schema``)
+and chat's ``tools``/``tool_choice`` are constrained decoding (grammar.py, server/tools.py). Ranges are OpenAI's documented ones (``temperature`` 0..2,
 ``n`` here at most 16, ``top_logprobs`` 0..20, completions' ``logprobs`` 0..5); the penalties'
 and ``logit_bias``'s are checked by ``Engine.prepare`` (-2..2, -100..100, keys token ids), whose
 errors name the parameter too. Unknown fields are ignored, as OpenAI-compatible servers usually do.
@@ -11,9 +12,11 @@ errors name the parameter too. Unknown fields are ignored, as OpenAI-compatible 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .tools import arguments_object
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
@@ -23,10 +26,8 @@ MAX_TEMPERATURE = 2.0
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs (OpenAI's range)
 MAX_COMPLETION_LOGPROBS = 5  # the completions endpoint's logprobs (OpenAI's range)
 
-# field -> the value that means "feature not used"; anything else is refused with a 400.
-_NEUTRAL: dict[str, Any] = {
-    "tools": [], "functions": [], "echo": False, "best_of": 1, "suffix": "", "response_format": {"type": "text"},
-}
+MAX_TOOLS = 128
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's function and response_format names
 
 
 class SpeculativeOptions(BaseModel):
@@ -51,18 +52,97 @@ class TextPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments_are_an_object(cls, arguments: str) -> str:
+        arguments_object(arguments)  # a ValueError names the field
+        return arguments
+
+
+class ToolCall(BaseModel):
+    """A tool call of an assistant message in the history (what an earlier answer returned)."""
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
-    """One chat message; ``content`` may be a string or a list of text parts (joined)."""
+    """One chat message; ``content`` may be a string or a list of text parts (joined). An
+    assistant's may carry ``tool_calls``, a ``tool`` message answers one (``tool_call_id``)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        """The ``{"role", "content"}`` form chat templates take (``developer`` is a system turn)."""
+    def as_dict(self) -> dict[str, Any]:
+        """The form chat templates take: ``{"role", "content"}`` (``developer`` is a system turn),
+        an assistant's ``tool_calls`` with their arguments as objects (as Hugging Face templates
+        render them), a tool message's ``tool_call_id`` and ``name``."""
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.function.name, "arguments": arguments_object(c.function.arguments)}} for c in self.tool_calls]
+        out.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v is not None})
+        return out
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must be valid against (any JSON
+    object when absent); ``strict`` is accepted either way: the schema is always enforced."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``text`` (no constraint), ``json_object`` (one JSON object) or
+    ``json_schema`` (JSON valid against ``json_schema.schema``)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given with, and only with, type 'json_schema'")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function to call."""
+
+    type: Literal["function"]
+    function: FunctionName
 
 
 class _GenerationRequest(BaseModel):
@@ -84,10 +164,12 @@ class _GenerationRequest(BaseModel):
     presence_penalty: float | None = Field(None, allow_inf_nan=False)
     frequency_penalty: float | None = Field(None, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
     # Accepted at their neutral value only (see _NEUTRAL).
-    tools: list[Any] | None = None
     functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+
+    # field -> the value that means "feature not used"; anything else is refused with a 400.
+    _NEUTRAL: ClassVar[dict[str, Any]] = {"functions": []}
 
     @field_validator("stop")
     @classmethod
@@ -101,7 +183,7 @@ class _GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _unsupported_features(self):
-        for name, neutral in _NEUTRAL.items():
+        for name, neutral in self._NEUTRAL.items():
             value = getattr(self, name, None)
             if value is not None and value != neutral:
                 raise ValueError(f"'{name}' is not supported by this server (got {value!r})")
@@ -121,6 +203,35 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        names = [tool.function.name for tool in tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("function names must be distinct")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, choice, info):
+        names = [tool.function.name for tool in info.data.get("tools") or []]
+        if choice not in (None, "none") and not names:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"no tool is named {choice.function.name!r} (tools: {', '.join(names)})")
+        return choice
+
+    def tool_choice_name(self) -> str:
+        """``none``, ``auto``, ``required`` or the function's name; ``none`` without tools."""
+        if not self.tools:
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
 
     @model_validator(mode="after")
     def _one_max_tokens(self):
@@ -149,6 +260,9 @@ class CompletionRequest(_GenerationRequest):
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None
+    tools: list[Any] | None = None
+
+    _NEUTRAL: ClassVar[dict[str, Any]] = {"functions": [], "tools": [], "echo": False, "best_of": 1, "suffix": ""}
 
     def top_logprobs_asked(self) -> int | None:
         """Alternatives per token whose log-probabilities the response reports (None: no logprobs)."""

@@ -9,6 +9,7 @@ caught by the same test. The grammar's forced tokens are auto's ``grammar`` draf
 """
 
 import json
+from collections import Counter
 
 import jsonschema
 import numpy as np
@@ -208,7 +209,7 @@ def sampled_pairs(tiny_engine, method: str) -> tuple[dict, dict, int, int]:
     exact = two_token_distribution(tiny_engine.target, prompt, params, process=lambda row, generated: np.where(
         reference_mask(vocabulary, WORDS, generated), row, -np.inf))
     engine = simulated_engine(tiny_engine)
-    counts, drafted, accepted = dict.fromkeys(exact, 0), 0, 0
+    counts, drafted, accepted = Counter(), 0, 0
     for seed in range(DRAWS):
         out = engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
                               num_draft=3, grammar=WORDS)
@@ -218,7 +219,10 @@ def sampled_pairs(tiny_engine, method: str) -> tuple[dict, dict, int, int]:
     return exact, counts, drafted, accepted
 
 
-def chi_square_pvalue(exact: dict, counts: dict) -> float:
+def chi_square_pvalue(exact: dict, counts: Counter) -> float:
+    """The chi-square test's p-value; 0 when a pair the exact distribution never gives was drawn."""
+    if set(counts) - set(exact):
+        return 0.0
     keys = sorted(exact)
     return chisquare([counts[k] for k in keys], [exact[k] * DRAWS for k in keys]).pvalue
 
