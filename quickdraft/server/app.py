@@ -69,6 +69,8 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        for engine in engines:  # read now, before the workers decode: it reads every token's bytes
+            engine.vocabulary()
         scheduler.start()
         try:
             yield

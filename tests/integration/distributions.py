@@ -1,9 +1,10 @@
 """The exact distribution the statistical tests compare speculative sampling against, and the
 tests' own reference for penalties (OpenAI's formula written out, independent of the engine)."""
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy.stats import chisquare
 
 from quickdraft.sampling import SamplingParams, warp
 
@@ -16,6 +17,15 @@ def penalized_row(row: np.ndarray, generated: Sequence[int], presence_penalty: f
     for token, bias in (logit_bias or {}).items():
         out[int(token)] += bias
     return out
+
+
+def chi_square_pvalue(exact: Mapping[tuple, float], counts: Mapping[tuple, int], draws: int) -> float:
+    """The chi-square test's p-value of ``counts`` (of ``draws`` samples) against the ``exact``
+    distribution; 0 when a pair outside its support was drawn."""
+    if {k for k, n in counts.items() if n} - set(exact):
+        return 0.0
+    keys = sorted(exact)
+    return chisquare([counts.get(k, 0) for k in keys], [exact[k] * draws for k in keys]).pvalue
 
 
 def two_token_distribution(target, prompt: list[int], params: SamplingParams,

@@ -10,8 +10,7 @@ accepted draft tokens are the ones plain decoding computes.
 
 import numpy as np
 import pytest
-from distributions import penalized_row, two_token_distribution
-from scipy.stats import chisquare
+from distributions import chi_square_pvalue, penalized_row, two_token_distribution
 from test_engine_tiny import PROMPTS, SPECULATIVE, simulated_engine
 
 import quickdraft.engine
@@ -135,16 +134,11 @@ def sampled_pairs(tiny_engine, method: str) -> tuple[dict, dict, int, int]:
     return exact, counts, drafted, accepted
 
 
-def chi_square_pvalue(exact: dict, counts: dict) -> float:
-    keys = sorted(exact)
-    return chisquare([counts[k] for k in keys], [exact[k] * DRAWS for k in keys]).pvalue
-
-
 @pytest.mark.parametrize("method", ["draft", "draft-tree", "auto"])
 def test_sampled_output_follows_the_penalized_target_distribution(tiny_engine, method):
     exact, counts, drafted, _ = sampled_pairs(tiny_engine, method)
     assert drafted > DRAWS / 2, "too few drafts: the test would not exercise verification"
-    assert chi_square_pvalue(exact, counts) > 1e-3, (counts, exact)
+    assert chi_square_pvalue(exact, counts, DRAWS) > 1e-3, (counts, exact)
 
 
 def test_the_distribution_test_catches_penalties_that_forget_the_draft(tiny_engine, monkeypatch):
@@ -152,7 +146,7 @@ def test_the_distribution_test_catches_penalties_that_forget_the_draft(tiny_engi
     monkeypatch.setattr(quickdraft.engine, "penalize", forgetful_penalize)
     exact, counts, _, accepted = sampled_pairs(tiny_engine, "draft")
     assert accepted > DRAWS / 4
-    assert chi_square_pvalue(exact, counts) < 1e-6, (counts, exact)
+    assert chi_square_pvalue(exact, counts, DRAWS) < 1e-6, (counts, exact)
 
 
 def test_the_lossless_check_compares_under_the_same_penalties(tiny_engine):

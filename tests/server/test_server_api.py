@@ -181,8 +181,9 @@ BAD_REQUESTS = [
     ("chat", {**CHAT, "logit_bias": {"newline": 1}}, 400, "logit_bias"),
     ("chat", {**CHAT, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     ("chat", {**CHAT, "top_logprobs": 3}, 400, "top_logprobs"),
-    ("chat", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, None),
-    ("chat", {**CHAT, "response_format": {"type": "json_object"}}, 400, None),
+    ("chat", {**CHAT, "functions": [{"name": "f"}]}, 400, None),
+    ("chat", {**CHAT, "response_format": {"type": "xml"}}, 400, "response_format.type"),
+    ("chat", {**CHAT, "tool_choice": "required"}, 400, "tool_choice"),
     ("chat", {**CHAT, "max_tokens": 100_000}, 400, "max_tokens"),
     ("chat", {**CHAT, "messages": [{"role": "user", "content": LONG}]}, 400, "messages"),
     ("chat", {**CHAT, "messages": [{"role": "user", "content": LONG}], "stream": True}, 400, "messages"),
@@ -195,6 +196,7 @@ BAD_REQUESTS = [
     ("text", {"model": MODEL, "prompt": "hi", "stream": True, "temperature": -1}, 400, "temperature"),
     ("text", {"model": MODEL, "prompt": "hi", "logprobs": 6}, 400, "logprobs"),
     ("text", {"model": MODEL, "prompt": "hi", "echo": True}, 400, None),
+    ("text", {"model": MODEL, "prompt": "hi", "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, None),
 ]
 
 

@@ -24,7 +24,7 @@ def test_defaults_follow_openai_and_the_engine():
     options = generation_options(ChatCompletionRequest(**CHAT))
     assert options == {"max_tokens": None, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": [],
                        "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": {}, "logprobs": None,
-                       "method": None, "num_draft": None}
+                       "method": None, "num_draft": None, "grammar": None, "tools": None}
 
 
 def test_speculative_and_sampling_fields_map_to_engine_keywords():
@@ -34,7 +34,7 @@ def test_speculative_and_sampling_fields_map_to_engine_keywords():
     assert generation_options(request) == {"max_tokens": 5, "temperature": 0, "top_p": 0.5, "top_k": 3, "seed": 9,
                                            "stop": ["END"], "presence_penalty": 0.5, "frequency_penalty": -1,
                                            "logit_bias": {"12": -100}, "logprobs": 3, "method": "ngram",
-                                           "num_draft": 6}
+                                           "num_draft": 6, "grammar": None, "tools": None}
 
 
 def test_logprobs_fields_per_endpoint():
@@ -61,7 +61,8 @@ def test_max_completion_tokens_is_max_tokens():
 
 @pytest.mark.parametrize("fields, param", [
     ({"n": 0}, "n"), ({"n": 17}, "n"), ({"stop": [""]}, "stop"), ({"stop": ["x"] * 17}, "stop"),
-    ({"tools": [{"type": "function"}]}, None), ({"response_format": {"type": "json_object"}}, None),
+    ({"tools": [{"type": "function"}]}, "tools[0].function"), ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"functions": [{"name": "f"}]}, None), ({"tool_choice": "auto"}, "tool_choice"),
     ({"speculative": {"method": "draft", "draft_path": "/etc/passwd"}}, "speculative.draft_path"),
     ({"seed": -1}, "seed"), ({"temperature": float("nan")}, "temperature"), ({"temperature": 2.01}, "temperature"),
     ({"temperature": -0.1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.1}, "top_p"),
