@@ -18,7 +18,7 @@ from distributions import chi_square_pvalue, two_token_distribution
 from llguidance import LLMatcher
 from test_engine_tiny import PROMPTS, SPECULATIVE, simulated_engine
 
-from quickdraft import Grammar
+from quickdraft import Grammar, Memory
 from quickdraft.errors import InvalidParameterError
 from quickdraft.grammar import Constraint
 from quickdraft.proposers.hybrid import AutoProposer
@@ -75,14 +75,14 @@ def test_greedy_speculative_equals_constrained_plain_decoding(tiny_engine, metho
     drafted = accepted = 0
     for prompt in PROMPTS:
         plain = tiny_engine.generate(prompt, max_tokens=80, method="ar", grammar=grammar)
-        for stream in (engine.stream(prompt, max_tokens=80, method=method, num_draft=4, grammar=grammar),):
-            text = "".join(piece.text for piece in stream)
-            spec = stream.result
-            assert spec.token_ids == plain.token_ids and text == spec.text == plain.text, (method, prompt)
-            jsonschema.validate(json.loads(spec.text), SCHEMA)
-            assert spec.finish_reason == "stop"
-            drafted += spec.stats["drafted_tokens"]
-            accepted += spec.stats["accepted_tokens"]
+        stream = engine.stream(prompt, max_tokens=80, method=method, num_draft=4, grammar=grammar)
+        text = "".join(piece.text for piece in stream)
+        spec = stream.result
+        assert spec.token_ids == plain.token_ids and text == spec.text == plain.text, (method, prompt)
+        jsonschema.validate(json.loads(spec.text), SCHEMA)
+        assert spec.finish_reason == "stop"
+        drafted += spec.stats["drafted_tokens"]
+        accepted += spec.stats["accepted_tokens"]
     assert drafted > 0 and accepted > 0, f"{method} never had a draft accepted: verification not exercised"
 
 
@@ -99,12 +99,13 @@ def test_auto_drafts_the_forced_tokens_and_every_one_is_accepted(tiny_engine, mo
     grammar = Grammar.json_schema(SCHEMA)
     for prompt in PROMPTS:
         for options in ({}, {"temperature": 0.9, "seed": 5}):
+            engine.memory = Memory()  # a new user's engine: no earlier answer for suffix drafts to copy
             result = engine.generate(prompt, max_tokens=80, method="auto", grammar=grammar, **options)
             assert result.stats["draft_sources"]["grammar"] >= 2  # {"name": and ", "age": at least
             jsonschema.validate(json.loads(result.text), SCHEMA)
     forced = [a for source, a in seen if source == "grammar"]
     assert forced and all(a.accepted == a.drafted > 0 for a in forced)
-    assert sum(a.accepted for a in forced) >= 8 * len(PROMPTS)  # {"name": "  ...  ", "age": ...
+    assert sum(a.accepted for a in forced) >= 4 * 2 * len(PROMPTS)
 
 
 def test_forced_tokens_are_the_only_ones_the_grammar_allows(tiny_engine):
