@@ -1,6 +1,7 @@
 """The exact distribution the statistical tests compare speculative sampling against, and the
 tests' own reference for penalties (OpenAI's formula written out, independent of the engine)."""
 
+from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,19 @@ def penalized_row(row: np.ndarray, generated: Sequence[int], presence_penalty: f
     for token, bias in (logit_bias or {}).items():
         out[int(token)] += bias
     return out
+
+
+def sampled_pairs_counts(engine, prompt: list[int], draws: int, **options) -> tuple[Counter, int, int]:
+    """(counts, drafted, accepted): the first two tokens of ``draws`` generations of 3 tokens
+    seeded 0 .. draws - 1 (temperature 1, top-k 3, drafts of 3; ``options``: the method and what
+    is tested), counted, and the draft tokens they drafted and had accepted."""
+    counts, drafted, accepted = Counter(), 0, 0
+    for seed in range(draws):
+        out = engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, num_draft=3, **options)
+        counts[tuple(out.token_ids[:2])] += 1
+        drafted += out.stats["drafted_tokens"]
+        accepted += out.stats["accepted_tokens"]
+    return counts, drafted, accepted
 
 
 def chi_square_pvalue(exact: Mapping[tuple, float], counts: Mapping[tuple, int], draws: int) -> float:

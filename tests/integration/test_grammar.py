@@ -9,12 +9,11 @@ caught by the same test. The grammar's forced tokens are auto's ``grammar`` draf
 """
 
 import json
-from collections import Counter
 
 import jsonschema
 import numpy as np
 import pytest
-from distributions import chi_square_pvalue, two_token_distribution
+from distributions import chi_square_pvalue, sampled_pairs_counts, two_token_distribution
 from llguidance import LLMatcher
 from test_engine_tiny import PROMPTS, SPECULATIVE, simulated_engine
 
@@ -208,15 +207,7 @@ def sampled_pairs(tiny_engine, method: str) -> tuple[dict, dict, int, int]:
     vocabulary = tiny_engine.vocabulary()
     exact = two_token_distribution(tiny_engine.target, prompt, params, process=lambda row, generated: np.where(
         reference_mask(vocabulary, WORDS, generated), row, -np.inf))
-    engine = simulated_engine(tiny_engine)
-    counts, drafted, accepted = Counter(), 0, 0
-    for seed in range(DRAWS):
-        out = engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
-                              num_draft=3, grammar=WORDS)
-        counts[tuple(out.token_ids[:2])] += 1
-        drafted += out.stats["drafted_tokens"]
-        accepted += out.stats["accepted_tokens"]
-    return exact, counts, drafted, accepted
+    return exact, *sampled_pairs_counts(simulated_engine(tiny_engine), prompt, DRAWS, method=method, grammar=WORDS)
 
 
 @pytest.mark.parametrize("method", ["draft", "draft-tree", "auto"])

@@ -10,7 +10,7 @@ accepted draft tokens are the ones plain decoding computes.
 
 import numpy as np
 import pytest
-from distributions import chi_square_pvalue, penalized_row, two_token_distribution
+from distributions import chi_square_pvalue, penalized_row, sampled_pairs_counts, two_token_distribution
 from test_engine_tiny import PROMPTS, SPECULATIVE, simulated_engine
 
 import quickdraft.engine
@@ -123,15 +123,8 @@ def sampled_pairs(tiny_engine, method: str) -> tuple[dict, dict, int, int]:
     prompt = start + tiny_engine.generate(start, max_tokens=4, method="ar").token_ids
     exact = two_token_distribution(tiny_engine.target, prompt, params,
                                    process=lambda row, generated: penalized_row(row, generated, **SAMPLED_PENALTIES))
-    engine = simulated_engine(tiny_engine)
-    counts, drafted, accepted = dict.fromkeys(exact, 0), 0, 0
-    for seed in range(DRAWS):
-        out = engine.generate(prompt, max_tokens=3, temperature=1.0, top_k=3, seed=seed, method=method,
-                              num_draft=3, **SAMPLED_PENALTIES)
-        counts[tuple(out.token_ids[:2])] += 1
-        drafted += out.stats["drafted_tokens"]
-        accepted += out.stats["accepted_tokens"]
-    return exact, counts, drafted, accepted
+    return exact, *sampled_pairs_counts(simulated_engine(tiny_engine), prompt, DRAWS, method=method,
+                                        **SAMPLED_PENALTIES)
 
 
 @pytest.mark.parametrize("method", ["draft", "draft-tree", "auto"])
