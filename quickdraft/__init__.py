@@ -14,7 +14,7 @@ from .backends import BACKENDS, COMMON_SETTINGS, DEFAULT_BACKEND, backend_spec
 from .engine import Engine, Memory, Request, Stream
 from .errors import QuickdraftError
 from .grammar import Grammar
-from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model, self_draft_type
 from .proposers import METHODS
 from .sampling import SamplingParams
 from .system import quickdraft_version, use_batch_invariant_llama
@@ -38,7 +38,9 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     cost per token, measured in a few steps the first time a model is loaded on this machine and
     build, then cached (``calibrate=False`` skips that; ``quickdraft calibrate`` measures a
     careful curve). ``default_max_tokens``: cap for requests that do not say (never beyond what
-    fits the context). The draft model is loaded when a method first uses it.
+    fits the context). The draft model is loaded when a method first uses it; ``draft="self:q4_0"``
+    (any ``self:<type>`` of ``models.SELF_DRAFT_TYPES``) drafts with a low-bit copy of the target
+    itself, made by llama.cpp's quantizer on first use and cached.
 
     ``backend`` names the backend (``quickdraft.backends.BACKENDS``): ``llamacpp`` (GGUF; settings
     ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``precise``, ...) or ``torch`` (``pip install
@@ -49,6 +51,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     are method options, each given to the methods that declare it (``min_confidence``,
     ``skip_layers``, ``heads=DIR`` for the heads made by ``quickdraft train``, ...).
     """
+    if draft is not None:
+        self_draft_type(str(draft))  # fail fast on a self:<type> llama.cpp cannot make, before loading anything
     spec = backend_spec(backend)
     backend_settings = {k: settings.pop(k) for k in list(settings) if k in COMMON_SETTINGS or k in spec.settings}
     if backend_settings.get("batch_invariant"):

@@ -40,7 +40,10 @@ def friendly(command):
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: a model name (`quickdraft "
                       "models` lists them) or a .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: a model "
-                          "name or .gguf path ('none': auto drafts without one).")
+                          "name or .gguf path with the target's vocabulary; self:TYPE (self:q4_0, self:q3_k_m, self:q2_k, "
+                          "...: `quickdraft methods` lists them) for a low-bit copy of the target "
+                          "itself, made with llama.cpp's quantizer on first use and cached; 'none': auto drafts "
+                          "without one.")
 Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
                       "| medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
                       "step: suffix match, draft model or none).")
@@ -207,12 +210,26 @@ def methods():
         table.add_row(spec.name, spec.summary, spec.draft_model, ", ".join(sorted(spec.requires)) or "-",
                       ", ".join(spec.option_names()) or "-")
     Console().print(table)
+    Console().print(self_draft_table())
+
+
+def self_draft_table() -> Table:
+    """The low-bit copies of the target a draft can be (``--draft self:TYPE``)."""
+    table = Table(title="self-drafts (--draft self:TYPE): the target quantized by llama.cpp, cached")
+    for column in ("--draft", "bits per weight", "note"):
+        table.add_column(column)
+    for name, kind in models.SELF_DRAFT_TYPES.items():
+        table.add_row(f"self:{name}", f"{kind.bits:.2f}", kind.note)
+    for name, why in models.SELF_DRAFT_REFUSED.items():
+        table.add_row(f"[dim]self:{name}[/]", "-", f"[dim]refused: {why}[/]")
+    return table
 
 
 @app.command("models")
 @friendly
 def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and verify missing bundled models "
-                                           "(and make the Q4_0 variants from them).")):
+                                           "(and make the IQ4_NL and Q4_0 variants from them; the Q8_0 target "
+                                           "is made on first use).")):
     """List the bundled models and whether they are assembled in the cache."""
     table = Table(title=f"bundled models (cache: {cache_dir()})")
     for column in ("name", "size", "status", "path"):
@@ -223,7 +240,7 @@ def list_models(fetch: bool = typer.Option(False, "--fetch", help="Assemble and 
         table.add_row(model.name, f"{model.size / 1e6:,.0f} MB", models.model_status(model),
                       str(cache_dir() / model.filename))
     for derived in models.DERIVED.values():
-        if fetch:
+        if fetch and derived.fetched:
             models.ensure_derived(derived)
         table.add_row(derived.name, f"made from {derived.base}", models.derived_status(derived),
                       str(cache_dir() / derived.filename))
@@ -329,7 +346,7 @@ def calibrate(
     from .profiles import MachineProfile, write_profile
 
     model = backend_spec(backend).open(models.resolve_model(target), **backend_settings(n_ctx, threads, None, dtype, device))
-    draft_model = model.sibling(models.resolve_model(draft)) if draft and draft.lower() != "none" else None
+    draft_model = model.sibling(models.resolve_draft(draft, model.path)) if draft and draft.lower() != "none" else None
     if draft_model is not None:
         from .backends.base import check_same_vocabulary
 

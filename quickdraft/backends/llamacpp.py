@@ -471,16 +471,19 @@ def system_info() -> str:
 
 
 def requantize(source: Path, dest: Path, quant_type: str, n_threads: int | None = None,
-               output_type: str | None = None) -> None:
-    """Write ``source`` re-encoded with every tensor as ``quant_type`` (e.g. ``"Q4_0"``) to ``dest``
-    with llama.cpp's own quantizer (``pure``: no per-tensor exceptions; requantizing allowed), the
-    output matrix and the token embeddings as ``output_type`` (a ggml type, e.g. ``"Q8_0"``) when
-    given."""
+               output_type: str | None = None, *, pure: bool = True) -> None:
+    """Write ``source`` re-encoded as ``quant_type`` (a llama.cpp file type, e.g. ``"Q4_0"``,
+    ``"Q3_K_M"``) to ``dest`` with llama.cpp's own quantizer, requantizing allowed (a source whose
+    tensors are quantized already is dequantized and quantized again, as ``llama-quantize
+    --allow-requantize`` does): ``pure`` every tensor of the type's base kind, no per-tensor
+    exceptions; otherwise llama.cpp's own recipe for the type (what ``llama-quantize`` makes: the
+    output matrix and some layers in more bits). The output matrix and the token embeddings as
+    ``output_type`` (a ggml type, e.g. ``"Q8_0"``) when given."""
     ftype = getattr(ll, f"LLAMA_FTYPE_MOSTLY_{quant_type}", None)
     if ftype is None:
         raise InvalidParameterError(f"llama.cpp has no quantization type {quant_type!r}")
     params = ll.llama_model_quantize_default_params()
-    params.ftype, params.pure, params.allow_requantize = ftype, True, True
+    params.ftype, params.pure, params.allow_requantize = ftype, pure, True
     if output_type is not None:
         ggml_type = getattr(ll, f"GGML_TYPE_{output_type}", None)
         if ggml_type is None:

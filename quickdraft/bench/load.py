@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import QuickdraftError
-from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_draft, resolve_model
 from ..system import cpu_info, default_threads
 
 SERVERS = ("quickdraft", "quickdraft-one-at-a-time", "llama-server", "llama-server-draft")
@@ -293,7 +293,8 @@ def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> d
     """Run the load bench; writes ``out/load.json``, ``out/load.md`` and plots; returns the document."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
-    target, draft = resolve_model(config.target), resolve_model(config.draft)
+    target = resolve_model(config.target)
+    draft = resolve_draft(config.draft, target)
     console.print("preparing prompts and their answers alone ...")
     prompts, answers = load_prompts(config, console)
     doc = {"config": {**asdict(config), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info().to_dict()},

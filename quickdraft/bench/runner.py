@@ -31,7 +31,7 @@ from ..check import check_against_ar
 from ..engine import Memory
 from ..errors import QuickdraftError
 from ..grammar import Grammar
-from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_draft
 from ..proposers import METHODS
 from .metrics import AR_METHOD, WARM, geometric_mean, sample_key, summarize, with_speedups
 from .tasks import BenchPrompt, load_tasks
@@ -276,7 +276,8 @@ def _run_peers(engine, config: BenchConfig, results: Results, progress: Progress
         results.doc["peers"].append(row)
         results.save()
 
-    status = run_peers(peer_prompts, target_path=engine.target.path, draft_path=resolve_model(config.draft),
+    status = run_peers(peer_prompts, target_path=engine.target.path,
+                       draft_path=resolve_draft(config.draft, engine.target.path),
                        max_tokens=config.max_tokens, repeat=config.repeat, num_draft=config.num_draft,
                        on_row=on_row, progress=progress, done=done)
     results.doc["peer_status"].update(status)
