@@ -19,6 +19,7 @@ from .proposers import METHODS
 from .sampling import SamplingParams
 from .system import quickdraft_version, use_batch_invariant_llama
 from .records import Acceptance, Draft, GenerationResult, Piece
+from .verifiers import AcceptanceRule, TypicalAcceptance
 
 __version__ = quickdraft_version()
 
@@ -26,7 +27,7 @@ __version__ = quickdraft_version()
 def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT_DRAFT, *,
          backend: str = DEFAULT_BACKEND, method: str = "auto", num_draft: int | None = None,
          controller: str = "fixed", chat: bool = True, default_max_tokens: int | None = None,
-         calibrate: bool = True, **settings) -> Engine:
+         calibrate: bool = True, acceptance: str | AcceptanceRule = "exact", **settings) -> Engine:
     """Load a target (bundled name or path) and optionally a draft model into an Engine.
 
     ``method`` defaults to ``auto``: per step the best of a suffix draft, a draft-model draft (when
@@ -40,7 +41,9 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     careful curve). ``default_max_tokens``: cap for requests that do not say (never beyond what
     fits the context). The draft model is loaded when a method first uses it; ``draft="self:q4_0"``
     (any ``self:<type>`` of ``models.SELF_DRAFT_TYPES``) drafts with a low-bit copy of the target
-    itself, made by llama.cpp's quantizer on first use and cached.
+    itself, made by llama.cpp's quantizer on first use and cached. ``acceptance``: the default
+    acceptance rule, ``exact`` (lossless); ``"typical"`` (or ``TypicalAcceptance(...)`` with its
+    thresholds) is Medusa's LOSSY rule when sampling, marked as such in every result.
 
     ``backend`` names the backend (``quickdraft.backends.BACKENDS``): ``llamacpp`` (GGUF; settings
     ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``precise``, ...) or ``torch`` (``pip install
@@ -59,8 +62,9 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
         use_batch_invariant_llama()  # before llama.cpp is loaded
     model = spec.open(resolve_model(str(target)), **backend_settings)
     return Engine(model, draft=draft, method=method, num_draft=num_draft, controller=controller, chat=chat,
-                  calibrate=calibrate, default_max_tokens=default_max_tokens, **settings)
+                  calibrate=calibrate, default_max_tokens=default_max_tokens, acceptance=acceptance, **settings)
 
 
-__all__ = ["BACKENDS", "METHODS", "Acceptance", "Draft", "Engine", "GenerationResult", "Grammar", "Memory", "Piece",
-           "QuickdraftError", "Request", "SamplingParams", "Stream", "load", "__version__"]
+__all__ = ["BACKENDS", "METHODS", "Acceptance", "AcceptanceRule", "Draft", "Engine", "GenerationResult", "Grammar",
+           "Memory", "Piece", "QuickdraftError", "Request", "SamplingParams", "Stream", "TypicalAcceptance", "load",
+           "__version__"]

@@ -62,6 +62,13 @@ DtypeOpt = typer.Option(None, "--dtype", help="torch backend: bfloat16 (default;
                         "float32 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu, cuda, ... (default: cuda when present).")
 Heads = typer.Option(None, "--heads", help="Trained draft heads for --method medusa | eagle (made by `quickdraft train`).")
+AcceptanceOpt = typer.Option("exact", "--acceptance", help="How drafts are verified: exact (default, lossless: the "
+                              "target's own output) | typical (Medusa's typical acceptance: LOSSY when sampling, "
+                              "the output is not the target's distribution; exactly greedy at temperature 0).")
+PosteriorThreshold = typer.Option(None, "--posterior-threshold", help="--acceptance typical: epsilon in "
+                                  "p(token) > min(epsilon, alpha * exp(-entropy)) (default 0.09).")
+PosteriorAlpha = typer.Option(None, "--posterior-alpha", help="--acceptance typical: alpha in "
+                              "p(token) > min(epsilon, alpha * exp(-entropy)) (default 0.3).")
 BatchInvariant = typer.Option(False, "--batch-invariant", help="llamacpp backend: every row computed the same way "
                               "whatever the batch, so answers never depend on batching or drafts (`make "
                               "batch-invariant` first; about half the speed).")
@@ -77,15 +84,18 @@ def backend_settings(n_ctx: int, threads: int | None, gpu_layers: int | None = N
 
 
 def load_engine(target, draft, method, num_draft, settings: dict, *, backend: str = "llamacpp", raw=False,
-                controller="fixed", tree=False, default_max_tokens=None, **options):
+                controller="fixed", tree=False, default_max_tokens=None, acceptance="exact",
+                posterior_threshold=None, posterior_alpha=None, **options):
     """``load()`` from command-line values; ``options`` (method options) that are None are left out."""
     from . import load
     from .proposers import METHODS
+    from .verifiers import acceptance_rule
 
+    rule = acceptance_rule(acceptance, posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
     method = METHODS.tree_variant(method or "draft") if tree else (method or "auto")
     return load(target, None if draft.lower() == "none" else draft, backend=backend, method=method,
                 num_draft=num_draft, chat=not raw, controller=controller, default_max_tokens=default_max_tokens,
-                **settings, **{k: v for k, v in options.items() if v is not None})
+                acceptance=rule, **settings, **{k: v for k, v in options.items() if v is not None})
 
 
 @app.command()
@@ -109,12 +119,15 @@ def generate(
     n_ctx: int = NCtx, threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     heads: Optional[str] = Heads, batch_invariant: bool = BatchInvariant,
+    acceptance: str = AcceptanceOpt, posterior_threshold: Optional[float] = PosteriorThreshold,
+    posterior_alpha: Optional[float] = PosteriorAlpha,
 ):
     """Generate text, streaming it, then print a stats line."""
     engine = load_engine(target, draft, method, num_draft,
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
-                         heads=heads)
+                         heads=heads, acceptance=acceptance, posterior_threshold=posterior_threshold,
+                         posterior_alpha=posterior_alpha)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
     stream = engine.stream(prompt, **options)
@@ -147,7 +160,11 @@ def generate(
 
 
 def _stats_line(s: dict) -> str:
-    return (f"{s['generated_tokens']} tokens, {s['tokens_per_second']:.1f} tok/s | "
+    rule = s.get("acceptance", "exact")
+    lossy = (f"LOSSY ({rule} acceptance: not the target's distribution; total variation "
+             f"{s['tv_per_token']:.3f} per token) | " if not s.get("lossless", True) else
+             f"{rule} acceptance (exact when greedy) | " if rule != "exact" else "")
+    return (lossy + f"{s['generated_tokens']} tokens, {s['tokens_per_second']:.1f} tok/s | "
             f"{s['target_forwards']} target forwards, mean accepted length {s['mean_accepted_length']:.2f}, "
             f"acceptance {s['accepted_tokens']}/{s['drafted_tokens']} ({100 * s['acceptance_rate']:.0f}%) | "
             f"draft {s['draft_time_s']:.2f}s, verify {s['verify_time_s']:.2f}s"
@@ -210,7 +227,24 @@ def methods():
         table.add_row(spec.name, spec.summary, spec.draft_model, ", ".join(sorted(spec.requires)) or "-",
                       ", ".join(spec.option_names()) or "-")
     Console().print(table)
+    Console().print(acceptance_table())
     Console().print(self_draft_table())
+
+
+def acceptance_table() -> Table:
+    """The acceptance rules (``--acceptance``): lossless or not, and their options."""
+    import dataclasses
+
+    from .verifiers import ACCEPTANCE
+
+    table = Table(title="acceptance rules (--acceptance)")
+    for column in ("rule", "lossless", "what it does", "options (default)"):
+        table.add_column(column)
+    for rule in ACCEPTANCE.values():
+        options = ", ".join(f"{f.name} ({f.default})" for f in dataclasses.fields(rule))
+        table.add_row(rule.name, "yes" if rule.lossless else "[bold red]NO[/] (when sampling)", rule.summary,
+                      options or "-")
+    return table
 
 
 def self_draft_table() -> Table:
@@ -271,6 +305,10 @@ def bench(
     peer_limit: int = typer.Option(2, "--peer-limit", help="Prompts per task for the peers."),
     threads: Optional[int] = Threads, backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt,
     heads: Optional[str] = Heads,
+    acceptance: str = typer.Option("exact", "--acceptance", help="Comma-separated acceptance rules each method "
+                                   "runs under: exact (lossless) and/or typical (LOSSY when sampling: rows "
+                                   "'<method> (typical)', with how far the output moves from plain sampling)."),
+    posterior_threshold: Optional[float] = PosteriorThreshold, posterior_alpha: Optional[float] = PosteriorAlpha,
 ):
     """Measure speedup over plain decoding (interleaved in one run, every sample from a fresh engine
     state), acceptance and peers."""
@@ -285,7 +323,10 @@ def bench(
                          data=tuple(data), methods=tuple(chosen), max_tokens=max_tokens,
                          limit=limit, repeat=repeat, num_draft=num_draft, temperature=temperature, n_ctx=n_ctx,
                          peer_limit=peer_limit, controller=controller, backend=backend, dtype=dtype,
-                         heads=heads, warm=warm, threads=threads)
+                         heads=heads, warm=warm, threads=threads,
+                         acceptance=tuple(a for a in acceptance.split(",") if a),
+                         acceptance_options={k: v for k, v in (("posterior_threshold", posterior_threshold),
+                                                               ("posterior_alpha", posterior_alpha)) if v is not None})
     results = run_bench(config, out, resume=resume, overwrite=overwrite, peers=peers)
     divergent = [s for s in results["samples"] if (s.get("check") or {}).get("result") == "real divergence"]
     if divergent:
@@ -478,6 +519,8 @@ def serve(
     threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     heads: Optional[str] = Heads, batch_invariant: bool = BatchInvariant,
+    acceptance: str = AcceptanceOpt, posterior_threshold: Optional[float] = PosteriorThreshold,
+    posterior_alpha: Optional[float] = PosteriorAlpha,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     try:
@@ -487,7 +530,8 @@ def serve(
     engine = load_engine(target, draft, method, num_draft,
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
-                         min_confidence=min_confidence, heads=heads)
+                         min_confidence=min_confidence, heads=heads, acceptance=acceptance,
+                         posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
     names = (model_name,) if model_name else models.served_names(target)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "

@@ -54,6 +54,8 @@ class Request:
     many most likely alternatives (``Piece.logprobs``, ``GenerationResult.logprobs``).
     grammar: what the output must match (grammar.py; checked against the target's vocabulary),
     or None.
+    acceptance: the rule that verifies its drafts (verifiers.ACCEPTANCE; exact, lossless, unless
+    the request opted into another).
     """
 
     tokens: tuple[int, ...]
@@ -65,6 +67,7 @@ class Request:
     controller: str
     logprobs: int | None = None
     grammar: Grammar | None = None
+    acceptance: verifiers.AcceptanceRule = verifiers.EXACT
 
     @property
     def method(self) -> str:
@@ -161,7 +164,8 @@ class Engine:
     draft model's when it is first loaded. ``default_max_tokens``: cap for requests that do not
     say (always at most what fits the context). ``methods``: the registry (tests add methods to a
     copy). ``clock``: what step timings are read from (tests pass a synthetic one). ``options``:
-    method options, each given to the methods that declare it.
+    method options, each given to the methods that declare it. ``acceptance``: the default
+    acceptance rule (a name or a rule, verifiers.ACCEPTANCE; ``exact``, lossless, unless given).
 
     A request runs alone (:meth:`stream`, :meth:`generate`), or, on a backend that batches, with
     others in shared steps (:meth:`start` each in sequences of its own, :meth:`step` them
@@ -171,7 +175,8 @@ class Engine:
     def __init__(self, target: Backend, *, draft: str | Path | Backend | None = None, method: str = "auto",
                  num_draft: int | None = None, controller: str = "fixed", chat: bool = True,
                  calibrate: bool = False, prior: Prior | None = None, default_max_tokens: int | None = None,
-                 methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter, **options) -> None:
+                 methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter,
+                 acceptance: str | verifiers.AcceptanceRule = "exact", **options) -> None:
         self.target, self.methods, self.chat = target, methods, chat
         self.method, self.num_draft, self.controller = method, num_draft, controller
         self.calibrate = calibrate
@@ -179,6 +184,7 @@ class Engine:
         self.default_max_tokens = default_max_tokens
         self.clock = clock
         self.options = options
+        self.acceptance = verifiers.acceptance_rule(acceptance)
         self.memory = Memory()
         self._draft = draft
         self._vocabulary: Vocabulary | None = None
@@ -307,7 +313,8 @@ class Engine:
                 method: str | None = None, num_draft: int | None = None, controller: str | None = None,
                 chat: bool | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                 logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
-                grammar: Grammar | None = None, tools: Sequence[dict] | None = None) -> Request:
+                grammar: Grammar | None = None, tools: Sequence[dict] | None = None,
+                acceptance: str | verifiers.AcceptanceRule | None = None) -> Request:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
         ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
         at most ``default_max_tokens``."""
@@ -347,7 +354,8 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + max_tokens ({max(max_tokens, 1)}) exceeds the context size "
                 f"({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx",
                 param="max_tokens" if max_tokens >= self.target.n_ctx else "prompt")
-        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs, grammar)
+        rule = self.acceptance if acceptance is None else verifiers.acceptance_rule(acceptance)
+        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs, grammar, rule)
 
     def stream(self, prompt: Prompt | Request, **options) -> Stream:
         """Generate, yielding :class:`Piece` s; ``prompt`` is a prepared :class:`Request` or
@@ -370,6 +378,8 @@ class Engine:
         complete), tools (OpenAI tool definitions the chat template renders into the prompt). Penalties, bias and the grammar's mask apply to the target's logits at every
         position it verifies, drafts included (``sampling.penalize``, ``sampling.constrain``), so
         the output is plain decoding's under the same penalties and grammar.
+        acceptance (None: the engine's; ``"typical"`` opts into a LOSSY rule when sampling, marked in
+        the stats).
         """
         stream = self.stream(prompt, **options)
         for _ in stream:
@@ -502,7 +512,8 @@ class Engine:
                 logits = penalize(logits, g.generated, d.row_prefixes(), sampling)
             if g.resources.constraint is not None:  # the grammar's tokens after each row's prefix
                 logits = constrain(logits, g.resources.constraint.allowed(d.row_prefixes()))
-            acceptance = verifiers.select(sampling, tree=d.parents is not None)(d, logits, sampling, g.rng)
+            acceptance = verifiers.select(sampling, tree=d.parents is not None,
+                                          rule=g.request.acceptance)(d, logits, sampling, g.rng)
             if d.extra_rows:
                 acceptance = replace(acceptance, guesses=tuple(int(t) for t in guesses.argmax(axis=1)))
             if g.request.logprobs is not None:  # row kept_nodes()[i] chose emitted token i
@@ -545,7 +556,8 @@ class Generation:
         self.rng = request.sampling.rng()
         self.context, self.generated = list(request.tokens), []
         self.logprobs: list | None = None if request.logprobs is None else []
-        self.stats = Stats(prompt_tokens=len(self.context))
+        self.stats = Stats(prompt_tokens=len(self.context), acceptance=request.acceptance.name,
+                           lossless=request.acceptance.lossless_for(request.sampling))
         self.out = _TextOut(resources.target, request.stop)
         self.started = clock()
         self.prefilled = False

@@ -104,6 +104,9 @@ class Acceptance:
         lookahead's Jacobi window learns from); empty without extras.
     logprobs: [accepted + 1] the target's log-probabilities of ``tokens`` when the request asks
         for them (the engine adds them after the verifier), else None.
+    tv: how far a lossy acceptance rule moved the emitted tokens from the target's distribution:
+        the sum over them of the total variation distance between the distribution each was
+        emitted from and the target's there (verifiers/typical.py); 0 for a lossless rule.
     """
 
     tokens: tuple[int, ...]
@@ -113,6 +116,7 @@ class Acceptance:
     depth: int | None = None
     guesses: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None
+    tv: float = 0.0
 
     def __post_init__(self) -> None:
         assert 0 <= self.accepted <= self.drafted, (self.accepted, self.drafted)

@@ -18,6 +18,11 @@ class Stats:
     was accepted (for a tree draft: reaching depth i + 1, and its accepted path reaching it).
     draft_lengths[k]: steps that drafted k tokens; draft_sources[s]: steps whose draft came from
     source s (methods with several sources, such as auto; "plain" for its plain steps).
+    acceptance: the rule that verified the drafts; lossless: whether the output is the target's
+    own under it (False only for a lossy rule, such as typical acceptance when sampling); then
+    tv_per_token is how far it moved the output: the mean over generated tokens of the total
+    variation distance between the distribution each was emitted from and the target's
+    (verifiers/typical.py: the expected share of tokens that part from plain sampling).
     """
 
     generated_tokens: int = 0
@@ -30,6 +35,9 @@ class Stats:
     total_time_s: float = 0.0
     prompt_tokens: int = 0
     ended_on_eos: bool = False
+    acceptance: str = "exact"
+    lossless: bool = True
+    tv: float = 0.0  # sum of Acceptance.tv
     accepted_lengths: list[int] = field(default_factory=list)  # emitted tokens per step
     draft_lengths: dict[int, int] = field(default_factory=dict)
     draft_sources: dict[str, int] = field(default_factory=dict)
@@ -44,6 +52,7 @@ class Stats:
         self.generated_tokens += emitted
         self.drafted_tokens += acceptance.drafted
         self.accepted_tokens += acceptance.accepted
+        self.tv += acceptance.tv
         self.draft_time_s += times.draft_s
         self.verify_time_s += times.verify_s
         self.accepted_lengths.append(emitted)
@@ -94,6 +103,9 @@ class Stats:
             "draft_lengths": {str(k): n for k, n in sorted(self.draft_lengths.items())},
             **({"draft_sources": dict(self.draft_sources)} if self.draft_sources else {}),
             **({"why": dict(self.why)} if self.why else {}),
+            "acceptance": self.acceptance,
+            "lossless": self.lossless,
+            **({} if self.lossless else {"tv_per_token": round(self.tv / max(self.generated_tokens, 1), 5)}),
         }
 
     def summary(self) -> str:

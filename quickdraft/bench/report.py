@@ -34,8 +34,8 @@ DPI = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 SUMMARY_HEADERS = ("task", "method", "speedup (geo mean, min-max)", "median",
-                   "mean accepted length", "acceptance rate", "tok/s", "checks")
-TERMINAL_HEADERS = ("task", "method", "speedup [min-max]", "median", "tau", "accept", "tok/s", "checks")
+                   "mean accepted length", "acceptance rate", "tok/s", "checks", "output")
+TERMINAL_HEADERS = ("task", "method", "speedup [min-max]", "median", "tau", "accept", "tok/s", "checks", "output")
 TERMINAL_PEER_HEADERS = ("peer", "method", "status", "runs", "tok/s [min-max]", "speedup [min-max]", "equal")
 PEER_HEADERS = ("peer", "method", "status", "runs", "tok/s (median, min-max)",
                 "speedup vs own baseline", "equal to reference")
@@ -204,7 +204,17 @@ def summary_cells(row: dict, brackets: str = "()") -> list[str]:
         fmt_pct(row.get("acceptance_rate")),
         fmt_num(row.get("tokens_per_second"), 1),
         fmt_checks(row.get("checks")),
+        fmt_output(row),
     ]
+
+
+def fmt_output(row: dict) -> str:
+    """Whether a row's output is the target's own, or how far a lossy acceptance rule moved it:
+    'target's' or 'LOSSY: TV 0.031/token' (verifiers/typical.py)."""
+    if row.get("lossless", True):
+        return "target's"
+    tv = _num(row.get("tv_per_token"))
+    return "LOSSY" + (f": TV {tv:.3f}/token" if tv is not None else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,13 +351,16 @@ def summary_table(results: dict) -> Table:
         table.add_column(Text(header), justify="right" if 2 <= i < 7 else "left", no_wrap=i < 7)
     rows = _rows(results, "summary")
     for row in rows:
-        texts = summary_cells(row, brackets="[]")[:7] + [fmt_checks_short(row.get("checks"))]
+        cells = summary_cells(row, brackets="[]")
+        texts = cells[:7] + [fmt_checks_short(row.get("checks")), cells[8]]
         cells = [Text(c) for c in texts]
         speedup = _num(row.get("speedup"))
         if speedup is not None and row.get("method") != AR_METHOD:
             cells[2].stylize("green" if speedup >= 1 else "red")
         if "DIVERGED" in cells[7].plain:
             cells[7].stylize("bold red")
+        if "LOSSY" in cells[8].plain:
+            cells[8].stylize("bold yellow")
         table.add_row(*cells)
     if not rows:
         table.caption = f"no summary yet ({len(_rows(results, 'samples'))} samples recorded)"
@@ -706,7 +719,11 @@ def section_summary(results: dict) -> list[str]:
     if rows:
         lines += ["Speedup is AR time / speculative time on the same prompts in the same run: "
                   "geometric mean over prompt-turn units of each unit's median over repeats "
-                  "(min-max over units). tok/s is the median over samples.", "",
+                  "(min-max over units). tok/s is the median over samples. Output: the target's own "
+                  "(a lossless acceptance rule), or LOSSY with how far it moved from plain sampling: the "
+                  "total variation distance between the distribution each token was emitted from and "
+                  "the target's, per token (the expected share of tokens that part from a plain sample "
+                  "coupled as closely as possible; summed over an answer, a bound on its distance).", "",
                   md_table(SUMMARY_HEADERS, [summary_cells(r) for r in rows], right=range(2, 7)), ""]
         return lines
     samples = _rows(results, "samples")

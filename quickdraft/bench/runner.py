@@ -13,6 +13,10 @@ auto starts from, the KV cache's prompt prefix, which only prefill time sees) is
 report. ``warm`` adds rows "<method> (warm)": the same method after the task's earlier prompt-turns
 in order (one memory per task, method and repeat, fed by those warm runs), which is what a
 server that has answered them would know; a prompt-turn is never preceded by itself.
+
+``acceptance`` runs every method but ``ar`` under each listed rule: a lossy one (``typical``) in
+rows "<method> (typical)", each sample carrying how far its output moved from plain sampling
+(``tv_per_token``, verifiers/typical.py) beside its speed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,8 +37,11 @@ from ..errors import QuickdraftError
 from ..grammar import Grammar
 from ..models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_draft
 from ..proposers import METHODS
-from .metrics import AR_METHOD, WARM, geometric_mean, sample_key, summarize, with_speedups
+from ..verifiers import EXACT, AcceptanceRule, acceptance_rule
+from .metrics import AR_METHOD, WARM, geometric_mean, run_label, sample_key, summarize, with_speedups
 from .tasks import BenchPrompt, load_tasks
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,36 @@ class BenchConfig:
     heads: str | None = None  # trained heads for medusa/eagle (a directory, or one holding medusa/ and eagle/)
     warm: bool = False  # also each method after the task's earlier prompt-turns (rows "<method> (warm)")
     threads: int | None = None
+    acceptance: tuple[str, ...] = ("exact",)  # the rules every method but ar runs under (verifiers.ACCEPTANCE)
+    acceptance_options: dict = field(default_factory=dict)  # e.g. {"posterior_threshold": 0.05}
 
     def __post_init__(self) -> None:
         if AR_METHOD not in self.methods:  # the baseline every speedup is measured against
             object.__setattr__(self, "methods", (AR_METHOD, *self.methods))
         if self.repeat < 1 or self.max_tokens < 1 or (self.limit is not None and self.limit < 1):
             raise QuickdraftError("--repeat, --max-tokens and --limit must be >= 1")
+        if not self.acceptance:
+            raise QuickdraftError("--acceptance needs at least one rule", param="acceptance")
+        self.rules()  # fail fast: an unknown rule, an option no rule takes, a bad value
+
+    def rules(self) -> list[AcceptanceRule]:
+        """The acceptance rules the methods run under, each with the options that rule declares."""
+        rules = []
+        for name in self.acceptance:
+            declared = set(asdict(acceptance_rule(name)))
+            rules.append(acceptance_rule(name, **{k: v for k, v in self.acceptance_options.items() if k in declared}))
+        unused = sorted(set(self.acceptance_options) - {k for rule in rules for k in asdict(rule)})
+        if unused:
+            raise QuickdraftError(f"no acceptance rule of {', '.join(self.acceptance)} takes the option "
+                                  f"{unused[0]}", param=unused[0])
+        return rules
+
+    def runs(self) -> list[tuple[str, str, AcceptanceRule]]:
+        """``(row label, method, rule)`` per method and rule, ``ar`` once (plain decoding has no drafts
+        to accept): ``("draft (typical)", "draft", TypicalAcceptance())``."""
+        rules = self.rules()
+        return [(run_label(m, rule.name), m, rule) for m in self.methods
+                for rule in ([EXACT] if m == AR_METHOD else rules)]
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -106,21 +137,22 @@ class Results:
         os.replace(tmp, self.path)
 
 
-def rotate(methods: Sequence[str], by: int) -> list[str]:
+def rotate(methods: Sequence[T], by: int) -> list[T]:
     """Run order for repeat ``by``: rotate(["ar", "draft", "ngram"], 1) == ["draft", "ngram", "ar"]."""
     by %= len(methods)
     return [*methods[by:], *methods[:by]]
 
 
 def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, key: tuple,
-               memory: Memory | None = None, schema: dict | None = None) -> dict:
+               memory: Memory | None = None, rule: AcceptanceRule | str = "exact", schema: dict | None = None) -> dict:
     """Generate once and return the sample record (see the schema in quickdraft.bench). The engine
-    runs with ``memory`` (a warm sample's), else with a fresh one (a cold sample). ``schema``: the
-    JSON schema the answer is constrained to; ``valid`` then says whether it is valid against it."""
+    runs with ``memory`` (a warm sample's), else with a fresh one (a cold sample), verifying
+    drafts by ``rule``. ``schema``: the JSON schema the answer is constrained to; ``valid`` then
+    says whether it is valid against it."""
     task, prompt_id, turn, repeat = key
     engine.memory = memory if memory is not None else Memory()
     request = engine.prepare(messages, method=method, max_tokens=config.max_tokens, num_draft=config.num_draft,
-                             temperature=config.temperature, seed=config.seed + repeat,
+                             temperature=config.temperature, seed=config.seed + repeat, acceptance=rule,
                              grammar=None if schema is None else Grammar.json_schema(schema))
     start = time.perf_counter()
     result = engine.generate(request)
@@ -128,8 +160,8 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
     s = result.stats
     keep = ("target_forwards", "drafted_tokens", "accepted_tokens", "accepted_lengths", "acceptance_by_position",
             "drafted_by_position", "accepted_by_position", "draft_time_s", "verify_time_s", "prefill_time_s",
-            "tokens_per_second", "ended_on_eos")
-    label = method if memory is None else f"{method}{WARM}"
+            "tokens_per_second", "ended_on_eos", "acceptance", "lossless")
+    label = run_label(method, request.acceptance.name) + ("" if memory is None else WARM)
     return {"task": task, "prompt_id": prompt_id, "turn": turn, "repeat": repeat, "method": label,
             "mode": "cold" if memory is None else "warm",
             "config": {"num_draft": request.budget if method != AR_METHOD else 0,
@@ -137,6 +169,7 @@ def run_sample(engine, messages: list[dict], method: str, config: BenchConfig, k
                        "draft_lengths": s.get("draft_lengths"), "draft_sources": s.get("draft_sources")},
             "prompt_tokens": result.prompt_tokens, "new_tokens": s["generated_tokens"], "time_s": elapsed,
             "decode_time_s": s["total_time_s"] - s["prefill_time_s"], **{k: s[k] for k in keep},
+            "tv_per_token": s.get("tv_per_token"),
             "speedup": None, "check": None, "token_ids": result.token_ids, "text": result.text,
             "valid": None if schema is None else schema_valid(result.text, schema)}
 
@@ -223,20 +256,21 @@ def calibrate_engine(target, draft, context: list[int], progress: Progress, repe
 def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progress: Progress, units: list) -> None:
     samples = results.doc["samples"]
     done = {sample_key(s): s for s in samples}
-    warm = [m for m in config.methods if m != AR_METHOD] if config.warm else []
-    total = sum(len(p.turns) for p in prompts) * config.repeat * (len(config.methods) + len(warm))
+    runs = config.runs()
+    warm = [run for run in runs if run[1] != AR_METHOD] if config.warm else []
+    total = sum(len(p.turns) for p in prompts) * config.repeat * (len(runs) + len(warm))
     bar = progress.add_task("bench", total=total, completed=len(done), status=running_status(samples))
-    memories: dict[tuple, Memory] = {}  # (task, method, repeat) -> what the warm runs so far taught it
+    memories: dict[tuple, Memory] = {}  # (task, row label, repeat) -> what the warm runs so far taught it
 
-    def sample(key: tuple, messages: list[dict], method: str, memory: Memory | None = None,
-               schema: dict | None = None) -> dict:
+    def sample(key: tuple, messages: list[dict], method: str, rule: AcceptanceRule,
+               memory: Memory | None = None, schema: dict | None = None) -> dict:
         if key not in done:
             progress.update(bar, description=f"{key[0]} {key[1]} [{key[4]}]")
-            done[key] = run_sample(engine, messages, method, config, key[:4], memory, schema)
+            done[key] = run_sample(engine, messages, method, config, key[:4], memory, rule, schema)
             samples.append(done[key])
             progress.update(bar, advance=1, status=running_status(samples))
         elif memory is not None:  # resumed: run it again unrecorded, so the chain learns what it did
-            run_sample(engine, messages, method, config, key[:4], memory, schema)
+            run_sample(engine, messages, method, config, key[:4], memory, rule, schema)
         return done[key]
 
     for prompt in prompts:
@@ -247,10 +281,11 @@ def _run_prompts(engine, prompts, config: BenchConfig, results: Results, progres
             prompt_tokens = engine.prompt_tokens(messages)
             for repeat in range(config.repeat):
                 unit = (prompt.task, prompt.prompt_id, turn, repeat)
-                group = [sample((*unit, m), messages, m, schema=prompt.schema) for m in rotate(config.methods, repeat)]
-                group += [sample((*unit, f"{m}{WARM}"), messages, m,
-                                 memories.setdefault((prompt.task, m, repeat), Memory()), prompt.schema)
-                          for m in warm]
+                group = [sample((*unit, label), messages, m, rule, schema=prompt.schema)
+                         for label, m, rule in rotate(runs, repeat)]
+                group += [sample((*unit, f"{label}{WARM}"), messages, m, rule,
+                                 memories.setdefault((prompt.task, label, repeat), Memory()), prompt.schema)
+                          for label, m, rule in warm]
                 check_samples(engine, group, prompt_tokens)
                 results.save()
             ar_answer = done[(prompt.task, prompt.prompt_id, turn, 0, AR_METHOD)]["text"]

@@ -16,6 +16,7 @@ from ..engine import Request
 from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from ..grammar import Grammar
 from ..records import TokenLogprob
+from ..verifiers import acceptance_rule, option_names
 from .schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat
 from .tools import tool_grammar
 
@@ -40,7 +41,7 @@ class APIError(Exception):
 
 
 # The engine's parameter names -> the request fields they come from.
-_PARAMS = {"method": "speculative.method", "num_draft": "speculative.num_draft"}
+_PARAMS = {name: f"speculative.{name}" for name in ("method", "num_draft", "acceptance", *option_names())}
 
 
 def engine_error(exc: QuickdraftError, *, prompt_param: str = "messages") -> APIError:
@@ -170,7 +171,21 @@ def generation_options(request: ChatCompletionRequest | CompletionRequest) -> di
         "num_draft": spec.num_draft if spec else None,
         "grammar": request_grammar(request),
         "tools": [t.model_dump(exclude_none=True) for t in tools] if tools else None,
+        "acceptance": speculative_acceptance(spec),
     }
+
+
+def speculative_acceptance(spec) -> Any:
+    """The acceptance rule a request's ``speculative`` field asks for (None: the server's): a rule
+    name with its options; options without a rule name are an error naming the option."""
+    options = {name: getattr(spec, name) for name in option_names()} if spec else {}
+    if spec is None or spec.acceptance is None:
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise InvalidParameterError(f"speculative.{given[0]} is an option of an acceptance rule: give "
+                                        f"speculative.acceptance too (\"typical\")", param=given[0])
+        return None
+    return acceptance_rule(spec.acceptance, **options)
 
 
 def choice_requests(request: Request, n: int) -> list[Request]:

@@ -31,16 +31,23 @@ NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's function and response_format
 
 
 class SpeculativeOptions(BaseModel):
-    """The ``speculative`` request field: how this request is decoded (the output does not change).
+    """The ``speculative`` request field: how this request is decoded (the output does not change,
+    unless ``acceptance`` opts into a lossy rule).
 
     method: a registered method name (``ar``, ``draft``, ``ngram``, ...; default: the server's).
     num_draft: draft budget, at most this many tokens per step (default: the server's).
+    acceptance: ``exact`` (lossless) or ``typical`` (Medusa's typical acceptance: LOSSY when
+    sampling; the response's ``speculative`` field then says ``"lossless": false``); default: the
+    server's. posterior_threshold, posterior_alpha: typical acceptance's options.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     method: str | None = Field(None, min_length=1, max_length=64)
     num_draft: int | None = Field(None, ge=0, le=MAX_NUM_DRAFT)
+    acceptance: str | None = Field(None, min_length=1, max_length=64)
+    posterior_threshold: float | None = None
+    posterior_alpha: float | None = None
 
 
 class StreamOptions(BaseModel):

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+import quickdraft
+
 from serverutil import MODEL, sample, scrape, wait_idle
 
 MESSAGES = [{"role": "system", "content": "you are terse"}, {"role": "user", "content": "hello world"}]
@@ -85,6 +87,24 @@ def test_speculative_field_picks_method_and_budget_without_changing_output(clien
             assert stats["drafted_tokens"] == 0
         else:
             assert stats["num_draft"] == num_draft and len(stats["acceptance_by_position"]) <= num_draft
+
+
+def test_typical_acceptance_is_opt_in_and_marked_lossy_in_the_response(client, reference_engine):
+    """``speculative.acceptance: "typical"`` switches a request to the lossy rule, and its
+    ``speculative`` field says so (``lossless: false``, how far it moved); greedy it is exact; a
+    request that does not ask stays lossless."""
+    sampled = dict(max_tokens=24, temperature=1.0, seed=3)
+    typical = {"speculative": {"acceptance": "typical", "posterior_threshold": 0.05}}
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, extra_body=typical, **sampled)
+    spec = reply.model_extra["speculative"]
+    assert spec["acceptance"] == "typical" and spec["lossless"] is False and spec["tv_per_token"] >= 0
+    expected = reference_engine.generate(MESSAGES, **sampled, acceptance=quickdraft.TypicalAcceptance(0.05))
+    assert reply.choices[0].message.content == expected.text
+    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, **sampled).model_extra["speculative"]
+    assert plain["acceptance"] == "exact" and plain["lossless"] is True and "tv_per_token" not in plain
+    greedy = client.chat.completions.create(model=MODEL, messages=MESSAGES, extra_body=typical, **GREEDY)
+    assert greedy.model_extra["speculative"]["lossless"] is True
+    assert greedy.choices[0].message.content == reference_engine.generate(MESSAGES, **GREEDY).text
 
 
 def test_sampling_with_a_seed_equals_the_engine(client, reference_engine):
@@ -189,6 +209,12 @@ BAD_REQUESTS = [
     ("chat", {**CHAT, "messages": [{"role": "user", "content": LONG}], "stream": True}, 400, "messages"),
     ("chat", {**CHAT, "speculative": {"method": "telepathy"}}, 400, "speculative.method"),
     ("chat", {**CHAT, "speculative": {"num_draft": -1}}, 400, "speculative.num_draft"),
+    ("chat", {**CHAT, "speculative": {"acceptance": "medusa"}}, 400, "speculative.acceptance"),
+    ("chat", {**CHAT, "speculative": {"posterior_threshold": 0.1}}, 400, "speculative.posterior_threshold"),
+    ("chat", {**CHAT, "speculative": {"acceptance": "typical", "posterior_alpha": 2}}, 400,
+     "speculative.posterior_alpha"),
+    ("chat", {**CHAT, "speculative": {"acceptance": "exact", "posterior_alpha": 0.2}}, 400,
+     "speculative.posterior_alpha"),
     ("text", {"model": MODEL, "prompt": LONG}, 400, "prompt"),
     ("text", {"model": MODEL, "prompt": "hello " * 200, "max_tokens": 400}, 400, "prompt"),
     ("text", {"model": MODEL, "prompt": [1, 2, 10**6]}, 400, "prompt"),

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from quickdraft.errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from quickdraft.engine import Request
 from quickdraft.proposers import METHODS
+from quickdraft.verifiers import TypicalAcceptance
 from quickdraft.records import TokenLogprob
 from quickdraft.sampling import SamplingParams
 from quickdraft.server.protocol import (APIError, Reply, chat_logprobs, choice_requests, engine_error, engine_prompt,
@@ -24,7 +25,8 @@ def test_defaults_follow_openai_and_the_engine():
     options = generation_options(ChatCompletionRequest(**CHAT))
     assert options == {"max_tokens": None, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": [],
                        "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": {}, "logprobs": None,
-                       "method": None, "num_draft": None, "grammar": None, "tools": None}
+                       "method": None, "num_draft": None, "grammar": None, "tools": None,
+                       "acceptance": None}
 
 
 def test_speculative_and_sampling_fields_map_to_engine_keywords():
@@ -34,7 +36,10 @@ def test_speculative_and_sampling_fields_map_to_engine_keywords():
     assert generation_options(request) == {"max_tokens": 5, "temperature": 0, "top_p": 0.5, "top_k": 3, "seed": 9,
                                            "stop": ["END"], "presence_penalty": 0.5, "frequency_penalty": -1,
                                            "logit_bias": {"12": -100}, "logprobs": 3, "method": "ngram",
-                                           "num_draft": 6, "grammar": None, "tools": None}
+                                           "num_draft": 6, "grammar": None, "tools": None,
+                                           "acceptance": None}
+    typical = ChatCompletionRequest(**CHAT, speculative={"acceptance": "typical", "posterior_alpha": 0.5})
+    assert generation_options(typical)["acceptance"] == TypicalAcceptance(posterior_alpha=0.5)
 
 
 def test_logprobs_fields_per_endpoint():
