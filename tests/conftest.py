@@ -36,10 +36,17 @@ FLAT_PRIOR_CURVE = [1.0 + 0.05 * k for k in range(17)]
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_pair, tiny_target_backend):
-    """One engine with every method available (the draft model is loaded once)."""
-    from quickdraft import Engine
+def flat_prior():
+    """The prior the tiny models' test engines start from (FLAT_PRIOR_CURVE)."""
     from quickdraft.control import Prior
 
+    return Prior(curve=FLAT_PRIOR_CURVE)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_pair, tiny_target_backend, flat_prior):
+    """One engine with every method available (the draft model is loaded once)."""
+    from quickdraft import Engine
+
     return Engine(tiny_target_backend, method="draft", num_draft=4, draft=str(tiny_pair[1]), chat=False,
-                  prior=Prior(curve=FLAT_PRIOR_CURVE))
+                  prior=flat_prior)

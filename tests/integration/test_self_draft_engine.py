@@ -12,10 +12,7 @@ from distributions import chi_square_pvalue, sampled_pairs_counts, two_token_dis
 
 from quickdraft import Engine, models
 from quickdraft.backends.llamacpp import LlamaCppBackend
-from quickdraft.control import Prior
 from quickdraft.sampling import SamplingParams
-
-from conftest import FLAT_PRIOR_CURVE
 from test_engine_tiny import PROMPTS
 
 
@@ -32,15 +29,15 @@ def q8_target(tmp_path_factory, tiny_pair):
                                     cache=tmp_path_factory.mktemp("q8"))
 
 
-def engine_for(target, draft: str, method: str = "draft") -> Engine:
+def engine_for(target, draft: str, prior, method: str = "draft") -> Engine:
     return Engine(LlamaCppBackend(target, n_ctx=512, n_batch=64, precise=True), method=method, num_draft=4,
-                  draft=draft, chat=False, prior=Prior(curve=FLAT_PRIOR_CURVE))
+                  draft=draft, chat=False, prior=prior)
 
 
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
 @pytest.mark.parametrize("method", ["draft", "draft-tree", "auto"])
-def test_greedy_output_is_plain_decodings(tiny_pair, cache, kind, method):
-    engine = engine_for(tiny_pair[0], f"self:{kind}", method)
+def test_greedy_output_is_plain_decodings(tiny_pair, cache, flat_prior, kind, method):
+    engine = engine_for(tiny_pair[0], f"self:{kind}", flat_prior, method)
     accepted = 0
     for prompt in PROMPTS:
         plain = engine.generate(prompt, max_tokens=40, method="ar")
@@ -51,11 +48,11 @@ def test_greedy_output_is_plain_decodings(tiny_pair, cache, kind, method):
     assert engine.draft_model().path.parent == cache / "self-drafts"
 
 
-def test_a_quantized_target_drafts_with_its_own_lower_bit_copy(q8_target, cache):
+def test_a_quantized_target_drafts_with_its_own_lower_bit_copy(q8_target, cache, flat_prior):
     """Q8_0 target, Q4_0 self-draft made from it (requantizing a quantized file): exact, and
     drafts are accepted (4-bit rounding moves these random 64-wide models' logits far more than a
     real model's: about 40% of drafted tokens agree)."""
-    engine = engine_for(q8_target, "self:q4_0")
+    engine = engine_for(q8_target, "self:q4_0", flat_prior)
     drafted = accepted = 0
     for prompt in PROMPTS:
         plain = engine.generate(prompt, max_tokens=40, method="ar")
@@ -66,12 +63,12 @@ def test_a_quantized_target_drafts_with_its_own_lower_bit_copy(q8_target, cache)
     assert engine.draft_model().vocab_size == engine.target.vocab_size
 
 
-def test_sampled_output_follows_the_target_distribution(q8_target, cache):
+def test_sampled_output_follows_the_target_distribution(q8_target, cache, flat_prior):
     """The self-draft goes through the same rejection sampling as any draft model: the first two
     sampled tokens follow the target's exact distribution (chi-square, as in test_engine_tiny).
     Negative control: the same counts against the copy's own distribution are rejected, so the
     test tells the target from its low-bit copy."""
-    engine = engine_for(q8_target, "self:q4_0")
+    engine = engine_for(q8_target, "self:q4_0", flat_prior)
     params = SamplingParams(temperature=1.0, top_k=3)
     prompt = engine.target.tokenize("hello world hello world hello", special=False)
     exact = two_token_distribution(engine.target, prompt, params)

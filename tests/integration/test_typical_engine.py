@@ -12,11 +12,9 @@ from typer.testing import CliRunner
 from quickdraft import Engine, TypicalAcceptance
 from quickdraft.bench.runner import BenchConfig, run_bench
 from quickdraft.cli import app
-from quickdraft.control import Prior
 from quickdraft.errors import InvalidParameterError, QuickdraftError
 from quickdraft.sampling import SamplingParams
 
-from conftest import FLAT_PRIOR_CURVE
 from distributions import two_token_distribution
 
 PROMPT = "the code of the world"
@@ -45,9 +43,9 @@ def test_greedy_typical_acceptance_is_plain_greedy_decoding(tiny_engine, method)
         assert typical.stats["lossless"] is True and typical.stats["acceptance"] == "typical"
 
 
-def test_an_engine_default_and_its_thresholds(tiny_pair, tiny_target_backend):
+def test_an_engine_default_and_its_thresholds(tiny_pair, tiny_target_backend, flat_prior):
     engine = Engine(tiny_target_backend, method="draft", num_draft=4, draft=str(tiny_pair[1]), chat=False,
-                    prior=Prior(curve=FLAT_PRIOR_CURVE), acceptance=TypicalAcceptance(posterior_threshold=0.01))
+                    prior=flat_prior, acceptance=TypicalAcceptance(posterior_threshold=0.01))
     assert engine.prepare(PROMPT).acceptance == TypicalAcceptance(0.01, 0.3)
     assert engine.prepare(PROMPT, acceptance="exact").acceptance.lossless
     loose = engine.generate(PROMPT, **SAMPLED)
@@ -56,7 +54,7 @@ def test_an_engine_default_and_its_thresholds(tiny_pair, tiny_target_backend):
     assert loose.stats["acceptance_rate"] > strict.stats["acceptance_rate"]
 
 
-def test_its_output_is_detectably_not_the_targets_distribution(tiny_pair, tiny_target_backend):
+def test_its_output_is_detectably_not_the_targets_distribution(tiny_pair, tiny_target_backend, flat_prior):
     """The documented expectation: a chi-square of the first two sampled tokens against the
     target's exact distribution rejects typical acceptance (p < 1e-3), while the same test passes
     the lossless rule on the same draws' count. Top-k 3 keeps the support at 9 pairs; a
@@ -64,7 +62,7 @@ def test_its_output_is_detectably_not_the_targets_distribution(tiny_pair, tiny_t
     of 50% agreement proposes often."""
     draft = make_disagreeing_draft(tiny_pair)
     engine = Engine(tiny_target_backend, method="draft", num_draft=2, draft=str(draft), chat=False,
-                    prior=Prior(curve=FLAT_PRIOR_CURVE))
+                    prior=flat_prior)
     params = SamplingParams(temperature=1.0, top_k=3)
     prompt = engine.prompt_tokens(PROMPT)
     exact = two_token_distribution(engine.target, prompt, params)
