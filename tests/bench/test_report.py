@@ -218,7 +218,7 @@ def test_summary_table_one_row_per_summary_entry():
     results = make_results(divergence=True)
     table = summary_table(results)
     assert table.row_count == len(results["summary"])
-    assert len(table.columns) == 8
+    assert len(table.columns) == 9  # ... checks, output (the target's, or LOSSY with its TV)
     console = Console(record=True, width=220)
     console.print(table)
     text = console.export_text()
