@@ -42,29 +42,31 @@ def time_forward(backend, context: Sequence[int], k: int) -> float:
     return elapsed
 
 
-def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = range(1, 17),
-              repeats: int = 5, seed: int = 0, on_step=lambda: None) -> dict:
+def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = range(1, 17), repeats: int = 5,
+              seed: int = 0, on_step=lambda: None, draft_context: Sequence[int] | None = None) -> dict:
     """Measure the target's forward time for each k in ``ks`` (and the draft's one-token time)
-    after ``context``, in a shuffled order per repeat. Returns the ``calibration`` object of
-    results.json."""
+    after ``context``, in a shuffled order per repeat. ``draft_context``: the draft model's tokens
+    of the same text, when its vocabulary is not the target's. Returns the ``calibration``
+    object of results.json."""
     rng = np.random.default_rng(seed)
     times: dict[int, list[float]] = {k: [] for k in ks}
     draft_times: list[float] = []
+    draft_context = context if draft_context is None else draft_context
     time_forward(target, context, 1)  # warm-up
     if draft is not None:
-        time_forward(draft, context, 1)
+        time_forward(draft, draft_context, 1)
     for _ in range(repeats):
         for k in rng.permutation(list(ks)):
             times[int(k)].append(time_forward(target, context, int(k)))
             on_step()
         if draft is not None:
-            draft_times.append(time_forward(draft, context, 1))
+            draft_times.append(time_forward(draft, draft_context, 1))
     prefill_times = []
     for _ in range(2 if draft is not None else 0):  # the draft model's rate on a long forward (a catch-up)
         draft.rollback(0)
         start = time.perf_counter()
-        draft.prefill(context)
-        prefill_times.append((time.perf_counter() - start) / len(context))
+        draft.prefill(draft_context)
+        prefill_times.append((time.perf_counter() - start) / len(draft_context))
     target.rollback(0)  # leave no cells held (a batching server needs them)
     if draft is not None:
         draft.rollback(0)
@@ -160,12 +162,14 @@ AGREEMENT_PROMPTS = {"code": "Write a Python function that checks whether a stri
 AGREEMENT_TOKENS = 48
 
 
-def draft_agreement(target, draft, prompts: dict[str, str] = AGREEMENT_PROMPTS,
+def draft_agreement(target, draft, bridge=None, prompts: dict[str, str] = AGREEMENT_PROMPTS,
                     tokens: int = AGREEMENT_TOKENS) -> dict[str, float]:
     """How often the draft model's greedy token is the target's, per kind of answer: the target
     answers each prompt greedily (``tokens`` tokens, through its chat template when it has one),
     the draft reads the same text in one forward, and the share of positions where its argmax is
-    the target's token is that kind's agreement (a greedy draft's acceptance)."""
+    the target's token is that kind's agreement (a greedy draft's acceptance). With a ``bridge``
+    (a draft of another vocabulary, bridge.py) the draft's guess at each position is the first
+    target token of a one-token draft there, as a request would draft it."""
     agreement = {}
     for kind, text in prompts.items():
         templated = target.chat_prompt([{"role": "user", "content": text}])
@@ -174,8 +178,12 @@ def draft_agreement(target, draft, prompts: dict[str, str] = AGREEMENT_PROMPTS,
         out = [int(np.argmax(target.forward(prompt[-1:])[0]))]
         for _ in range(tokens - 1):
             out.append(int(np.argmax(target.forward(out[-1:])[0])))
-        draft.prefill(prompt[:-1])
-        guesses = draft.forward([prompt[-1], *out[:-1]]).argmax(axis=1)  # [tokens]
+        if bridge is None:
+            draft.prefill(prompt[:-1])
+            guesses = draft.forward([prompt[-1], *out[:-1]]).argmax(axis=1)  # [tokens]
+        else:
+            drafter, rng = bridge.drafter(draft), np.random.default_rng(0)
+            guesses = np.array([(drafter.propose([*prompt, *out[:i]], 1, rng) or (-1,))[0] for i in range(tokens)])
         agreement[kind] = float((guesses == np.asarray(out)).mean())
     target.rollback(0)
     draft.rollback(0)
@@ -185,30 +193,47 @@ def draft_agreement(target, draft, prompts: dict[str, str] = AGREEMENT_PROMPTS,
 DRAFT_PRIOR_KEYS = ("relative_to_target_step", "agreement", "prefill_relative")
 
 
-def draft_prior(target, draft) -> tuple[float, float, float]:
-    """(the draft model's time per token relative to a target step, its agreement with the target:
-    the mean over the kinds of :func:`draft_agreement`, its time per token of a long forward
-    relative to one token) from the cache, or measured now (a few steps of each, a prefill, and
-    :func:`draft_agreement`) and cached."""
+def draft_measures(target, draft, bridge=None) -> dict:
+    """The draft model's agreement with the target (:func:`draft_agreement`, per kind and
+    their mean) and its tokens per target token on :data:`CONTEXT_TEXT` (1 for the target's
+    vocabulary): the part of a draft prior beyond timings."""
+    by_kind = draft_agreement(target, draft, bridge)
+    ratio = len(draft.tokenize(CONTEXT_TEXT, special=False)) / len(target.tokenize(CONTEXT_TEXT, special=False))
+    return {"agreement": sum(by_kind.values()) / len(by_kind), "agreement_by_kind": by_kind,
+            "tokens_per_target_token": ratio}
+
+
+def draft_cost(draft: dict) -> float:
+    """The draft model's time per target token it drafts, relative to a target step, from a
+    calibration's ``draft`` part: its time per token times its tokens per target token."""
+    return draft["relative_to_target_step"] * draft.get("tokens_per_target_token", 1.0)
+
+
+def draft_prior(target, draft, bridge=None) -> tuple[float, float, float]:
+    """(the draft model's time per target token it drafts relative to a target step
+    (:func:`draft_cost`), its agreement with the target: the mean over the kinds of
+    :func:`draft_agreement`, its time per token of a long forward relative to one token) from
+    the cache, or measured now (a few steps of each on its own tokens of the calibration text, a
+    prefill, and :func:`draft_measures`) and cached. ``bridge``: a draft model of another
+    vocabulary (bridge.py)."""
     context = calibration_context(target)
     path = calibration_path(target, len(context), draft)
     cached = (read_calibration(path) or {}).get("draft") or {}
-    if all(key in cached for key in (*DRAFT_PRIOR_KEYS, "agreement_by_kind")):
-        return tuple(cached[key] for key in DRAFT_PRIOR_KEYS)
-    result = calibrate(target, context, draft, ks=[1], repeats=5)
-    by_kind = draft_agreement(target, draft)
-    result["draft"].update(agreement=sum(by_kind.values()) / len(by_kind), agreement_by_kind=by_kind)
-    save_calibration(result, path)
-    return tuple(result["draft"][key] for key in DRAFT_PRIOR_KEYS)
+    if not all(key in cached for key in (*DRAFT_PRIOR_KEYS, "agreement_by_kind")):
+        result = calibrate(target, context, draft, ks=[1], repeats=5, draft_context=calibration_context(draft))
+        result["draft"].update(draft_measures(target, draft, bridge))
+        save_calibration(result, path)
+        cached = result["draft"]
+    return draft_cost(cached), cached["agreement"], cached["prefill_relative"]
 
 
-def prior(target, draft=None) -> Prior:
+def prior(target, draft=None, bridge=None) -> Prior:
     """Everything the cost models start from, for this machine: the target's curve and step time,
     and with a draft model its token cost and agreement (each cached after its first measurement)."""
     curve = cost_curve(target)
     path = calibration_path(target, len(calibration_context(target)))
     step_s = read_calibration(path)["target"]["median_s"][0]
-    token, agreement, prefill = draft_prior(target, draft) if draft is not None else (None, None, None)
+    token, agreement, prefill = draft_prior(target, draft, bridge) if draft is not None else (None, None, None)
     return Prior(curve, step_s, token, agreement, prefill)
 
 

@@ -40,10 +40,10 @@ def friendly(command):
 Target = typer.Option(models.DEFAULT_TARGET, "--target", "-m", help="Target model: a model name (`quickdraft "
                       "models` lists them) or a .gguf path.")
 DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for --method draft and auto: a model "
-                          "name or .gguf path with the target's vocabulary; self:TYPE (self:q4_0, self:q3_k_m, self:q2_k, "
-                          "...: `quickdraft methods` lists them) for a low-bit copy of the target "
-                          "itself, made with llama.cpp's quantizer on first use and cached; 'none': auto drafts "
-                          "without one.")
+                          "name or .gguf path, of any vocabulary (another one drafts text, tokenized for the target; "
+                          "draft-tree needs the target's); self:TYPE (self:q4_0, self:q3_k_m, self:q2_k, ...: "
+                          "`quickdraft methods` lists them) for a low-bit copy of the target itself, made with "
+                          "llama.cpp's quantizer on first use and cached; 'none': auto drafts without one.")
 Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
                       "| medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
                       "step: suffix match, draft model or none).")
@@ -224,7 +224,7 @@ def methods():
     for column in ("method", "what it does", "draft model", "needs", "options"):
         table.add_column(column)
     for spec in METHODS:
-        table.add_row(spec.name, spec.summary, spec.draft_model, ", ".join(sorted(spec.requires)) or "-",
+        table.add_row(spec.name, spec.summary, spec.describe_draft(), ", ".join(sorted(spec.requires)) or "-",
                       ", ".join(spec.option_names()) or "-")
     Console().print(table)
     Console().print(acceptance_table())
@@ -382,24 +382,22 @@ def calibrate(
     agreement, cache them for this machine (what auto and the adaptive controller start from) and
     show what they predict for each source of drafts."""
     from .backends import backend_spec
-    from .calibrate import (MAX_K, calibrate as measure, calibration_context, calibration_path, draft_agreement,
-                            near_tie_tolerance, save_calibration)
+    from .bridge import vocabulary_bridge
+    from .calibrate import (MAX_K, calibrate as measure, calibration_context, calibration_path, draft_cost,
+                            draft_measures, near_tie_tolerance, save_calibration)
     from .profiles import MachineProfile, write_profile
 
     model = backend_spec(backend).open(models.resolve_model(target), **backend_settings(n_ctx, threads, None, dtype, device))
     draft_model = model.sibling(models.resolve_draft(draft, model.path)) if draft and draft.lower() != "none" else None
-    if draft_model is not None:
-        from .backends.base import check_same_vocabulary
-
-        check_same_vocabulary(model, draft_model)
+    bridge = vocabulary_bridge(model, draft_model) if draft_model is not None else None
     context = calibration_context(model)
     with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
         task = bar.add_task("", total=repeats * (MAX_K + 1))
         result = measure(model, context, draft_model, ks=range(1, MAX_K + 2), repeats=repeats,
-                         on_step=lambda: bar.advance(task))
+                         on_step=lambda: bar.advance(task),
+                         draft_context=calibration_context(draft_model) if draft_model is not None else None)
     if draft_model is not None:
-        by_kind = draft_agreement(model, draft_model)
-        result["draft"].update(agreement=sum(by_kind.values()) / len(by_kind), agreement_by_kind=by_kind)
+        result["draft"].update(draft_measures(model, draft_model, bridge))
     table = Table(title=f"forward cost after {len(context)} tokens ({model.path.name}, {model.build}, "
                         f"{model.n_threads or 'default'} threads)")
     for column in ("k", "median ms", "min ms", "max ms", "relative to k=1"):
@@ -413,11 +411,15 @@ def calibrate(
     d = result["draft"]
     if d:
         kinds = ", ".join(f"{a:.2f} on {kind}" for kind, a in d["agreement_by_kind"].items())
+        bridged = (f"; another vocabulary ({bridge.difference}), drafting through text: "
+                   f"{d['tokens_per_target_token']:.2f} of its tokens per target token, "
+                   f"{draft_cost(d):.2f} of a target step per target token drafted") if bridge else ""
         Console().print(f"draft {draft}: {1e3 * d['token_s']:.1f} ms per token ({d['relative_to_target_step']:.2f} "
-                        f"of a target step); greedy agreement with the target on answers: {kinds}")
+                        f"of a target step){bridged}; greedy agreement with the target on answers: {kinds}",
+                        soft_wrap=True)
         saved.append(calibration_path(model, len(context), draft_model))
     here = MachineProfile("this machine", "", tuple(t["relative"]), t["median_s"][0],
-                          d and d["relative_to_target_step"], d and d["agreement"], d and d["prefill_relative"])
+                          d and draft_cost(d), d and d["agreement"], d and d["prefill_relative"])
     Console().print(prediction_table(here, d and d["agreement_by_kind"]))
     if out:
         saved.append(Path(out) / "calibration.json")

@@ -22,9 +22,11 @@ import numpy as np
 from . import calibrate as calibration
 from . import verifiers
 from .backends import BACKENDS
-from .backends.base import BATCH, TREE, Backend, Chunk, check_same_vocabulary, reusable_prefix
+from .backends.base import BATCH, TREE, Backend, Chunk, reusable_prefix
+from .bridge import Bridge, vocabulary_bridge
 from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
-from .errors import ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError
+from .errors import (ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError,
+                     VocabularyMismatchError)
 from .grammar import Constraint, Grammar, Vocabulary
 from .models import resolve_draft
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
@@ -188,6 +190,8 @@ class Engine:
         self.memory = Memory()
         self._draft = draft
         self._vocabulary: Vocabulary | None = None
+        self._bridge: Bridge | None = None  # set when the draft model is opened: its vocabulary is another
+        self._draft_checked = False
         self._parsed: dict[str, Any] = {}
         self._busy = threading.Lock()
         declared = {name for spec in methods for name in spec.option_names()}
@@ -214,21 +218,29 @@ class Engine:
                                      f"{self.target.name} backend lacks (use --backend {' or '.join(able) or '?'})")
         if spec.draft_model == "required" and self._draft is None:
             raise UnknownMethodError(f"method {method!r} needs a draft model (--draft NAME or PATH)")
+        if spec.uses_draft_model and spec.draft_vocabulary == "same" and self._draft is not None and self.bridge:
+            able = [s.name for s in self.methods if s.uses_draft_model and s.draft_vocabulary == "any"]
+            raise VocabularyMismatchError(f"method {method!r} drafts token ids of the target's vocabulary, and the "
+                                          f"draft model's vocabulary is another ({self.bridge.difference}); "
+                                          f"methods that draft across tokenizers: {', '.join(able)}", param="draft")
         if method not in self._parsed:
             self._parsed[method] = parse_options(spec, {k: v for k, v in self.options.items()
                                                         if k in spec.option_names()})
         return spec
 
     def draft_model(self) -> Backend | None:
-        """The draft model's backend (opened and checked against the target on first use), or None."""
-        if not isinstance(self._draft, (str, Path)):  # None, or a backend already open
+        """The draft model's backend, or None: on first use opened, its vocabulary compared with the
+        target's (another one is bridged through text, ``bridge``) and its costs calibrated."""
+        if self._draft is None or self._draft_checked:
             return self._draft
-        model = self.target.sibling(resolve_draft(self._draft, self.target.path))
-        check_same_vocabulary(self.target, model)
+        model = self._draft
+        if isinstance(model, (str, Path)):
+            model = self.target.sibling(resolve_draft(str(model), self.target.path))
+        self._bridge = vocabulary_bridge(self.target, model)
         if self.calibrate and self.prior.draft_token is None:
-            token, agreement, prefill = calibration.draft_prior(self.target, model)
+            token, agreement, prefill = calibration.draft_prior(self.target, model, self._bridge)
             self.prior = replace(self.prior, draft_token=token, draft_accept=agreement, draft_prefill=prefill)
-        self._draft = model
+        self._draft, self._draft_checked = model, True
         return model
 
     def vocabulary(self) -> Vocabulary:
@@ -237,6 +249,17 @@ class Engine:
         if self._vocabulary is None:
             self._vocabulary = Vocabulary(self.target)
         return self._vocabulary
+
+    @property
+    def bridge(self) -> Bridge | None:
+        """How text crosses between the target and a draft model of another vocabulary
+        (bridge.py); None without a draft model or when it shares the target's vocabulary."""
+        self.draft_model()
+        return self._bridge
+
+    def draft_tokens(self, tokens: Sequence[int]) -> list[int]:
+        """The draft model's tokens for the target's ``tokens``: the same, or across tokenizers."""
+        return list(tokens) if self.bridge is None else self.bridge.draft_tokens(tokens)
 
     @property
     def cost(self) -> ForwardCost:
@@ -251,8 +274,8 @@ class Engine:
         the shared forward cost and the request's grammar ``constraint``."""
         if spec.uses_draft_model and self._draft is not None:
             draft = self.draft_model()
-            sequence = draft.new_sequence(prefix) if batched else self._main(draft)
-            return Resources(self.target, sequence, self.prior, self.cost, constraint)
+            sequence = draft.new_sequence(self.draft_tokens(prefix)) if batched else self._main(draft)
+            return Resources(self.target, sequence, self.prior, self.cost, constraint, self._bridge)
         return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None),
                          self.cost, constraint)
 
@@ -278,6 +301,7 @@ class Engine:
                 "build": self.target.build, "threads": self.target.n_threads, "target": self.target.path.name,
                 "draft": None if draft is None else Path(draft).name if isinstance(draft, (str, Path))
                 else draft.path.name,
+                "draft_vocabulary": None if not self._draft_checked else "other" if self._bridge else "same",
                 "prior": {"cost_curve": [round(c, 3) for c in self.prior.curve] if self.prior.curve else None,
                           "step_s": self.prior.step_s, "draft_token": self.prior.draft_token,
                           "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill}}

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InvalidParameterError
-from .records import TokenLogprob
+from .records import Draft, TokenLogprob
 
 MAX_PENALTY = 2.0  # presence and frequency penalties lie in [-2, 2] (OpenAI's range)
 MAX_BIAS = 100.0  # a logit_bias value lies in [-100, 100]
@@ -193,3 +193,33 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if params.greedy:
         return int(np.argmax(logits))
     return sample(warp(logits, params), rng)
+
+
+def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,
+                min_confidence: float = 0.0) -> Draft:
+    """Draft up to ``budget`` tokens one at a time from a model's next-token ``logits`` [V];
+    ``step(token) -> logits [V]`` feeds a drafted token and predicts the next.
+
+    Greedy requests take the argmax (q = None); sampled ones draw from the warped distribution q
+    and return it for the rejection verifier. Stops early when the probability of the next token
+    (softmax at temperature 1 when greedy, else q) is below ``min_confidence``.
+    """
+    tokens: list[int] = []
+    qs: list[np.ndarray] = []
+    while True:
+        if sampling.greedy:
+            token = int(np.argmax(logits))
+            confidence = 1.0 / np.exp(logits - logits[token]).sum() if min_confidence else 1.0
+        else:
+            q = warp(logits, sampling)
+            token = sample(q, rng)
+            confidence = float(q.max())
+        if confidence < min_confidence:
+            break
+        tokens.append(token)
+        if not sampling.greedy:
+            qs.append(q)
+        if len(tokens) == budget:
+            break
+        logits = step(token)
+    return Draft(tuple(tokens), np.stack(qs) if qs else None)

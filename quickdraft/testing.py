@@ -82,12 +82,14 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "CROSS_WORDS",
     "DEFAULT_TINY_CHAT_TEMPLATE",
     "DEFAULT_WORDS",
     "DRAFT_PERTURB",
     "TinyVocab",
     "make_tiny_pair",
     "seeded_tensor",
+    "write_tiny_cross_draft",
     "write_tiny_gguf",
 ]
 
@@ -266,6 +268,7 @@ def write_tiny_gguf(
     logit_scale: float = 8.0,
     eog_row_scale: float = 0.7,
     f16: bool = False,
+    add_space_prefix: bool = False,
 ) -> Path:
     """Write a tiny random-weight GGUF model that llama.cpp can load; return its path.
 
@@ -274,6 +277,8 @@ def write_tiny_gguf(
     logit_scale: standard deviation of the logits (large = well-separated greedy choices).
     eog_row_scale: factor on the EOS and <|im_end|> output rows (< 1: ends less often).
     f16: store the matrices as float16 (norms and biases stay float32).
+    add_space_prefix: the tokenizer puts a space before a text (Llama-1 style), so it does not give
+        back the text it tokenized ("hi" comes back " hi"): a draft that cannot bridge vocabularies.
     The file is written to a temporary name and renamed, so readers never see half a file.
     """
     import gguf  # imported here: only tests and benches need it
@@ -316,7 +321,7 @@ def write_tiny_gguf(
         w.add_unk_token_id(UNK_ID)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
-        w.add_add_space_prefix(False)
+        w.add_add_space_prefix(add_space_prefix)
         if chat_template is not None:
             w.add_chat_template(chat_template)
 
@@ -339,6 +344,22 @@ def write_tiny_gguf(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: Words a draft of another vocabulary adds (``write_tiny_cross_draft``): they extend pieces of the
+#: base words (" no" -> " none", " the" -> " these"), so the two tokenizers part often on ordinary text.
+CROSS_WORDS: tuple[str, ...] = ("none", "these", "those", "then", "another", "nothing", "order", "thing", "once")
+
+
+def write_tiny_cross_draft(path: str | os.PathLike[str], *, arch: str = "qwen2", words: tuple[str, ...] = CROSS_WORDS,
+                           perturb: float = DRAFT_PERTURB) -> Path:
+    """A draft for ``make_tiny_pair``'s target with another vocabulary that still agrees with it
+    often: the target's vocabulary plus ``words`` (their pieces take ids after the base words', so
+    the code pieces move), and the target's weights plus ``perturb`` noise. Each tensor is drawn row
+    by row from its own stream, so a token at the same id in both vocabularies has the same
+    embedding and output row; the added pieces tokenize the same text differently (" none" is one
+    token here, " no" + "ne" in the target)."""
+    return write_tiny_gguf(path, arch=arch, vocab=TinyVocab(extra_words=words), seed=1, perturb=perturb, base_seed=0)
 
 
 def make_tiny_pair(dir: str | os.PathLike[str], *, arch: str = "qwen2",

@@ -22,7 +22,6 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import VocabularyMismatchError
 
 TREE = "tree"
 BATCH = "batch"
@@ -202,16 +201,13 @@ def reusable_prefix(cached: Sequence[int], tokens: Sequence[int], *, last_logits
     return min(common, len(tokens) - 1) if last_logits else common
 
 
-def check_same_vocabulary(target: Backend, draft: Backend) -> None:
-    """Refuse a draft whose vocabulary differs from the target's in size or any token text."""
+def vocabulary_difference(target: Backend, draft: Backend) -> str | None:
+    """How a draft model's vocabulary differs from the target's, said for a message, or None when
+    the two are the same (the same size and the same text at every token id)."""
     if target.vocab_size != draft.vocab_size:
-        raise VocabularyMismatchError(
-            f"vocabulary mismatch: target {target.path.name} has {target.vocab_size} tokens, "
-            f"draft {draft.path.name} has {draft.vocab_size}; a draft model must share the target's tokenizer",
-            param="draft")
+        return f"{target.vocab_size} tokens in the target {target.path.name}, {draft.vocab_size} in the draft {draft.path.name}"
     for token in range(target.vocab_size):
         if target.token_text(token) != draft.token_text(token):
-            raise VocabularyMismatchError(
-                f"vocabulary mismatch: token {token} is {target.token_text(token)!r} in the target "
-                f"{target.path.name} but {draft.token_text(token)!r} in the draft {draft.path.name}",
-                param="draft")
+            return (f"token {token} is {target.token_text(token)!r} in the target {target.path.name} but "
+                    f"{draft.token_text(token)!r} in the draft {draft.path.name}")
+    return None

@@ -105,6 +105,9 @@ class _Replayed:
     def token_bytes(self, token: int) -> bytes:
         return b""
 
+    def token_text(self, token: int) -> bytes:
+        return b""  # the replayed target and draft share one vocabulary, of ids without text
+
     def is_end_of_generation(self, token: int) -> bool:
         return False
 

@@ -229,7 +229,8 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     try:
         with progress_bar(console) as progress:
             if results.doc["calibration"] is None:
-                results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress)
+                results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress,
+                                                              draft_context=engine.draft_tokens(context) if draft else None)
                 results.save()
             _run_prompts(engine, prompts, config, results, progress, units)
             if peers:
@@ -243,12 +244,15 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
     return results.doc
 
 
-def calibrate_engine(target, draft, context: list[int], progress: Progress, repeats: int = 3) -> dict:
-    """The verify cost curve after a realistic context (a benchmark prompt)."""
+def calibrate_engine(target, draft, context: list[int], progress: Progress, repeats: int = 3,
+                     draft_context: list[int] | None = None) -> dict:
+    """The verify cost curve after a realistic context (a benchmark prompt; ``draft_context``: the
+    draft model's tokens of it when its vocabulary is another)."""
     from ..calibrate import calibrate
 
     bar = progress.add_task("calibrating", total=16 * repeats, status="verify cost curve k=1..16")
-    result = calibrate(target, context, draft, repeats=repeats, on_step=lambda: progress.advance(bar))
+    result = calibrate(target, context, draft, repeats=repeats, on_step=lambda: progress.advance(bar),
+                       draft_context=draft_context)
     progress.update(bar, visible=False)
     return result
 

@@ -112,6 +112,8 @@ def record(engine, prompts, max_tokens: int, chain: int = CHAIN, on_trace: Calla
     draft = engine.draft_model()
     if draft is None:
         raise QuickdraftError("recording traces needs a draft model", param="draft")
+    if engine.bridge is not None:
+        raise QuickdraftError("recording traces needs a draft model of the target's vocabulary", param="draft")
     traces = []
     for prompt in prompts:
         messages: list[dict] = []

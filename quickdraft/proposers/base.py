@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 import numpy as np
 
 from ..backends.base import Backend
+from ..bridge import Bridge
 from ..control import ForwardCost, Offer, Prior
 from ..errors import InvalidParameterError, UnknownMethodError
 from ..sampling import SamplingParams
@@ -85,14 +86,17 @@ class Resources:
     """What the engine gives a method: the target, the draft model (when the method uses one and
     the engine has one: a sequence of the draft model's cache for this request, with the
     single-sequence protocol of a backend), what this machine was measured to cost
-    (control.Prior), the engine's learned forward cost of the target by size (shared), and the
-    request's grammar state (grammar.Constraint, advanced by the engine; None without a grammar)."""
+    (control.Prior), the engine's learned forward cost of the target by size (shared), the
+    request's grammar state (grammar.Constraint, advanced by the engine; None without a grammar),
+    and when the draft model's vocabulary is not the target's, how text crosses between them
+    (``bridge``, bridge.Bridge; None: the same vocabulary)."""
 
     target: Backend
     draft: Any = None
     prior: Prior = field(default_factory=Prior)
     cost: ForwardCost = field(default_factory=ForwardCost)
     constraint: Any = None
+    bridge: Bridge | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class ProposerSpec:
         refused (see :func:`parse_options`).
     draft_model: "required" (no draft model, no method), "optional" (used when the engine has
         one) or "none".
+    draft_vocabulary: what a draft model must share with the target: "same" (the vocabulary: it
+        drafts token ids) or "any" (a draft model of another vocabulary drafts text, which the
+        target's tokenizer turns into its tokens: bridge.py).
     requires: backend capabilities the method needs (see backends/base.py).
     decides_budget: the method chooses its own draft lengths; the engine's budget is its cap.
     default_budget: the draft cap per step when the caller gives none.
@@ -122,6 +129,7 @@ class ProposerSpec:
     options: type = NoOptions
     memory: Callable[[Resources, Any], Any] | None = None
     draft_model: Literal["none", "optional", "required"] = "none"
+    draft_vocabulary: Literal["same", "any"] = "same"
     requires: frozenset[str] = frozenset()
     decides_budget: bool = False
     default_budget: int = 4
@@ -130,6 +138,14 @@ class ProposerSpec:
     @property
     def uses_draft_model(self) -> bool:
         return self.draft_model != "none"
+
+    def describe_draft(self) -> str:
+        """What the method needs of a draft model, for ``quickdraft methods``: "-", or e.g.
+        "required, any vocabulary"."""
+        if not self.uses_draft_model:
+            return "-"
+        vocabulary = "any vocabulary" if self.draft_vocabulary == "any" else "the target's vocabulary"
+        return f"{self.draft_model}, {vocabulary}"
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.options))

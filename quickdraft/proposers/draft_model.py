@@ -1,4 +1,6 @@
-"""Drafting with a smaller model of the same vocabulary (Leviathan et al. 2023)."""
+"""Drafting with a smaller model (Leviathan et al. 2023): of the target's vocabulary, token ids
+directly (a chain or a tree); of another vocabulary, text that the target's tokenizer turns into its
+tokens (bridge.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ from typing import Sequence
 import numpy as np
 
 from ..backends.base import TREE, Backend, common_prefix
+from ..bridge import Bridge
 from ..errors import InvalidParameterError
-from ..sampling import SamplingParams, sample, warp
+from ..sampling import SamplingParams, draft_chain
 from ..tree import chain_parents, grow_tree
 from ..records import Draft
-from .base import BaseProposer, ProposerSpec
+from .base import BaseProposer, ProposerSpec, Resources
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,44 @@ class DraftModelProposer(BaseProposer):
         logits = self.model.prefill(context, last_logits=True)  # catch up and predict in one forward
         return draft_chain(logits, lambda token: self.model.forward([token])[0], budget, sampling, rng,
                            self.min_confidence)
+
+    def behind(self, context: Sequence[int]) -> int:
+        """Tokens of ``context`` the draft model's cache lacks (a catch-up evaluates them)."""
+        return len(context) - common_prefix(self.model.tokens, context)
+
+
+class BridgedDraftProposer(BaseProposer):
+    """A chain from a draft model of another vocabulary: it reads the context as text and drafts
+    text, which the target's tokenizer turns into the draft (bridge.BridgedDrafter).
+
+    The draft is the draft model's greedy text for greedy and sampled requests alike, and
+    deterministic (q = None): its tokens have no probability in the target's vocabulary, so the
+    rejection verifier takes the draft as a point mass (token x accepted with probability p(x),
+    else a token from p without x), exact for any draft chosen without the verifier's random
+    numbers. ``min_confidence`` stops the draft model where its top probability is below it.
+    """
+
+    def __init__(self, model, bridge: Bridge, options: DraftOptions) -> None:
+        self.drafter = bridge.drafter(model, options.min_confidence)
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.drafter.begin(prompt)
+
+    def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
+                rng: np.random.Generator) -> Draft:
+        return Draft(self.drafter.propose(context, budget, rng))
+
+    def behind(self, context: Sequence[int]) -> int:
+        """How far the draft model is behind ``context``, in target tokens."""
+        return self.drafter.behind(context)
+
+
+def drafter(resources: Resources, options: DraftOptions) -> DraftModelProposer | BridgedDraftProposer:
+    """The chain drafter of the engine's draft model: in the target's vocabulary, or through text
+    when the draft model's vocabulary is another (``resources.bridge``)."""
+    if resources.bridge is None:
+        return DraftModelProposer(resources.draft, options)
+    return BridgedDraftProposer(resources.draft, resources.bridge, options)
 
 
 class DraftTreeProposer(DraftModelProposer):
@@ -127,39 +168,10 @@ class DraftTreeProposer(DraftModelProposer):
         return Draft(tokens, None, parents=None if chain else tree)
 
 
-def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,
-                min_confidence: float = 0.0) -> Draft:
-    """Draft up to ``budget`` tokens one at a time from a model's next-token ``logits`` [V];
-    ``step(token) -> logits [V]`` feeds a drafted token and predicts the next.
-
-    Greedy requests take the argmax (q = None); sampled ones draw from the warped distribution q
-    and return it for the rejection verifier. Stops early when the probability of the next token
-    (softmax at temperature 1 when greedy, else q) is below ``min_confidence``.
-    """
-    tokens: list[int] = []
-    qs: list[np.ndarray] = []
-    while True:
-        if sampling.greedy:
-            token = int(np.argmax(logits))
-            confidence = 1.0 / np.exp(logits - logits[token]).sum() if min_confidence else 1.0
-        else:
-            q = warp(logits, sampling)
-            token = sample(q, rng)
-            confidence = float(q.max())
-        if confidence < min_confidence:
-            break
-        tokens.append(token)
-        if not sampling.greedy:
-            qs.append(q)
-        if len(tokens) == budget:
-            break
-        logits = step(token)
-    return Draft(tuple(tokens), np.stack(qs) if qs else None)
-
-
-DRAFT = ProposerSpec("draft", "a smaller model with the target's vocabulary drafts a chain (Leviathan et al. 2023)",
-                     make=lambda resources, memory, options: DraftModelProposer(resources.draft, options),
-                     options=DraftOptions, draft_model="required", tree_variant="draft-tree")
+DRAFT = ProposerSpec("draft", "a smaller model drafts a chain (Leviathan et al. 2023); one of another vocabulary "
+                     "drafts text, tokenized for the target",
+                     make=lambda resources, memory, options: drafter(resources, options),
+                     options=DraftOptions, draft_model="required", draft_vocabulary="any", tree_variant="draft-tree")
 DRAFT_TREE = ProposerSpec("draft-tree", "the draft model grows an EAGLE-2 style token tree",
                           make=lambda resources, memory, options: DraftTreeProposer(resources.draft, options),
                           options=DraftTreeOptions, draft_model="required", requires=frozenset({TREE}))

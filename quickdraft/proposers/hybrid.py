@@ -22,13 +22,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import TREE, common_prefix
+from ..backends.base import TREE
 from ..control import AdaptiveBudget, Offer, catch_up
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
 from .base import BaseProposer, ProposerSpec, Resources
-from .draft_model import DraftModelProposer, DraftOptions
+from .draft_model import DraftOptions, drafter
 from .grammar import GRAMMAR, ForcedDrafts, JumpForwardOptions
 from .lookahead import Jacobi
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
@@ -126,7 +126,7 @@ class AutoProposer(BaseProposer):
     def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
-        self.drafter = DraftModelProposer(resources.draft, options) if resources.draft is not None else None
+        self.drafter = drafter(resources, options) if resources.draft is not None else None
         self.jacobi = Jacobi(1) if "lookahead" in memory.control else None
         self.draft_prefill = resources.prior.draft_prefill
         jump = resources.constraint is not None and options.jump_forward
@@ -145,7 +145,7 @@ class AutoProposer(BaseProposer):
     def catch_up(self, context: Sequence[int]) -> int:
         """Tokens of ``context`` the draft model would evaluate before its first draft token
         beyond those a draft in step with the target has (the pending token and one accepted)."""
-        behind = len(context) - common_prefix(self.drafter.model.tokens, context)
+        behind = self.drafter.behind(context)
         return behind if behind > 2 else 0
 
     def end(self, context: Sequence[int]) -> None:
@@ -264,4 +264,5 @@ AUTO = ProposerSpec("auto", "per step the best of a suffix draft, a draft-model 
                     "by expected tokens per second",
                     make=lambda resources, memory, options: AutoProposer(resources, memory, options),
                     memory=lambda resources, options: AutoMemory(resources, options),
-                    options=AutoOptions, draft_model="optional", decides_budget=True, default_budget=16)
+                    options=AutoOptions, draft_model="optional", draft_vocabulary="any", decides_budget=True,
+                    default_budget=16)

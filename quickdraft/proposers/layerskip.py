@@ -33,10 +33,9 @@ import numpy as np
 
 from ..backends.base import LAYER_SKIP, LayerSkipping
 from ..errors import InvalidParameterError, QuickdraftError
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, draft_chain
 from ..records import Draft
 from .base import BaseProposer, ProposerSpec
-from .draft_model import draft_chain
 
 FRACTIONS = (0.2, 0.35, 0.5, 0.65)
 

@@ -1,6 +1,7 @@
 """The command line on tiny models: output, --json schema, --check, and clear errors."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -96,13 +97,32 @@ def test_not_a_gguf_file(tmp_path):
     assert result.exit_code == 2 and "valid GGUF" in result.output
 
 
-def test_vocabulary_size_mismatch_is_refused(tmp_path, tiny_pair):
+def test_a_draft_of_another_vocabulary_drafts_through_text_and_stays_exact(tmp_path, tiny_pair):
     other = write_tiny_gguf(tmp_path / "other.gguf", vocab=TinyVocab(extra_words=("zebra", "quokka")))
-    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", other, "--method", "draft")
-    assert result.exit_code == 2 and "vocabulary mismatch" in result.output and "tokens" in result.output
+    result = run("generate", "hello world hello", "--target", tiny_pair[0], "--draft", other, "--method", "draft",
+                 "--raw", "--max-tokens", 16, "--json", "--check")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["check"]["result"] == "exact" and out["stats"]["drafted_tokens"] > 0
+    assert out["system"]["draft_vocabulary"] == "other"
 
 
-def test_vocabulary_text_mismatch_is_refused(tmp_path, tiny_pair):
+def test_a_draft_of_another_vocabulary_is_refused_where_the_method_needs_the_targets(tmp_path, tiny_pair):
     shuffled = write_tiny_gguf(tmp_path / "shuffled.gguf", vocab=TinyVocab(shuffle_seed=3))
-    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", shuffled, "--method", "draft")
-    assert result.exit_code == 2 and "vocabulary mismatch: token" in result.output
+    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", shuffled, "--method", "draft", "--tree")
+    assert result.exit_code == 2 and "'draft-tree' drafts token ids of the target's vocabulary" in result.output
+    assert re.search(r"token \d+ is b'.*' in the target", result.output) and "auto, draft" in result.output
+
+
+def test_a_draft_whose_tokenizer_does_not_give_text_back_is_refused(tmp_path, tiny_pair):
+    spaced = write_tiny_gguf(tmp_path / "spaced.gguf", vocab=TinyVocab(extra_words=("zebra",)), add_space_prefix=True)
+    result = run("generate", "hi", "--target", tiny_pair[0], "--draft", spaced, "--method", "draft")
+    assert result.exit_code == 2 and "does not give back the text it tokenized" in result.output
+
+
+def test_methods_say_which_draft_models_each_accepts():
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    assert "required, any vocabulary" in rows["draft"] and "optional, any vocabulary" in rows["auto"]
+    assert "required, the target's vocabulary" in rows["draft-tree"]

@@ -83,14 +83,21 @@ def test_auto_brings_in_the_draft_model_only_when_it_drafts_and_stays_exact(tiny
     generation.prefill()
     assert generation.resources.draft.tokens == [] and generation.sequence.tokens
     engine.release(generation)
+    sources = auto_sources_while_exact(tiny_engine, engine)
+    assert sources.get("draft", 0) > 3, sources
+
+
+def auto_sources_while_exact(plain, engine) -> dict[str, int]:
+    """How many drafts each of auto's sources made on ``engine`` over PROMPTS (twice), whose
+    answers must be ``plain``'s plain decoding token for token."""
     sources: dict[str, int] = {}
     for prompt in PROMPTS * 2:
-        ar = tiny_engine.generate(prompt, max_tokens=48, method="ar")
+        ar = plain.generate(prompt, max_tokens=48, method="ar")
         spec = engine.generate(prompt, max_tokens=48, method="auto")
         assert spec.token_ids == ar.token_ids, prompt
         for source, n in spec.stats["draft_sources"].items():
             sources[source] = sources.get(source, 0) + n
-    assert sources.get("draft", 0) > 3, sources
+    return sources
 
 
 def test_draft_model_drafts_get_accepted(tiny_engine):

@@ -248,16 +248,22 @@ def test_layerskip_needs_the_torch_backend(tiny_target_backend):
         Engine(tiny_target_backend, method="layerskip")
 
 
-def test_draft_with_another_vocabulary_is_refused(tmp_path, backend):
+def test_a_draft_of_another_vocabulary_drafts_through_text(tmp_path, backend):
+    """A draft model with more token ids than the target's is bridged (bridge.py): the answer is
+    the target's own; a tree of its token ids is refused naming draft."""
     from transformers import AutoModelForCausalLM
 
     other = write_tiny_hf(tmp_path / "other", n_layer=1)
     model = AutoModelForCausalLM.from_pretrained(other)
     model.resize_token_embeddings(backend.vocab_size + 8)
     model.save_pretrained(other)
-    engine = Engine(backend, method="draft", draft=str(other))  # the draft model opens when first used
-    with pytest.raises(QuickdraftError, match="vocabulary"):
-        engine.generate("hello", max_tokens=2)
+    engine = Engine(backend, method="draft", draft=str(other), chat=False)  # the draft model opens when first used
+    ar = engine.generate("hello world", max_tokens=12, method="ar")
+    assert engine.generate("hello world", max_tokens=12, num_draft=3).token_ids == ar.token_ids
+    assert engine.bridge is not None
+    with pytest.raises(QuickdraftError, match="vocabulary") as error:
+        engine.generate("hello", max_tokens=2, method="draft-tree")
+    assert error.value.param == "draft"
 
 
 def test_bad_options_give_clear_errors(hf_pair):

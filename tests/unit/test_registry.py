@@ -16,11 +16,21 @@ def test_the_registry_lists_every_method_in_order():
 @pytest.mark.parametrize("spec", list(METHODS), ids=lambda s: s.name)
 def test_every_method_is_declared_completely(spec):
     assert spec.summary and spec.draft_model in ("none", "optional", "required")
+    assert spec.draft_vocabulary in ("same", "any")
     assert spec.requires <= set().union(*(b.capabilities for b in BACKENDS.values()))  # some backend can run it
     parse_options(spec, {})  # the defaults are valid
     if spec.tree_variant:
         assert TREE in METHODS[spec.tree_variant].requires
         assert METHODS.tree_variant(spec.name) == spec.tree_variant == METHODS.tree_variant(spec.tree_variant)
+
+
+def test_methods_declare_which_draft_models_they_accept():
+    """What `quickdraft methods` shows: a draft of any vocabulary for draft and auto (text crosses
+    between the tokenizers), the target's for draft-tree (a tree of token ids)."""
+    assert METHODS["draft"].describe_draft() == "required, any vocabulary"
+    assert METHODS["auto"].describe_draft() == "optional, any vocabulary"
+    assert METHODS["draft-tree"].describe_draft() == "required, the target's vocabulary"
+    assert METHODS["ngram"].describe_draft() == "-"
 
 
 def test_unknown_methods_and_options_are_refused_by_name():
