@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backends import BACKENDS, COMMON_SETTINGS, DEFAULT_BACKEND, backend_spec
-from .engine import Engine, Memory, Request, Stream
+from .engine import Engine, Memory, Stream
+from .requests import Request
 from .errors import QuickdraftError
 from .grammar import Grammar
 from .models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model, self_draft_type

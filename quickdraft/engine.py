@@ -1,10 +1,9 @@
 """The engine: prepares requests, then runs them one speculative step at a time.
 
-``Engine.prepare(prompt, **options)`` checks every parameter, tokenizes the prompt and fills in
-the defaults (the method, its draft budget, a ``max_tokens`` that fits the context), returning a
-:class:`Request`; ``Engine.stream(request)`` runs it. Errors name the parameter they are about
-(``QuickdraftError.param``), so callers (the CLI, the server, the bench) map them without knowing
-the engine's rules. Nothing here is model-specific.
+``Engine.prepare(prompt, **options)`` checks every parameter (requests.py: errors name the
+parameter they are about), tokenizes the prompt and fills in the defaults (the method, its draft
+budget, a ``max_tokens`` that fits the context), returning a :class:`~quickdraft.requests.Request`;
+``Engine.stream(request)`` runs it. Nothing here is model-specific.
 """
 
 from __future__ import annotations
@@ -17,25 +16,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
-import numpy as np
-
 from . import calibrate as calibration
 from . import verifiers
 from .backends import BACKENDS
 from .backends.base import BATCH, TREE, Backend, Chunk, reusable_prefix
 from .bridge import Bridge, vocabulary_bridge
-from .control import CONTROLLERS, Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
-from .errors import (ContextOverflowError, EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError,
-                     VocabularyMismatchError)
+from .control import Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
+from .errors import EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError, VocabularyMismatchError
 from .grammar import Constraint, Grammar, Vocabulary
 from .models import resolve_draft
+from .requests import (Prompt, Request, check_controller, check_grammar, check_logprobs, check_num_draft, check_stop,
+                       fit_max_tokens, prompt_tokens, token_bias)
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
-from .sampling import MAX_LOGPROBS, SamplingParams, constrain, penalize, token_logprobs
+from .sampling import SamplingParams
 from .stats import Stats
 from .system import cpu_info, quickdraft_version
 from .records import Acceptance, Draft, GenerationResult, Piece, StepTimes
-
-Prompt = str | Sequence[dict] | Sequence[int]
 
 # A forward may carry more rows at no cost on some machines (llama.cpp's repacked kernels take rows
 # four at a time: on the Intel profile a forward over 4 tokens costs 0.94 of one over 1; a GPU
@@ -43,52 +39,6 @@ Prompt = str | Sequence[dict] | Sequence[int]
 # free (Engine._ride), up to MAX_FREE_ROWS.
 FREE_ROWS = 0.02
 MAX_FREE_ROWS = 16
-
-
-@dataclass(frozen=True)
-class Request:
-    """A prepared generation: every parameter checked, the prompt tokenized, nothing run yet.
-
-    tokens: the prompt's token ids. max_tokens: new tokens at most (prompt + max_tokens fits the
-    context). spec: the decoding method's declaration. budget: draft tokens per step at most.
-    controller: the budget policy's name ("fixed" for methods that decide their own lengths).
-    logprobs: None (nothing computed), or report each emitted token's log-probability and this
-    many most likely alternatives (``Piece.logprobs``, ``GenerationResult.logprobs``).
-    grammar: what the output must match (grammar.py; checked against the target's vocabulary),
-    or None.
-    acceptance: the rule that verifies its drafts (verifiers.ACCEPTANCE; exact, lossless, unless
-    the request opted into another).
-    """
-
-    tokens: tuple[int, ...]
-    max_tokens: int
-    sampling: SamplingParams
-    stop: tuple[str, ...]
-    spec: ProposerSpec
-    budget: int
-    controller: str
-    logprobs: int | None = None
-    grammar: Grammar | None = None
-    acceptance: verifiers.AcceptanceRule = verifiers.EXACT
-
-    @property
-    def method(self) -> str:
-        return self.spec.name
-
-
-def token_bias(logit_bias: Mapping[Any, float], vocab_size: int) -> tuple[tuple[int, float], ...]:
-    """``{token id: bias}`` (ids as ints or digit strings, as OpenAI sends them) as the sorted
-    ``(id, bias)`` pairs of :class:`SamplingParams`; an id outside the vocabulary is an error."""
-    try:
-        bias = tuple(sorted((int(token), float(value)) for token, value in logit_bias.items()))
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"logit_bias must map token ids to numbers, got {dict(logit_bias)!r}",
-                                    param="logit_bias") from None
-    bad = [token for token, _ in bias if not 0 <= token < vocab_size]
-    if bad:
-        raise InvalidParameterError(f"logit_bias key {bad[0]} is not a token id (0..{vocab_size - 1})",
-                                    param="logit_bias")
-    return bias
 
 
 class Memory:
@@ -199,11 +149,7 @@ class Engine:
         if unknown:
             raise InvalidParameterError(f"no method has an option {unknown[0]!r}; options: {', '.join(sorted(declared))}",
                                         param=unknown[0])
-        if controller not in CONTROLLERS:
-            raise InvalidParameterError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}",
-                                        param="controller")
-        if num_draft is not None and num_draft < 0:
-            raise InvalidParameterError(f"num_draft must be >= 0, got {num_draft}", param="num_draft")
+        check_controller(controller), check_num_draft(num_draft)
         self._memory(self.spec(method))  # fail fast: unknown method, missing draft, bad options, mismatch
 
     # --- methods and what they are given --------------------------------------------------------
@@ -309,28 +255,9 @@ class Engine:
     # --- requests -------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None,
                       tools: Sequence[dict] | None = None) -> list[int]:
-        """Token ids for a prompt: ids as given; a message list or (unless ``chat`` is False) a
-        string through the model's chat template when it has one, with ``tools`` (OpenAI tool
-        definitions) when given; otherwise the raw text."""
-        if not isinstance(prompt, str) and all(isinstance(t, (int, np.integer)) for t in prompt):
-            if tools:
-                raise InvalidParameterError("tools are rendered by a chat template, not added to token ids",
-                                            param="tools")
-            bad = [t for t in prompt if not 0 <= t < self.target.vocab_size]
-            if bad:
-                raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary "
-                                            f"(0..{self.target.vocab_size - 1})", param="prompt")
-            return [int(t) for t in prompt]
-        chat = self.chat if chat is None else chat
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        templated = self.target.chat_prompt(messages, tools) if (chat or not isinstance(prompt, str)) else None
-        if templated is None and not isinstance(prompt, str):
-            raise InvalidParameterError("this model has no chat template; pass a plain text prompt", param="prompt")
-        if templated is None and tools:
-            raise InvalidParameterError("tools are rendered by a chat template: send chat messages to a model "
-                                        "that has one", param="tools")
-        return self.target.tokenize(templated if templated is not None else prompt,
-                                    special=templated is not None)
+        """The token ids :meth:`prepare` makes of a prompt (requests.prompt_tokens; ``chat``
+        None: the engine's)."""
+        return prompt_tokens(self.target, prompt, chat=self.chat if chat is None else chat, tools=tools)
 
     def prepare(self, prompt: Prompt, *, max_tokens: int | None = None, temperature: float = 0.0,
                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
@@ -342,44 +269,19 @@ class Engine:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
         ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
         at most ``default_max_tokens``."""
-        bias = token_bias(logit_bias or {}, self.target.vocab_size)
-        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
-            raise InvalidParameterError(f"logprobs must be None or 0..{MAX_LOGPROBS} alternatives, got {logprobs}",
-                                        param="logprobs")
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                   presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                                  logit_bias=bias)
+                                  logit_bias=token_bias(logit_bias or {}, self.target.vocab_size))
         spec = self.spec(method or self.method)
-        if grammar is not None:
-            if not isinstance(grammar, Grammar):
-                raise InvalidParameterError(f"grammar must be a quickdraft.Grammar, got {type(grammar).__name__}",
-                                            param="grammar")
+        if check_grammar(grammar) is not None:
             self.vocabulary().check(grammar)
-        stop = tuple(stop)
-        if any(not s for s in stop):
-            raise InvalidParameterError("stop strings must not be empty", param="stop")
-        budget = next(n for n in (num_draft, self.num_draft, spec.default_budget) if n is not None)
-        if budget < 0:
-            raise InvalidParameterError(f"num_draft must be >= 0, got {budget}", param="num_draft")
-        controller = "fixed" if spec.decides_budget else controller or self.controller
-        if controller not in CONTROLLERS:
-            raise InvalidParameterError(f"unknown controller {controller!r}; choose one of: {', '.join(CONTROLLERS)}",
-                                        param="controller")
+        budget = check_num_draft(next(n for n in (num_draft, self.num_draft, spec.default_budget) if n is not None))
+        controller = "fixed" if spec.decides_budget else check_controller(controller or self.controller)
         tokens = self.prompt_tokens(prompt, chat=chat, tools=tools)
-        if not tokens:
-            raise InvalidParameterError("the prompt is empty", param="prompt")
-        room = self.target.n_ctx - len(tokens)
-        if max_tokens is None:
-            max_tokens = min(room, self.default_max_tokens or room)
-        elif max_tokens < 1:
-            raise InvalidParameterError(f"max_tokens must be >= 1, got {max_tokens}", param="max_tokens")
-        if room < 1 or max_tokens > room:  # about max_tokens when no prompt could leave it room
-            raise ContextOverflowError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({max(max_tokens, 1)}) exceeds the context size "
-                f"({self.target.n_ctx}); shorten the prompt, lower max_tokens or raise n_ctx",
-                param="max_tokens" if max_tokens >= self.target.n_ctx else "prompt")
-        rule = self.acceptance if acceptance is None else verifiers.acceptance_rule(acceptance)
-        return Request(tuple(tokens), max_tokens, sampling, stop, spec, budget, controller, logprobs, grammar, rule)
+        max_tokens = fit_max_tokens(max_tokens, len(tokens), self.target.n_ctx, self.default_max_tokens)
+        return Request(tuple(tokens), max_tokens, sampling, check_stop(stop), spec, budget, controller,
+                       check_logprobs(logprobs), grammar,
+                       self.acceptance if acceptance is None else verifiers.acceptance_rule(acceptance))
 
     def stream(self, prompt: Prompt | Request, **options) -> Stream:
         """Generate, yielding :class:`Piece` s; ``prompt`` is a prepared :class:`Request` or
@@ -530,19 +432,9 @@ class Engine:
             rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
         acceptances = []
         for g, d, logits, tree in zip(generations, drafts, rows, trees):
-            n, sampling = len(d), g.request.sampling
-            guesses, logits = logits[n + 1:], logits[:n + 1]  # the extra rows are never verified
-            if sampling.penalized:
-                logits = penalize(logits, g.generated, d.row_prefixes(), sampling)
-            if g.resources.constraint is not None:  # the grammar's tokens after each row's prefix
-                logits = constrain(logits, g.resources.constraint.allowed(d.row_prefixes()))
-            acceptance = verifiers.select(sampling, tree=d.parents is not None,
-                                          rule=g.request.acceptance)(d, logits, sampling, g.rng)
-            if d.extra_rows:
-                acceptance = replace(acceptance, guesses=tuple(int(t) for t in guesses.argmax(axis=1)))
-            if g.request.logprobs is not None:  # row kept_nodes()[i] chose emitted token i
-                acceptance = replace(acceptance, logprobs=token_logprobs(
-                    logits[list(acceptance.kept_nodes())], acceptance.tokens, g.request.logprobs))
+            acceptance = verifiers.judge(d, logits, g.request.sampling, g.rng, generated=g.generated,
+                                         constraint=g.resources.constraint, logprobs=g.request.logprobs,
+                                         rule=g.request.acceptance)
             if tree is None:
                 g.sequence.rollback(len(g.context) + acceptance.accepted)
             else:

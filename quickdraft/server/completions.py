@@ -24,7 +24,8 @@ from typing import AsyncIterator, Callable, Sequence
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine import Engine, Request
+from ..engine import Engine
+from ..requests import Request
 from ..errors import QuickdraftError
 from ..records import GenerationResult, Piece
 from .protocol import (SSE_DONE, APIError, Reply, choice_requests, engine_error, engine_prompt, generation_options,

@@ -12,7 +12,7 @@ from itertools import accumulate
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Sequence
 
-from ..engine import Request
+from ..requests import Request
 from ..errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
 from ..grammar import Grammar
 from ..records import TokenLogprob

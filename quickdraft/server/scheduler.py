@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..backends.base import BATCH
-from ..engine import Engine, Generation, Request
+from ..engine import Engine, Generation
+from ..requests import Request
 from ..errors import QuickdraftError
 from ..records import GenerationResult, Piece
 from .metrics import Metrics

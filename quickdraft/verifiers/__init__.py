@@ -21,15 +21,15 @@ says whether the output is the target's own under that sampling. The engine read
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import InvalidParameterError
 from ..records import Acceptance, Draft
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, constrain, penalize, token_logprobs
 from .greedy import verify_greedy
 from .rejection import verify_rejection
 from .tree import verify_tree_greedy, verify_tree_sampling
@@ -147,6 +147,31 @@ def select(sampling: SamplingParams, *, tree: bool = False, rule: AcceptanceRule
     return rule.verifier(sampling, tree=tree)
 
 
+def judge(draft: Draft, logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator, *,
+          generated: Sequence[int] = (), constraint=None, logprobs: int | None = None,
+          rule: AcceptanceRule = EXACT) -> Acceptance:
+    """One generation's verification in a step. ``logits``: the target's rows for its forward,
+    [len(draft) + 1 + len(draft.extra), V] (the extra rows, lookahead guesses that ride along, are
+    never verified: their argmaxes become ``Acceptance.guesses``). The rows that judge get the
+    request's penalties over ``generated`` (the tokens generated so far) and its grammar's mask
+    (``constraint``: grammar.Constraint, or None), exactly as plain decoding's one row would,
+    before ``rule``'s verify function (``select``; the lossless one unless the request opted out); ``logprobs``: also the emitted tokens'
+    log-probabilities with this many alternatives (row ``kept_nodes()[i]`` chose token i)."""
+    n = len(draft)
+    guesses, logits = logits[n + 1:], logits[:n + 1]
+    if sampling.penalized:
+        logits = penalize(logits, generated, draft.row_prefixes(), sampling)
+    if constraint is not None:
+        logits = constrain(logits, constraint.allowed(draft.row_prefixes()))
+    acceptance = select(sampling, tree=draft.parents is not None, rule=rule)(draft, logits, sampling, rng)
+    if draft.extra_rows:
+        acceptance = replace(acceptance, guesses=tuple(int(t) for t in guesses.argmax(axis=1)))
+    if logprobs is not None:
+        acceptance = replace(acceptance, logprobs=token_logprobs(
+            logits[list(acceptance.kept_nodes())], acceptance.tokens, logprobs))
+    return acceptance
+
+
 __all__ = ["ACCEPTANCE", "EXACT", "AcceptanceRule", "ExactAcceptance", "TypicalAcceptance", "Verifier",
-           "acceptance_rule", "option_names", "rule_options", "select", "verify_greedy", "verify_rejection",
+           "acceptance_rule", "judge", "option_names", "rule_options", "select", "verify_greedy", "verify_rejection",
            "verify_tree_greedy", "verify_tree_sampling", "verify_typical"]

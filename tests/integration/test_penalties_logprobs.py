@@ -13,7 +13,7 @@ import pytest
 from distributions import chi_square_pvalue, penalized_row, sampled_pairs_counts, two_token_distribution
 from test_engine_tiny import PROMPTS, SPECULATIVE, simulated_engine
 
-import quickdraft.engine
+import quickdraft.verifiers
 from quickdraft.errors import InvalidParameterError
 from quickdraft.sampling import SamplingParams, penalize
 
@@ -136,7 +136,7 @@ def test_sampled_output_follows_the_penalized_target_distribution(tiny_engine, m
 
 def test_the_distribution_test_catches_penalties_that_forget_the_draft(tiny_engine, monkeypatch):
     """Negative control: the same test, with rows penalized without the draft tokens before them."""
-    monkeypatch.setattr(quickdraft.engine, "penalize", forgetful_penalize)
+    monkeypatch.setattr(quickdraft.verifiers, "penalize", forgetful_penalize)
     exact, counts, _, accepted = sampled_pairs(tiny_engine, "draft")
     assert accepted > DRAWS / 4
     assert chi_square_pvalue(exact, counts, DRAWS) < 1e-6, (counts, exact)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from quickdraft.errors import ContextOverflowError, InvalidParameterError, QuickdraftError, UnknownMethodError
-from quickdraft.engine import Request
+from quickdraft.requests import Request
 from quickdraft.proposers import METHODS
 from quickdraft.verifiers import TypicalAcceptance
 from quickdraft.records import TokenLogprob

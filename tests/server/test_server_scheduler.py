@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from quickdraft.backends.base import BATCH
-from quickdraft.engine import Request
+from quickdraft.requests import Request
 from quickdraft.proposers import METHODS
 from quickdraft.sampling import SamplingParams
 from quickdraft.server.metrics import Metrics
