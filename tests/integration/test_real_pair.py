@@ -19,15 +19,22 @@ def engine():
     return load(num_draft=4)  # the bundled pair; loading also checks the vocabularies match
 
 
-def assert_the_targets_own(engine, prompt: str, methods) -> None:
-    """Each method's greedy answer to ``prompt`` is plain decoding's, but for certified numeric
-    near-ties (never a real divergence)."""
-    ar = engine.generate(prompt, max_tokens=32, method="ar")
+def assert_the_targets_own(engine, prompt: str, methods, max_tokens: int = 32, sampling=None, **options) -> list:
+    """Each method's greedy answer to ``prompt`` (with the generate ``options``) is plain
+    decoding's, but for certified numeric near-ties (never a real divergence); ``sampling``: the
+    penalties the options apply, for the check. Returns the methods' results."""
+    from quickdraft import SamplingParams
+
+    ar = engine.generate(prompt, max_tokens=max_tokens, method="ar", **options)
+    results = []
     for method in methods:
-        spec = engine.generate(prompt, max_tokens=32, method=method)
-        verdict = check_against_ar(engine, engine.prompt_tokens(prompt), spec.token_ids, ar.token_ids)
+        spec = engine.generate(prompt, max_tokens=max_tokens, method=method, **options)
+        verdict = check_against_ar(engine, engine.prompt_tokens(prompt), spec.token_ids, ar.token_ids,
+                                   sampling or SamplingParams())
         assert verdict.ok, (prompt, method, str(verdict))
         assert spec.stats["generated_tokens"] == len(spec.token_ids)
+        results.append(spec)
+    return results
 
 
 @pytest.mark.parametrize("method", ["draft", "ngram", "suffix", "auto"])
@@ -65,3 +72,25 @@ def test_a_draft_of_another_vocabulary_gemma_drafts_for_the_qwen_target():
     assert engine.bridge is not None
     assert_the_targets_own(engine, PROMPTS[0], ["draft", "auto"])
     assert engine.generate(PROMPTS[0], max_tokens=32, method="draft").stats["accepted_tokens"] > 0
+
+
+def test_output_under_a_schema_and_penalties_is_constrained_plain_decodings(engine):
+    """What an OpenAI client sends (a JSON schema, penalties, a bias, logprobs) on the real pair:
+    every speculative answer is valid, and plain decoding's under the same constraint and
+    penalties up to certified near-ties (at the first difference both tokens are allowed by the
+    grammar, so the target's unmasked, penalized logits decide)."""
+    import json
+
+    from quickdraft import Grammar, SamplingParams
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["language", "topic", "lines"],
+              "properties": {"language": {"type": "string"}, "topic": {"type": "string"},
+                             "lines": {"type": "integer"}}}
+    prompt = "As JSON, describe this request: " + PROMPTS[0]
+    bias = {engine.target.tokenize(" Python")[0]: -5.0}
+    penalties = dict(frequency_penalty=0.4, presence_penalty=0.2)
+    sampling = SamplingParams(**penalties, logit_bias=tuple(bias.items()))
+    for spec in assert_the_targets_own(engine, prompt, ["auto", "draft"], max_tokens=96, sampling=sampling,
+                                       grammar=Grammar.json_schema(schema), logit_bias=bias, logprobs=2, **penalties):
+        assert spec.finish_reason == "stop" and set(json.loads(spec.text)) == {"language", "topic", "lines"}, spec.text
+        assert len(spec.logprobs) == len(spec.token_ids)
