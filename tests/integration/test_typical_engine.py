@@ -4,7 +4,6 @@ temperature 0, and (the documented expectation) detectably not the target's dist
 
 import json
 
-import numpy as np
 import pytest
 from scipy.stats import chisquare
 from typer.testing import CliRunner
