@@ -11,8 +11,8 @@ from rich.console import Console
 
 pytest.importorskip("matplotlib")
 
+from quickdraft.bench.plots import PNG_MAGIC  # noqa: E402
 from quickdraft.bench.report import (  # noqa: E402
-    PNG_MAGIC,
     fmt_checks,
     fmt_checks_short,
     fmt_pct,
