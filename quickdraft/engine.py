@@ -20,11 +20,11 @@ from . import calibrate as calibration
 from . import verifiers
 from .backends import BACKENDS
 from .backends.base import BATCH, TREE, Backend, Chunk, reusable_prefix
-from .bridge import Bridge, vocabulary_bridge
+from .bridge import Bridge
 from .control import Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
-from .errors import EngineBusyError, InvalidParameterError, QuickdraftError, UnknownMethodError, VocabularyMismatchError
+from .errors import EngineBusyError, QuickdraftError, UnknownMethodError, VocabularyMismatchError
 from .grammar import Constraint, Grammar, Vocabulary
-from .models import resolve_draft
+from .draft import DraftModel
 from .requests import (Prompt, Request, check_controller, check_grammar, check_logprobs, check_num_draft, check_stop,
                        fit_max_tokens, prompt_tokens, token_bias)
 from .proposers import METHODS, ProposerSpec, Registry, Resources, parse_options
@@ -32,13 +32,6 @@ from .sampling import SamplingParams
 from .stats import Stats
 from .system import cpu_info, quickdraft_version
 from .records import Acceptance, Draft, GenerationResult, Piece, StepTimes
-
-# A forward may carry more rows at no cost on some machines (llama.cpp's repacked kernels take rows
-# four at a time: on the Intel profile a forward over 4 tokens costs 0.94 of one over 1; a GPU
-# verifies 16 for about one). Rows costing at most this share more than the step without them are
-# free (Engine._ride), up to MAX_FREE_ROWS.
-FREE_ROWS = 0.02
-MAX_FREE_ROWS = 16
 
 
 class Memory:
@@ -138,18 +131,11 @@ class Engine:
         self.options = options
         self.acceptance = verifiers.acceptance_rule(acceptance)
         self.memory = Memory()
-        self._draft = draft
+        self.draft = DraftModel(target, draft)  # draft.py: opened on first use
         self._vocabulary: Vocabulary | None = None
-        self._bridge: Bridge | None = None  # set when the draft model is opened: its vocabulary is another
-        self._draft_checked = False
         self._parsed: dict[str, Any] = {}
         self._busy = threading.Lock()
-        declared = {name for spec in methods for name in spec.option_names()}
-        unknown = sorted(set(options) - declared)
-        if unknown:
-            raise InvalidParameterError(f"no method has an option {unknown[0]!r}; options: {', '.join(sorted(declared))}",
-                                        param=unknown[0])
-        check_controller(controller), check_num_draft(num_draft)
+        methods.check_options(options), check_controller(controller), check_num_draft(num_draft)
         self._memory(self.spec(method))  # fail fast: unknown method, missing draft, bad options, mismatch
 
     # --- methods and what they are given --------------------------------------------------------
@@ -162,9 +148,9 @@ class Engine:
             able = [b.name for b in BACKENDS.values() if spec.requires <= b.capabilities]
             raise UnknownMethodError(f"method {method!r} needs a backend with {', '.join(missing)}, which the "
                                      f"{self.target.name} backend lacks (use --backend {' or '.join(able) or '?'})")
-        if spec.draft_model == "required" and self._draft is None:
+        if spec.draft_model == "required" and self.draft.given is None:
             raise UnknownMethodError(f"method {method!r} needs a draft model (--draft NAME or PATH)")
-        if spec.uses_draft_model and spec.draft_vocabulary == "same" and self._draft is not None and self.bridge:
+        if spec.uses_draft_model and spec.draft_vocabulary == "same" and self.draft.given is not None and self.bridge:
             able = [s.name for s in self.methods if s.uses_draft_model and s.draft_vocabulary == "any"]
             raise VocabularyMismatchError(f"method {method!r} drafts token ids of the target's vocabulary, and the "
                                           f"draft model's vocabulary is another ({self.bridge.difference}); "
@@ -175,18 +161,13 @@ class Engine:
         return spec
 
     def draft_model(self) -> Backend | None:
-        """The draft model's backend, or None: on first use opened, its vocabulary compared with the
-        target's (another one is bridged through text, ``bridge``) and its costs calibrated."""
-        if self._draft is None or self._draft_checked:
-            return self._draft
-        model = self._draft
-        if isinstance(model, (str, Path)):
-            model = self.target.sibling(resolve_draft(str(model), self.target.path))
-        self._bridge = vocabulary_bridge(self.target, model)
-        if self.calibrate and self.prior.draft_token is None:
-            token, agreement, prefill = calibration.draft_prior(self.target, model, self._bridge)
+        """The draft model's backend, or None: on first use opened and checked (draft.py) and,
+        when the engine calibrates, its costs measured."""
+        first = self.draft.backend is None
+        model = self.draft.open()
+        if first and model is not None and self.calibrate and self.prior.draft_token is None:
+            token, agreement, prefill = calibration.draft_prior(self.target, model, self.draft.bridge)
             self.prior = replace(self.prior, draft_token=token, draft_accept=agreement, draft_prefill=prefill)
-        self._draft, self._draft_checked = model, True
         return model
 
     def vocabulary(self) -> Vocabulary:
@@ -201,11 +182,7 @@ class Engine:
         """How text crosses between the target and a draft model of another vocabulary
         (bridge.py); None without a draft model or when it shares the target's vocabulary."""
         self.draft_model()
-        return self._bridge
-
-    def draft_tokens(self, tokens: Sequence[int]) -> list[int]:
-        """The draft model's tokens for the target's ``tokens``: the same, or across tokenizers."""
-        return list(tokens) if self.bridge is None else self.bridge.draft_tokens(tokens)
+        return self.draft.bridge
 
     @property
     def cost(self) -> ForwardCost:
@@ -218,10 +195,10 @@ class Engine:
         sequence of its own when ``batched``, holding what the draft model's cache shares of
         ``prefix``), the prior (without the draft model's part when the method drafts otherwise),
         the shared forward cost and the request's grammar ``constraint``."""
-        if spec.uses_draft_model and self._draft is not None:
+        if spec.uses_draft_model and self.draft.given is not None:
             draft = self.draft_model()
-            sequence = draft.new_sequence(self.draft_tokens(prefix)) if batched else self._main(draft)
-            return Resources(self.target, sequence, self.prior, self.cost, constraint, self._bridge)
+            sequence = draft.new_sequence(self.draft.tokens(prefix)) if batched else self._main(draft)
+            return Resources(self.target, sequence, self.prior, self.cost, constraint, self.draft.bridge)
         return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None),
                          self.cost, constraint)
 
@@ -242,12 +219,9 @@ class Engine:
     def describe(self) -> dict:
         """What this engine runs on, for reports and ``--json``: the machine, the backend and its
         build, the models (the draft only once loaded) and the calibration it starts from."""
-        draft = self._draft
         return {"quickdraft": quickdraft_version(), "cpu": cpu_info().to_dict(), "backend": self.target.name,
                 "build": self.target.build, "threads": self.target.n_threads, "target": self.target.path.name,
-                "draft": None if draft is None else Path(draft).name if isinstance(draft, (str, Path))
-                else draft.path.name,
-                "draft_vocabulary": None if not self._draft_checked else "other" if self._bridge else "same",
+                **self.draft.describe(),
                 "prior": {"cost_curve": [round(c, 3) for c in self.prior.curve] if self.prior.curve else None,
                           "step_s": self.prior.step_s, "draft_token": self.prior.draft_token,
                           "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill}}
@@ -267,8 +241,8 @@ class Engine:
                 grammar: Grammar | None = None, tools: Sequence[dict] | None = None,
                 acceptance: str | verifiers.AcceptanceRule | None = None) -> Request:
         """Check a generation's parameters and tokenize its prompt (text, chat messages or token
-        ids); see :meth:`generate` for the keywords. ``max_tokens`` None: what fits the context,
-        at most ``default_max_tokens``."""
+        ids); the keywords are described in requests.py. ``max_tokens`` None: what fits the
+        context, at most ``default_max_tokens``."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                   presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                                   logit_bias=token_bias(logit_bias or {}, self.target.vocab_size))
@@ -288,42 +262,23 @@ class Engine:
         anything :meth:`prepare` takes (with its keywords)."""
         request = prompt if isinstance(prompt, Request) else self.prepare(prompt, **options)
         stream = Stream(iter(()), request)
-        stream.pieces = self._exclusive(self._run(request, stream))
+        stream.pieces = self._run(request, stream)
         return stream
 
     def generate(self, prompt: Prompt | Request, **options) -> GenerationResult:
-        """Generate a completion of ``prompt`` (text, chat messages, token ids, or a Request).
-
-        Keywords: max_tokens, temperature (0 = greedy), top_p, top_k, seed, stop (strings),
-        method (a registered method), num_draft (draft budget per step), controller (``fixed``
-        or ``adaptive``), chat (apply the chat template to a text prompt; default: the engine's),
-        presence_penalty and frequency_penalty (-2..2, over the tokens generated so far),
-        logit_bias ({token id: -100..100}), logprobs (None, or 0..20 alternatives per token:
-        ``GenerationResult.logprobs``), grammar (a :class:`~quickdraft.grammar.Grammar` the output
-        must match: a JSON schema, any JSON object, a Lark grammar; it ends the generation when
-        complete), tools (OpenAI tool definitions the chat template renders into the prompt). Penalties, bias and the grammar's mask apply to the target's logits at every
-        position it verifies, drafts included (``sampling.penalize``, ``sampling.constrain``), so
-        the output is plain decoding's under the same penalties and grammar.
-        acceptance (None: the engine's; ``"typical"`` opts into a LOSSY rule when sampling, marked in
-        the stats).
-        """
+        """Generate a completion of ``prompt`` (text, chat messages, token ids, or a Request);
+        the keywords are :meth:`prepare`'s (each described in requests.py)."""
         stream = self.stream(prompt, **options)
         for _ in stream:
             pass
         assert stream.result is not None
         return stream.result
 
-    def _exclusive(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
-        """Run one stream at a time: a second one started while another is unfinished (from
-        another thread, or interleaved in one) would corrupt the shared KV caches."""
-        with self.exclusive():
-            yield from pieces
-
     def clear_caches(self) -> None:
         """Empty the backends' own sequences and free released ones (what earlier requests left
         for prefix reuse), so a batch has every KV cell."""
-        for backend in (self.target, self._draft):
-            if backend is not None and not isinstance(backend, (str, Path)):
+        for backend in (self.target, self.draft.backend):
+            if backend is not None:
                 backend.rollback(0)
                 if BATCH in backend.capabilities:
                     backend.forget_retired()
@@ -365,8 +320,8 @@ class Engine:
         self._release(generation.sequence, generation.resources)
 
     def _release(self, sequence, resources: Resources) -> None:
-        for backend, seq in ((self.target, sequence), (self._draft, resources.draft)):
-            if seq is not None and not isinstance(backend, (str, Path)) and seq is not self._main(backend):
+        for backend, seq in ((self.target, sequence), (self.draft.backend, resources.draft)):
+            if seq is not None and seq is not self._main(backend):
                 backend.release(seq)
 
     @staticmethod
@@ -399,18 +354,15 @@ class Engine:
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
     def _ride(self, generations: Sequence["Generation"], drafts: list[Draft], extra: int) -> list[Draft]:
-        """Rows the step's forward carries for free (costing at most ``FREE_ROWS`` more than the
-        forward without them, on the learned cost curve) offered, in order, to the generations
-        whose method decides its own drafts (auto rides lookahead's branch in them)."""
+        """The rows the step's forward carries for free (``ForwardCost.free_rows``) offered, in
+        order, to the generations whose method decides its own drafts (auto rides lookahead's branch)."""
         if TREE not in self.target.capabilities:
             return drafts
-        total = extra + sum(1 + len(d) for d in drafts)
-        limit = (1 + FREE_ROWS) * self.cost.seconds(total)
+        free = self.cost.free_rows(extra + sum(1 + len(d) for d in drafts))
         for i, g in enumerate(generations):
-            free = max((m for m in range(1, MAX_FREE_ROWS + 1) if self.cost.seconds(total + m) <= limit), default=0)
             if free and g.controller is None:
                 drafts[i] = g.proposer.ride(g.context, drafts[i], free)
-                total += len(drafts[i].extra)
+                free -= len(drafts[i].extra)
         return drafts
 
     def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft],
@@ -443,17 +395,19 @@ class Engine:
         return acceptances
 
     def _run(self, request: Request, stream: Stream) -> Iterator[Piece]:
-        """One request on its own: the step over a batch of one."""
-        generation = self.start(request)
-        try:
-            generation.prefill()
-            while not generation.done:
-                piece = self.step([generation])[0]
-                if piece is not None:
-                    yield piece
-        finally:
-            self.release(generation)
-        stream.result = generation.result()
+        """One request on its own: the step over a batch of one, holding the engine (a second
+        stream started while this one is unfinished would corrupt the shared KV caches)."""
+        with self.exclusive():
+            generation = self.start(request)
+            try:
+                generation.prefill()
+                while not generation.done:
+                    piece = self.step([generation])[0]
+                    if piece is not None:
+                        yield piece
+            finally:
+                self.release(generation)
+            stream.result = generation.result()
 
 
 class Generation:

@@ -4,6 +4,19 @@
 raising an error that names the parameter it is about (``QuickdraftError.param``), so callers
 (the CLI, the server, the bench) map them without knowing the rules. ``prompt_tokens`` turns a
 prompt (text, chat messages or token ids) into the target's token ids.
+
+The keywords of ``Engine.prepare`` (and so of ``generate`` and ``stream``): max_tokens,
+temperature (0 = greedy), top_p, top_k, seed, stop (strings), method (a registered method),
+num_draft (draft budget per step), controller (``fixed`` or ``adaptive``), chat (apply the chat
+template to a text prompt; default: the engine's), presence_penalty and frequency_penalty (-2..2,
+over the tokens generated so far), logit_bias ({token id: -100..100}), logprobs (None, or 0..20
+alternatives per token: ``GenerationResult.logprobs``), grammar (a :class:`~quickdraft.grammar.Grammar`
+the output must match: a JSON schema, any JSON object, a Lark grammar; it ends the generation
+when complete), tools (OpenAI tool definitions the chat template renders into the prompt),
+acceptance (None: the engine's; ``"typical"`` opts into a LOSSY rule when sampling, marked in the
+stats). Penalties, bias and the grammar's mask apply to the target's logits at every position it
+verifies, drafts included (``verifiers.judge``), so the output is plain decoding's under the same
+penalties and grammar.
 """
 
 from __future__ import annotations

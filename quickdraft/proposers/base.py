@@ -183,6 +183,14 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._specs)
 
+    def check_options(self, options: Iterable[str]) -> None:
+        """Every option name is declared by some method (else an error naming it)."""
+        declared = {name for spec in self for name in spec.option_names()}
+        unknown = sorted(set(options) - declared)
+        if unknown:
+            raise InvalidParameterError(f"no method has an option {unknown[0]!r}; options: {', '.join(sorted(declared))}",
+                                        param=unknown[0])
+
     def tree_variant(self, method: str) -> str:
         """The method that drafts token trees the way ``method`` drafts chains: ``draft`` ->
         ``draft-tree`` (a tree method maps to itself)."""
