@@ -230,7 +230,7 @@ def run_bench(config: BenchConfig, out: Path, *, resume: bool = False, overwrite
         with progress_bar(console) as progress:
             if results.doc["calibration"] is None:
                 results.doc["calibration"] = calibrate_engine(engine.target, draft, context, progress,
-                                                              draft_context=engine.draft_tokens(context) if draft else None)
+                                                              draft_context=engine.draft.tokens(context) if draft else None)
                 results.save()
             _run_prompts(engine, prompts, config, results, progress, units)
             if peers:

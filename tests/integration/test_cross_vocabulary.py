@@ -71,7 +71,7 @@ def test_chat_prompts_cross_with_their_control_tokens(cross_engine):
     spec = cross_engine.generate(messages, max_tokens=32, method="draft", num_draft=3)
     assert spec.token_ids == ar.token_ids and spec.stats["drafted_tokens"] > 0
     prompt = cross_engine.prompt_tokens(messages)
-    draft_tokens = cross_engine.draft_tokens(prompt)
+    draft_tokens = cross_engine.draft.tokens(prompt)
     assert draft_tokens[:2] == [1, 3]  # the draft's BOS, then <|im_start|> parsed as its control token
 
 
