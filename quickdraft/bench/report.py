@@ -28,7 +28,7 @@ from rich.text import Text
 from .metrics import AR_METHOD, CHECK_KINDS
 from .plots import write_plots
 from .views import (DIVERGENCE, calibration_rows, check_counts, config_of, divergence_total, divergent_samples,
-                    draft_cost, methods_in, number, numbers, ordered, peer_groups, result_rows, tasks_in)
+                    draft_cost, draft_sources, methods_in, number, numbers, ordered, peer_groups, result_rows, tasks_in)
 
 
 SUMMARY_HEADERS = ("task", "method", "speedup (geo mean, min-max)", "median",
@@ -239,7 +239,8 @@ def section_state(results: dict) -> list[str]:
                      "that had answered them would know. No prompt-turn ever followed itself.")
     if system.get("cost_curve"):
         curve = ", ".join(f"{c:.2f}" for c in system["cost_curve"][:9])
-        draft = f"; the draft model's token cost {system['draft_cost']:.2f} of a step" if system.get("draft_cost") else ""
+        cost = system.get("draft_cost")
+        draft = f"; the draft model's token cost {cost:.2f} of a step" if cost else ""
         lines.append(f"From the calibration cache (measured on this CPU and build): the target's forward cost "
                      f"for 1..9 new tokens relative to one, {curve}{draft}. The target's KV cache kept the prompt "
                      f"prefix between samples, which only prefill time sees (speedups are decode time).")
@@ -416,6 +417,19 @@ def section_validity(results: dict) -> list[str]:
                                                   for r in rows], right=[2]), ""]
 
 
+def section_sources(results: dict) -> list[str]:
+    """Per task and method, the steps each draft source took (for methods that choose one per step)."""
+    sources = draft_sources(results)
+    if not sources:
+        return []
+    rows = [[task, method, ", ".join(f"{name} {steps}" for name, steps in counter.most_common()),
+             f"{1 - counter['plain'] / max(sum(counter.values()), 1):.0%}"]
+            for (task, method), counter in sources.items()]
+    return ["## Draft sources", "", "Steps drafted by each source, summed over the samples (plain: a step "
+            "without a draft), and the share of steps that drafted.", "",
+            md_table(["task", "method", "steps by source", "drafted"], rows, right=[3]), ""]
+
+
 def section_plots(written: Sequence[tuple[str, Path]], notes: Sequence[str]) -> list[str]:
     lines = ["## Plots", ""]
     for caption, path in written:
@@ -434,8 +448,8 @@ def render_markdown(results: dict, written: Sequence[tuple[str, Path]] = (),
         lines += [f"Run of {config['date']}" + (f" on {machine}." if machine else "."), ""]
     lines += section_divergence_warning(results) + section_missing(results)
     for section in (section_config, section_state, section_summary, section_repeats,
-                    section_acceptance_by_position, section_checks, section_validity, section_calibration,
-                    section_peers):
+                    section_acceptance_by_position, section_sources, section_checks, section_validity,
+                    section_calibration, section_peers):
         lines += section(results)
     lines += section_plots(written, notes)
     return "\n".join(lines).rstrip() + "\n"

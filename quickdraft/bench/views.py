@@ -187,3 +187,17 @@ def draft_cost(results: dict) -> tuple[float, float] | None:
     if token_s is None or not base:
         return None
     return token_s, token_s / base
+
+
+def draft_sources(results: dict) -> dict[tuple[str, str], Counter]:
+    """Per (task, method), the steps each source drafted (``plain``: none drafted) summed over the
+    samples that report them (``config.draft_sources``: auto's per-step choices)."""
+    out: dict[tuple[str, str], Counter] = {}
+    for s in result_rows(results, "samples"):
+        config = s.get("config") if isinstance(s.get("config"), dict) else {}
+        sources = config.get("draft_sources")
+        if isinstance(sources, dict) and sources:
+            counter = out.setdefault((str(s.get("task")), str(s.get("method"))), Counter())
+            for source, steps in sources.items():
+                counter[str(source)] += int(number(steps) or 0)
+    return out

@@ -269,3 +269,17 @@ def test_interrupted_run_plots_only_what_it_has(tmp_path):
                                        "acceptance_by_position.png"}
     md = (tmp_path / "report.md").read_text()
     assert "`calibration`" in md and "`peers`" in md and "### code" not in md
+
+
+def test_report_counts_the_steps_each_draft_source_took(tmp_path):
+    """auto's per-step sources (a sample's config.draft_sources) summed per task and method; a
+    method that reports none has no row."""
+    results = make_results()
+    for s in results["samples"]:
+        if s["method"] == "draft":
+            s["config"] = {"draft_sources": {"grammar": 3, "plain": 5, "draft": 2}}
+    write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Draft sources" in md
+    assert "| code | draft | plain 20, grammar 12, draft 8 | 50% |" in md
+    assert "| code | ngram |" not in md.split("## Draft sources")[1].split("##")[0]
