@@ -100,8 +100,8 @@ class _TextOut:
 class Engine:
     """Speculative generation with one target backend and the registered methods.
 
-    ``draft``: a draft model (a bundled name, a path, or an open backend), loaded when a method
-    first uses it. ``method``: the default method. ``num_draft``: the default draft budget
+    ``draft``: a draft model (a bundled name, a path, ``self:<type>``, or an open backend; of any
+    vocabulary: draft.py), loaded when a method first uses it. ``method``: the default method. ``num_draft``: the default draft budget
     (else each method's declared default). ``controller``: the default budget policy (``fixed``
     or ``adaptive``, control.py). ``prior``: what the cost models start from (control.Prior: the
     target's forward cost curve and step time, the draft model's token cost and agreement);
