@@ -239,7 +239,7 @@ class BridgedDrafter:
             draft = self.bridge.draft
             self.body, self.ends = extend_tokens(self.body, self.ends, bytes(self.text),
                                                  lambda text: draft.tokenize(text, special=True),
-                                                 lambda token: draft.token_bytes(token) or draft.token_text(token))
+                                                 lambda token: written(draft, (token,)))
         self.context = list(context)
         return self.tokens
 
