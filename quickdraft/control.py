@@ -296,10 +296,12 @@ class ForwardCost:
                 bisect.insort(self._sizes, n)
             self._seen[n] = _ewma(self._seen.get(n), seconds, self.decay)
 
-    def free_rows(self, n: int) -> int:
+    def free_rows(self, n: int, base: int | None = None) -> int:
         """How many rows a forward of ``n`` new tokens carries for free: the most (up to
-        ``MAX_FREE_ROWS``) that cost at most ``FREE_ROWS`` more than the forward without them."""
-        limit = (1 + FREE_ROWS) * self.seconds(n)
+        ``MAX_FREE_ROWS``) that keep it within ``FREE_ROWS`` more than a forward of ``base`` tokens
+        (default ``n``: the forward without them; a step whose earlier generations took rows
+        already measures against the forward before any)."""
+        limit = (1 + FREE_ROWS) * self.seconds(n if base is None else base)
         return max((m for m in range(1, MAX_FREE_ROWS + 1) if self.seconds(n + m) <= limit), default=0)
 
 

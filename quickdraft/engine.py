@@ -358,11 +358,12 @@ class Engine:
         order, to the generations whose method decides its own drafts (auto rides lookahead's branch)."""
         if TREE not in self.target.capabilities:
             return drafts
-        free = self.cost.free_rows(extra + sum(1 + len(d) for d in drafts))
+        base = total = extra + sum(1 + len(d) for d in drafts)
         for i, g in enumerate(generations):
+            free = self.cost.free_rows(total, base)
             if free and g.controller is None:
                 drafts[i] = g.proposer.ride(g.context, drafts[i], free)
-                free -= len(drafts[i].extra)
+                total += len(drafts[i].extra)
         return drafts
 
     def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft],
