@@ -44,13 +44,15 @@ DraftModel = typer.Option(models.DEFAULT_DRAFT, "--draft", help="Draft model for
                           "draft-tree needs the target's); self:TYPE (self:q4_0, self:q3_k_m, self:q2_k, ...: "
                           "`quickdraft methods` lists them) for a low-bit copy of the target itself, made with "
                           "llama.cpp's quantizer on first use and cached; 'none': auto drafts without one.")
-Method = typer.Option(None, "--method", help="auto | ar | draft | ngram | suffix | draft-tree | ngram-tree | layerskip "
-                      "| medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
+Method = typer.Option(None, "--method", help="auto | ar | draft | parallel | ngram | suffix | draft-tree | ngram-tree "
+                      "| layerskip | medusa | eagle ... (`quickdraft methods` lists them; default: auto, the best source per "
                       "step: suffix match, draft model or none).")
 Tree = typer.Option(False, "--tree", help="Draft token trees: --method draft -> draft-tree, ngram -> ngram-tree.")
 NumDraft = typer.Option(None, "--num-draft", "-k", help="Draft budget: at most this many tokens per step "
                         "(default: 16 for auto, 4 for the others).")
 MinConfidence = typer.Option(None, "--min-confidence", help="Stop drafting when the draft's top probability is below this.")
+DraftThreads = typer.Option(None, "--draft-threads", help="--method parallel: the draft model's threads while "
+                            "it drafts beside the target, which takes the rest of --threads (default 1).")
 ControllerOpt = typer.Option("fixed", "--controller", help="Draft budget policy: fixed (always --num-draft) or "
                              "adaptive (the length that maximises expected tokens/s, 0 included).")
 NCtx = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
@@ -104,6 +106,7 @@ def generate(
     prompt: str = typer.Argument(..., help="The prompt (sent through the chat template unless --raw)."),
     target: str = Target, draft: str = DraftModel, method: Optional[str] = Method, tree: bool = Tree,
     num_draft: int = NumDraft, min_confidence: float = MinConfidence, controller: str = ControllerOpt,
+    draft_threads: Optional[int] = DraftThreads,
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Maximum new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"), top_k: int = typer.Option(0, "--top-k", help="0 = off."),
@@ -127,7 +130,7 @@ def generate(
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, raw=raw, controller=controller, tree=tree, min_confidence=min_confidence,
                          heads=heads, acceptance=acceptance, posterior_threshold=posterior_threshold,
-                         posterior_alpha=posterior_alpha)
+                         posterior_alpha=posterior_alpha, draft_threads=draft_threads)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                    stop=stop, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
     stream = engine.stream(prompt, **options)

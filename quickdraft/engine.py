@@ -301,6 +301,9 @@ class Engine:
         ``batched``: in sequences of its own (``BATCH`` backends; :meth:`release` frees them),
         so it can share steps with other generations; otherwise in the backends' own sequences."""
         spec = request.spec
+        if batched and spec.alone:
+            raise QuickdraftError(f"method {spec.name!r} runs one request at a time, never in a batch "
+                                  "(ProposerSpec.alone)", param="method")
         prompt = request.tokens[:-1]  # what a new sequence may share with another's cache
         target = self.target.new_sequence(prompt) if batched else self._main(self.target)
         constraint = None if request.grammar is None else self.vocabulary().constraint(request.grammar)
@@ -349,7 +352,8 @@ class Engine:
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
-        cost.observe(extra + sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
+        if not any(g.request.spec.alone for g in generations):  # alone: on threads other than the engine's
+            cost.observe(extra + sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 

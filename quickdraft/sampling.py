@@ -196,13 +196,14 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
 
 
 def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams, rng: np.random.Generator,
-                min_confidence: float = 0.0) -> Draft:
+                min_confidence: float = 0.0, stopped=lambda: False) -> Draft:
     """Draft up to ``budget`` tokens one at a time from a model's next-token ``logits`` [V];
     ``step(token) -> logits [V]`` feeds a drafted token and predicts the next.
 
     Greedy requests take the argmax (q = None); sampled ones draw from the warped distribution q
     and return it for the rejection verifier. Stops early when the probability of the next token
-    (softmax at temperature 1 when greedy, else q) is below ``min_confidence``.
+    (softmax at temperature 1 when greedy, else q) is below ``min_confidence``, or when
+    ``stopped()`` says so (checked before each forward: drafting on another thread, told to stop).
     """
     tokens: list[int] = []
     qs: list[np.ndarray] = []
@@ -219,7 +220,7 @@ def draft_chain(logits: np.ndarray, step, budget: int, sampling: SamplingParams,
         tokens.append(token)
         if not sampling.greedy:
             qs.append(q)
-        if len(tokens) == budget:
+        if len(tokens) == budget or stopped():
             break
         logits = step(token)
     return Draft(tuple(tokens), np.stack(qs) if qs else None)

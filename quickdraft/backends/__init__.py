@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import QuickdraftError
-from .base import BATCH, HIDDEN_STATES, LAYER_SKIP, TREE, Backend
+from .base import BATCH, HIDDEN_STATES, LAYER_SKIP, THREADS, TREE, Backend
 
 COMMON_SETTINGS = ("n_ctx", "n_threads", "verbose")
 
@@ -44,7 +44,7 @@ class BackendSpec:
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
-    BackendSpec("llamacpp", "llamacpp", "LlamaCppBackend", frozenset({TREE, BATCH}),
+    BackendSpec("llamacpp", "llamacpp", "LlamaCppBackend", frozenset({TREE, BATCH, THREADS}),
                 ("n_gpu_layers", "precise", "n_batch", "max_tree_nodes", "batch_invariant"),
                 "GGUF models through llama.cpp: the fast CPU path"),
     BackendSpec("torch", "torch_hf", "TorchBackend", frozenset({TREE, HIDDEN_STATES, LAYER_SKIP}),

@@ -12,6 +12,8 @@ the interface named here:
   (continuous batching).
 - ``HIDDEN_STATES``: :class:`HiddenStates`, the final hidden states of the cache (trained heads).
 - ``LAYER_SKIP``: :class:`LayerSkipping`, forwards through a subset of the layers (self-speculation).
+- ``THREADS``: :class:`Threads`, the compute threads of a model's context set while it runs, and
+  forwards that release the GIL, so two models compute at once from two Python threads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TREE = "tree"
 BATCH = "batch"
 HIDDEN_STATES = "hidden_states"
 LAYER_SKIP = "layer_skip"
+THREADS = "threads"
 
 
 class Backend(Protocol):
@@ -154,6 +157,14 @@ class HiddenStates(Backend, Protocol):
 
     def hidden_states(self, start: int, stop: int) -> Any:
         """Hidden states of cached positions ``start .. stop - 1`` [stop - start, H]."""
+
+
+class Threads(Backend, Protocol):
+    """``THREADS``: the threads a context computes on, set at any time (``n_threads`` says how
+    many); its forwards run without the GIL (parallel drafting: proposers/parallel.py)."""
+
+    def set_threads(self, n: int) -> None:
+        """Compute on ``n`` threads from the next forward on."""
 
 
 class LayerSkipping(Backend, Protocol):

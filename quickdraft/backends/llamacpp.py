@@ -19,7 +19,7 @@ from ..chat import render_chat
 from ..errors import InvalidParameterError, ModelNotFoundError, QuickdraftError
 from ..system import check_llama_build, default_threads, describe_llama_build
 from ..tree import check_path, layout
-from .base import BATCH, TREE, Chunk, common_prefix, reusable_prefix
+from .base import BATCH, THREADS, TREE, Chunk, common_prefix, reusable_prefix
 
 check_llama_build()  # before any of llama.cpp's code runs
 import llama_cpp as ll  # noqa: E402
@@ -40,10 +40,19 @@ class LlamaSequence:
 
     def __init__(self, backend: "LlamaCppBackend", seq_id: int) -> None:
         self.backend, self.ids = backend, [seq_id]
+        self.capabilities = backend.capabilities
         self.n_ctx, self.max_tree_nodes = backend.n_ctx, backend.max_tree_nodes
         self.tokens: list[int] = []
         self._mirrored = 1
         self._tree: tuple[list[int], tuple[int, ...], int] | None = None  # (tokens, parents, cache length) awaiting keep()
+
+    @property
+    def n_threads(self) -> int:
+        return self.backend.n_threads
+
+    def set_threads(self, n: int) -> None:
+        """The context's threads (every sequence of it computes on them)."""
+        self.backend.set_threads(n)
 
     # --- a chain -------------------------------------------------------------------------------
     def forward(self, tokens: Sequence[int], *, outputs: str = "all") -> np.ndarray:
@@ -221,7 +230,7 @@ class LlamaCppBackend:
     """
 
     name = "llamacpp"
-    capabilities = frozenset({TREE, BATCH})
+    capabilities = frozenset({TREE, BATCH, THREADS})
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_gpu_layers: int = 0, precise: bool = False,
@@ -287,6 +296,13 @@ class LlamaCppBackend:
         return LlamaCppBackend(path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
                                n_gpu_layers=self.n_gpu_layers, precise=self.precise,
                                max_tree_nodes=self.max_tree_nodes, batch_invariant=self.batch_invariant)
+
+    def set_threads(self, n: int) -> None:
+        """Compute on ``n`` threads from the next decode on (prompt batches too)."""
+        if n < 1:
+            raise QuickdraftError(f"need at least one thread, got {n}", param="threads")
+        ll.llama_set_n_threads(self._ctx, n, n)
+        self.n_threads = n
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

@@ -4,7 +4,7 @@ To add one, write its proposer and its :class:`ProposerSpec` in a module here an
 below (docs/design.md, "Adding a method"); the registry test lists every name.
 """
 
-from . import ar, draft_model, heads, hybrid, layerskip, lookahead, ngram, suffix
+from . import ar, draft_model, heads, hybrid, layerskip, lookahead, ngram, parallel, suffix
 from .base import BaseProposer, NoOptions, Proposer, ProposerSpec, Registry, Resources, parse_options
 
 METHODS = Registry([
@@ -12,6 +12,7 @@ METHODS = Registry([
     ar.AR,
     draft_model.DRAFT,
     draft_model.DRAFT_TREE,
+    parallel.PARALLEL,
     ngram.NGRAM,
     ngram.NGRAM_TREE,
     suffix.SUFFIX,

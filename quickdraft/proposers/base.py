@@ -121,6 +121,9 @@ class ProposerSpec:
     decides_budget: the method chooses its own draft lengths; the engine's budget is its cap.
     default_budget: the draft cap per step when the caller gives none.
     tree_variant: the method that drafts token trees the way this one drafts chains.
+    alone: the method's requests run one at a time, never in a batch with others (its draft model
+        works on a thread of its own between steps, and it sets the backends' threads); their
+        steps do not teach the engine's forward cost curve, which is the engine's threads'.
     """
 
     name: str
@@ -134,6 +137,7 @@ class ProposerSpec:
     decides_budget: bool = False
     default_budget: int = 4
     tree_variant: str | None = None
+    alone: bool = False
 
     @property
     def uses_draft_model(self) -> bool:

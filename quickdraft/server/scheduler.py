@@ -6,7 +6,8 @@ a KV sequence of its own (``Engine.start(request, batched=True)``), and loops:
 
 1. admit waiting requests, in arrival order, while the batch has room (``max_batch`` requests,
    and KV cells for each one's prompt, ``max_tokens`` and draft: a request never runs out of
-   room mid-way);
+   room mid-way; a method that runs alone, ``ProposerSpec.alone``, waits for an idle engine and
+   runs by itself);
 2. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
    chosen for the whole batch, one forward verifies them all) and hand each its new text; the
    same forward carries one chunk (``prefill_chunk`` tokens) of the oldest admitted prompt not
@@ -198,12 +199,14 @@ class Scheduler:
         """Whether engine ``index`` can start ``job`` beside ``running`` (default: its running
         jobs; called under the lock): a place in its batch, and KV cells for the job's whole
         generation beside what the running ones may still take (a lone job always fits: prepare
-        checked it against the context)."""
+        checked it against the context). A job whose method runs alone (``ProposerSpec.alone``)
+        waits for an idle engine, and nothing joins it."""
         engine = self.engines[index]
         mine = [j for j, i in self._active.items() if i == index] if running is None else running
         if not mine:
             return True
-        if BATCH not in engine.target.capabilities or len(mine) >= self.max_batch:
+        if BATCH not in engine.target.capabilities or len(mine) >= self.max_batch or _alone(job) \
+                or any(map(_alone, mine)):
             return False
         return sum(map(_reserve, mine)) + _reserve(job) <= engine.target.n_ctx
 
@@ -266,7 +269,7 @@ class Scheduler:
             self._forget(job)
             return
         try:
-            generation = engine.start(job.request, batched=BATCH in engine.target.capabilities)
+            generation = engine.start(job.request, batched=BATCH in engine.target.capabilities and not _alone(job))
         except QuickdraftError as e:
             job.emit(Failed(engine_error(e, prompt_param=job.prompt_param)))
             self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
@@ -331,6 +334,11 @@ class Scheduler:
         with self._cond:
             self._active.pop(job, None)
             self._cond.notify_all()
+
+
+def _alone(job: Job) -> bool:
+    """The job's method runs one request at a time (``ProposerSpec.alone``)."""
+    return job.request.spec.alone
 
 
 def _reserve(job: Job) -> int:

@@ -48,12 +48,25 @@ def two_token_distribution(target, prompt: list[int], params: SamplingParams,
     """P(first two sampled tokens = (a, b)) after ``prompt``, from the target's own logits, each
     row ``process``ed (given the tokens generated before it) and warped: the support is every pair
     the warp allows (top-k 3: at most 9 pairs)."""
-    target.prefill(prompt[:-1])
-    p0 = warp(process(target.forward(prompt[-1:])[0], []), params)
-    exact = {}
-    for a in np.flatnonzero(p0):
-        target.prefill(prompt)
-        p1 = warp(process(target.forward([int(a)])[0], [int(a)]), params)
-        for b in np.flatnonzero(p1):
-            exact[(int(a), int(b))] = p0[a] * p1[b]
+    return token_distribution(target, prompt, params, 2, process)
+
+
+def token_distribution(target, prompt: list[int], params: SamplingParams, length: int,
+                       process: Callable[[np.ndarray, list[int]], np.ndarray] = lambda row, generated: row,
+                       ) -> dict[tuple[int, ...], float]:
+    """P(first ``length`` sampled tokens = t) after ``prompt`` for every t the warp allows, from
+    the target's own logits (each row ``process``ed given the tokens before it, then warped)."""
+    exact: dict[tuple[int, ...], float] = {}
+
+    def grow(prefix: list[int], probability: float) -> None:
+        if len(prefix) == length:
+            exact[tuple(prefix)] = probability
+            return
+        context = [*prompt, *prefix]
+        target.prefill(context[:-1])
+        p = warp(process(target.forward(context[-1:])[0], prefix), params)
+        for token in np.flatnonzero(p):
+            grow([*prefix, int(token)], probability * p[token])
+
+    grow([], 1.0)
     return exact

@@ -41,6 +41,7 @@ class GatedEngine:
         self.target = SimpleNamespace(capabilities=capabilities, n_ctx=n_ctx)
         self.gate = threading.Event()
         self.started: list = []
+        self.batched: list[bool] = []
         self.batch_sizes: list[int] = []
 
     @contextlib.contextmanager
@@ -52,6 +53,7 @@ class GatedEngine:
 
     def start(self, request: Request, *, batched: bool = False) -> GatedGeneration:
         self.started.append(request.sampling.seed)
+        self.batched.append(batched)
         return GatedGeneration()
 
     def step(self, generations, prefill=()) -> list:
@@ -78,8 +80,8 @@ def loop():
     loop.close()
 
 
-def job(loop, seed: int, max_tokens: int = 1) -> Job:
-    request = Request((1, 2), max_tokens, SamplingParams(seed=seed), (), METHODS["ar"], 0, "fixed")
+def job(loop, seed: int, max_tokens: int = 1, method: str = "ar") -> Job:
+    request = Request((1, 2), max_tokens, SamplingParams(seed=seed), (), METHODS[method], 0, "fixed")
     return Job(request, timeout_s=30, loop=loop)
 
 
@@ -182,6 +184,27 @@ def test_a_batching_engine_runs_requests_together_within_its_batch_and_its_cells
             assert [type(e).__name__ for e in events(loop, j)] == ["Started", "Piece", "Finished"]
         assert engine.started == [0, 1, 2, 3, 10]
         assert max(engine.batch_sizes) == 3
+    finally:
+        engine.gate.set()
+        scheduler.stop()
+
+
+def test_a_method_that_runs_alone_waits_for_an_idle_engine_and_nothing_joins_it(loop):
+    """parallel (ProposerSpec.alone) starts unbatched once the running request is done, and the
+    request after it waits for it, though the batch has room for all three."""
+    engine = GatedEngine(capabilities=frozenset({BATCH}), n_ctx=64)
+    scheduler = Scheduler([engine], max_queue=8, metrics=Metrics(), max_batch=3)
+    scheduler.start()
+    try:
+        first, alone, last = job(loop, 0), job(loop, 1, method="parallel"), job(loop, 2)
+        for j in (first, alone, last):
+            scheduler.submit(j)
+        until(lambda: scheduler.running == 1 and scheduler.waiting == 2)
+        engine.gate.set()
+        for j in (first, alone, last):
+            assert [type(e).__name__ for e in events(loop, j)] == ["Started", "Piece", "Finished"]
+        assert engine.started == [0, 1, 2] and engine.batched == [True, False, True]
+        assert max(engine.batch_sizes) == 1
     finally:
         engine.gate.set()
         scheduler.stop()

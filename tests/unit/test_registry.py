@@ -9,7 +9,7 @@ from quickdraft.proposers import METHODS, parse_options
 
 
 def test_the_registry_lists_every_method_in_order():
-    assert METHODS.names() == ["auto", "ar", "draft", "draft-tree", "ngram", "ngram-tree", "suffix", "lookahead", "layerskip",
+    assert METHODS.names() == ["auto", "ar", "draft", "draft-tree", "parallel", "ngram", "ngram-tree", "suffix", "lookahead", "layerskip",
                                "medusa", "eagle", "medusa-tree", "eagle-tree"]
 
 
