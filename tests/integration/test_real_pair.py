@@ -37,7 +37,7 @@ def assert_the_targets_own(engine, prompt: str, methods, max_tokens: int = 32, s
     return results
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram", "suffix", "auto"])
+@pytest.mark.parametrize("method", ["draft", "parallel", "ngram", "suffix", "auto"])
 def test_greedy_output_is_the_targets_own(engine, method):
     """Every difference from AR must be a certified numeric near-tie, never a real divergence."""
     for prompt in PROMPTS:
