@@ -111,6 +111,10 @@ class Engine:
     copy). ``clock``: what step timings are read from (tests pass a synthetic one). ``options``:
     method options, each given to the methods that declare it. ``acceptance``: the default
     acceptance rule (a name or a rule, verifiers.ACCEPTANCE; ``exact``, lossless, unless given).
+    ``prompt_cache``: a request starts from the longest start of its prompt the backends' caches
+    hold (another running request's, or a finished one's: a conversation's next turn reuses its
+    earlier turns); off, every prompt is computed in full and a finished request's cells are freed
+    at once (for measuring what the reuse saves).
 
     A request runs alone (:meth:`stream`, :meth:`generate`), or, on a backend that batches, with
     others in shared steps (:meth:`start` each in sequences of its own, :meth:`step` them
@@ -121,8 +125,10 @@ class Engine:
                  num_draft: int | None = None, controller: str = "fixed", chat: bool = True,
                  calibrate: bool = False, prior: Prior | None = None, default_max_tokens: int | None = None,
                  methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter,
-                 acceptance: str | verifiers.AcceptanceRule = "exact", **options) -> None:
+                 acceptance: str | verifiers.AcceptanceRule = "exact", prompt_cache: bool = True,
+                 **options) -> None:
         self.target, self.methods, self.chat = target, methods, chat
+        self.prompt_cache = prompt_cache
         self.method, self.num_draft, self.controller = method, num_draft, controller
         self.calibrate = calibrate
         self.prior = prior or (calibration.prior(target) if calibrate else Prior())
@@ -301,7 +307,9 @@ class Engine:
         ``batched``: in sequences of its own (``BATCH`` backends; :meth:`release` frees them),
         so it can share steps with other generations; otherwise in the backends' own sequences."""
         spec = request.spec
-        prompt = request.tokens[:-1]  # what a new sequence may share with another's cache
+        prompt = request.tokens[:-1] if self.prompt_cache else ()  # what a new sequence may share with another's cache
+        if not (self.prompt_cache or batched):
+            self.clear_caches()
         target = self.target.new_sequence(prompt) if batched else self._main(self.target)
         constraint = None if request.grammar is None else self.vocabulary().constraint(request.grammar)
         resources = self.resources(spec, batched=batched, prefix=prompt, constraint=constraint)
@@ -323,6 +331,8 @@ class Engine:
         for backend, seq in ((self.target, sequence), (self.draft.backend, resources.draft)):
             if seq is not None and seq is not self._main(backend):
                 backend.release(seq)
+                if not self.prompt_cache:
+                    backend.forget_retired()
 
     @staticmethod
     def _main(backend):
@@ -433,6 +443,7 @@ class Generation:
         self.out = _TextOut(resources.target, request.stop)
         self.started = clock()
         self.prefilled = False
+        self._began_prefill = False
         self._ended = False
 
     def prefill(self, chunk: int | None = None) -> bool:
@@ -450,6 +461,8 @@ class Generation:
         None when there are none. :meth:`prefill_done` after the forward."""
         prompt = self.context[:-1]
         common = reusable_prefix(self.sequence.tokens, prompt, last_logits=False)
+        if not self._began_prefill:  # what the cache held of the prompt when it began
+            self._began_prefill, self.stats.cached_tokens = True, common
         self.sequence.rollback(common)
         end = len(prompt) if size is None else min(len(prompt), common + size)
         return Chunk(self.sequence, prompt[common:end], rows="none") if end > common else None
