@@ -240,10 +240,9 @@ class ForwardCost:
     observed is estimated from the calibrated ``relative`` curve (``relative[n-1]``: n tokens
     relative to one; beyond it, the slope of its last points) scaled to the nearest sizes observed
     on either side (weighted by closeness; one side only: that side's), or by the calibrated
-    ``step_s`` before any: a batch's forwards (many sequences, long contexts) cost more per token
-    than the one-sequence curve says, and the nearest observations know it (Engine.step does not
-    show it forwards that carry prompt chunks: their tokens need no logits and cost less). One per
-    engine memory: every method and request shares it."""
+    ``step_s`` before any: a batch's forwards (many sequences, long contexts, a prompt chunk
+    riding along) cost more per token than the one-sequence curve says, and the nearest
+    observations know it. One per engine memory: every method and request shares it."""
 
     relative: Sequence[float] | None = None
     step_s: float | None = None

@@ -359,8 +359,7 @@ class Engine:
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
-        if not prefill:  # a prompt chunk's tokens need no logits: they cost less than the rows the curve prices
-            cost.observe(sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
+        cost.observe(extra + sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
