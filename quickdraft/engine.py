@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -345,7 +346,13 @@ class Engine:
         plain steps included), each drafts, one target forward verifies them all, each accepts
         and trims its cache, learns, and emits its new text (None when there is none yet).
         ``prefill``: prompt chunks of generations still prefilling (:meth:`Generation.next_chunk`)
-        that ride in the same forward (``BATCH`` backends), as continuous batching does."""
+        that ride in the same forward (``BATCH`` backends), as continuous batching does, cut to
+        what the forward holds beside the step's rows (``n_batch``: a chunk left out waits for
+        the next step); with no generations, the chunks alone in one forward."""
+        if not generations:  # prompt chunks alone: a forward without logits, which the step's cost model does not price
+            if prefill:
+                self.target.forward_batch(fit_chunks(prefill, getattr(self.target, "n_batch", sys.maxsize)))
+            return []
         clock, cost = self.clock, self.cost
         extra = sum(len(c.tokens) for c in prefill)
         offers = [g.offers() for g in generations]
@@ -356,10 +363,12 @@ class Engine:
             drafts.append(g.draft(options[index] if index is not None else None, k))
             draft_s.append(clock() - start)
         drafts = self._ride(generations, drafts, extra)
+        rows = sum(1 + len(d) + len(d.extra) for d in drafts)
+        prefill = fit_chunks(prefill, getattr(self.target, "n_batch", sys.maxsize) - rows)
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
-        cost.observe(extra + sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
+        cost.observe(sum(len(c.tokens) for c in prefill) + rows, verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
@@ -419,6 +428,20 @@ class Engine:
             finally:
                 self.release(generation)
             stream.result = generation.result()
+
+
+def fit_chunks(chunks: Sequence[Chunk], room: int) -> list[Chunk]:
+    """``chunks`` in order, holding at most ``room`` tokens in all: the one that would overflow
+    keeps its first tokens, those after it are left out.
+
+    Example: chunks of 5, 4 and 3 tokens in room 7 -> chunks of 5 and 2 tokens."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        if room <= 0:
+            break
+        out.append(chunk if len(chunk.tokens) <= room else replace(chunk, tokens=chunk.tokens[:room]))
+        room -= len(out[-1].tokens)
+    return out
 
 
 class Generation:
