@@ -45,6 +45,8 @@ def load(target: str | Path = DEFAULT_TARGET, draft: str | Path | None = DEFAULT
     itself, made by llama.cpp's quantizer on first use and cached. ``acceptance``: the default
     acceptance rule, ``exact`` (lossless); ``"typical"`` (or ``TypicalAcceptance(...)`` with its
     thresholds) is Medusa's LOSSY rule when sampling, marked as such in every result.
+    ``prompt_cache=False``: every prompt computed in full, nothing reused from earlier requests
+    (Engine; by default a request starts from the longest start of its prompt the cache holds).
 
     ``backend`` names the backend (``quickdraft.backends.BACKENDS``): ``llamacpp`` (GGUF; settings
     ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``precise``, ...) or ``torch`` (``pip install

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -354,6 +355,8 @@ def loadtest(
                                "instead (a reliability run: errors, answers, memory)."),
     target: str = Target, draft: str = DraftModel, method: str = typer.Option("auto", "--method"),
     n_ctx: int = typer.Option(16384, "--n-ctx"), threads: Optional[int] = Threads,
+    server_args: str = typer.Option("", "--server-args", help="More options for the quickdraft servers' "
+                                    "`quickdraft serve` command line, e.g. \"--prefill-chunk 128\"."),
     out: Path = typer.Option(Path("load-out"), "--out", help="Output directory."),
 ):
     """Serve under load: N concurrent OpenAI clients on loopback against quickdraft and llama-server."""
@@ -363,7 +366,8 @@ def loadtest(
     config = LoadConfig(target=target, draft=draft, task=task, prompt_tokens=(int(low), int(high or low)),
                         concurrency=tuple(int(c) for c in concurrency.split(",") if c), max_tokens=max_tokens,
                         requests_per_client=requests_per_client, n_ctx=n_ctx, threads=threads,
-                        servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak)
+                        servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak,
+                        server_args=tuple(shlex.split(server_args)))
     doc = run_load(config, out)
     mixed = sum(level["answers"]["mixed"] for level in doc["levels"])
     if mixed:
@@ -520,6 +524,13 @@ def serve(
                                  "(continuous batching; they share the --n-ctx context)."),
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", help="Prompt tokens prefilled between two steps "
                                       "of the running requests."),
+    step_tokens: Optional[int] = typer.Option(None, "--step-tokens", help="Instead of --prefill-chunk: tokens "
+                                              "per step, one per running request first, prompt tokens in the rest "
+                                              "(more than --parallel)."),
+    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
+                                      help="Start a request from the longest start of its prompt the cache holds "
+                                      "(a conversation's next turn reuses its earlier turns); off: every prompt "
+                                      "is computed in full."),
     n_ctx: int = typer.Option(16384, "--n-ctx", help="Context size in tokens, shared by the requests served at once."),
     threads: Optional[int] = Threads, gpu_layers: Optional[int] = GpuLayers,
     backend: str = BackendOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
@@ -532,11 +543,15 @@ def serve(
         from .server import create_app, run
     except ImportError as e:
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
+    from .server.scheduler import check_scheduling
+
+    check_scheduling(max_queue, parallel, prefill_chunk, step_tokens)  # before the models load
     engine = load_engine(target, draft, method, num_draft,
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
                          min_confidence=min_confidence, heads=heads, acceptance=acceptance,
-                         posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
+                         posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha,
+                         prompt_cache=prompt_cache)
     names = (model_name,) if model_name else models.served_names(target)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[bold yellow]warning:[/] serving on {host} without --api-key: anyone who can reach "
@@ -545,7 +560,7 @@ def serve(
     if engine.spec(engine.method).uses_draft_model:
         engine.draft_model()  # loaded and checked now, not by the first request
     run(create_app(engine, names, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
-                   prefill_chunk=prefill_chunk), host=host, port=port)
+                   prefill_chunk=prefill_chunk, step_tokens=step_tokens), host=host, port=port)
 
 
 @app.command()

@@ -111,6 +111,10 @@ class Engine:
     copy). ``clock``: what step timings are read from (tests pass a synthetic one). ``options``:
     method options, each given to the methods that declare it. ``acceptance``: the default
     acceptance rule (a name or a rule, verifiers.ACCEPTANCE; ``exact``, lossless, unless given).
+    ``prompt_cache``: a request starts from the longest start of its prompt the backends' caches
+    hold (another running request's, or a finished one's: a conversation's next turn reuses its
+    earlier turns); off, every prompt is computed in full and a finished request's cells are freed
+    at once (for measuring what the reuse saves).
 
     A request runs alone (:meth:`stream`, :meth:`generate`), or, on a backend that batches, with
     others in shared steps (:meth:`start` each in sequences of its own, :meth:`step` them
@@ -121,8 +125,10 @@ class Engine:
                  num_draft: int | None = None, controller: str = "fixed", chat: bool = True,
                  calibrate: bool = False, prior: Prior | None = None, default_max_tokens: int | None = None,
                  methods: Registry = METHODS, clock: Callable[[], float] = time.perf_counter,
-                 acceptance: str | verifiers.AcceptanceRule = "exact", **options) -> None:
+                 acceptance: str | verifiers.AcceptanceRule = "exact", prompt_cache: bool = True,
+                 **options) -> None:
         self.target, self.methods, self.chat = target, methods, chat
+        self.prompt_cache = prompt_cache
         self.method, self.num_draft, self.controller = method, num_draft, controller
         self.calibrate = calibrate
         self.prior = prior or (calibration.prior(target) if calibrate else Prior())
@@ -304,7 +310,9 @@ class Engine:
         if batched and spec.alone:
             raise QuickdraftError(f"method {spec.name!r} runs one request at a time, never in a batch "
                                   "(ProposerSpec.alone)", param="method")
-        prompt = request.tokens[:-1]  # what a new sequence may share with another's cache
+        prompt = request.tokens[:-1] if self.prompt_cache else ()  # what a new sequence may share with another's cache
+        if not (self.prompt_cache or batched):
+            self.clear_caches()
         target = self.target.new_sequence(prompt) if batched else self._main(self.target)
         constraint = None if request.grammar is None else self.vocabulary().constraint(request.grammar)
         resources = self.resources(spec, batched=batched, prefix=prompt, constraint=constraint)
@@ -326,6 +334,8 @@ class Engine:
         for backend, seq in ((self.target, sequence), (self.draft.backend, resources.draft)):
             if seq is not None and seq is not self._main(backend):
                 backend.release(seq)
+                if not self.prompt_cache:
+                    backend.forget_retired()
 
     @staticmethod
     def _main(backend):
@@ -338,7 +348,13 @@ class Engine:
         plain steps included), each drafts, one target forward verifies them all, each accepts
         and trims its cache, learns, and emits its new text (None when there is none yet).
         ``prefill``: prompt chunks of generations still prefilling (:meth:`Generation.next_chunk`)
-        that ride in the same forward (``BATCH`` backends), as continuous batching does."""
+        that ride in the same forward (``BATCH`` backends), as continuous batching does, cut to
+        what the forward holds beside the step's rows (``n_batch``: a chunk left out waits for
+        the next step); with no generations, the chunks alone in one forward."""
+        if not generations:  # prompt chunks alone: a forward without logits, which the step's cost model does not price
+            if prefill:
+                self.target.forward_batch(fit_chunks(prefill, self.target.n_batch))
+            return []
         clock, cost = self.clock, self.cost
         extra = sum(len(c.tokens) for c in prefill)
         offers = [g.offers() for g in generations]
@@ -349,11 +365,14 @@ class Engine:
             drafts.append(g.draft(options[index] if index is not None else None, k))
             draft_s.append(clock() - start)
         drafts = self._ride(generations, drafts, extra)
+        rows = sum(1 + len(d) + len(d.extra) for d in drafts)
+        if prefill:  # only a BATCH backend takes prompt chunks beside the rows
+            prefill = fit_chunks(prefill, self.target.n_batch - rows)
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
         if not any(g.request.spec.alone for g in generations):  # alone: on threads other than the engine's
-            cost.observe(extra + sum(1 + len(d) + len(d.extra) for d in drafts), verify_s)
+            cost.observe(sum(len(c.tokens) for c in prefill) + rows, verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
@@ -415,6 +434,20 @@ class Engine:
             stream.result = generation.result()
 
 
+def fit_chunks(chunks: Sequence[Chunk], room: int) -> list[Chunk]:
+    """``chunks`` in order, holding at most ``room`` tokens in all: the one that would overflow
+    keeps its first tokens, those after it are left out.
+
+    Example: chunks of 5, 4 and 3 tokens in room 7 -> chunks of 5 and 2 tokens."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        if room <= 0:
+            break
+        out.append(chunk if len(chunk.tokens) <= room else replace(chunk, tokens=chunk.tokens[:room]))
+        room -= len(out[-1].tokens)
+    return out
+
+
 class Generation:
     """One running request: its proposer, its controller (None for a method that offers for
     itself), the target sequence its tokens live in, what it has emitted, its stats.
@@ -436,6 +469,7 @@ class Generation:
         self.out = _TextOut(resources.target, request.stop)
         self.started = clock()
         self.prefilled = False
+        self._began_prefill = False
         self._ended = False
 
     def prefill(self, chunk: int | None = None) -> bool:
@@ -453,6 +487,8 @@ class Generation:
         None when there are none. :meth:`prefill_done` after the forward."""
         prompt = self.context[:-1]
         common = reusable_prefix(self.sequence.tokens, prompt, last_logits=False)
+        if not self._began_prefill:  # what the cache held of the prompt when it began
+            self._began_prefill, self.stats.cached_tokens = True, common
         self.sequence.rollback(common)
         end = len(prompt) if size is None else min(len(prompt), common + size)
         return Chunk(self.sequence, prompt[common:end], rows="none") if end > common else None

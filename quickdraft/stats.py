@@ -34,6 +34,7 @@ class Stats:
     prefill_time_s: float = 0.0
     total_time_s: float = 0.0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, what the cache already held (prefix reuse)
     ended_on_eos: bool = False
     acceptance: str = "exact"
     lossless: bool = True
@@ -97,6 +98,7 @@ class Stats:
             "prefill_time_s": round(self.prefill_time_s, 4),
             "total_time_s": round(self.total_time_s, 4),
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "ended_on_eos": self.ended_on_eos,
             "tokens_per_second": round(self.tokens_per_second, 3),
             "accepted_lengths": list(self.accepted_lengths),

@@ -125,9 +125,10 @@ class Chunk:
 
 class BatchBackend(Backend, Protocol):
     """``BATCH``: sequences of their own in the backend's KV cache (the backend's own protocol
-    works on its ``main`` one), and one forward over several of them."""
+    works on its ``main`` one), and one forward over several of them (``n_batch`` tokens at most)."""
 
     main: KVSequence
+    n_batch: int
 
     def new_sequence(self, prefix: Sequence[int] = ()) -> KVSequence:
         """A sequence of its own: empty, or holding the longest start of ``prefix`` that another

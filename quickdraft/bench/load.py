@@ -47,7 +47,8 @@ MODEL_NAME = "model"
 class LoadConfig:
     """What to run. ``task``: a bench task name or a JSONL file of prompts (bench/tasks.py);
     ``prompt_tokens``: keep its prompts of this many tokens (chat template included), to fix the
-    prompt length of the run."""
+    prompt length of the run. ``server_args``: more options for the quickdraft servers'
+    ``quickdraft serve`` command line (``("--prefill-chunk", "128")``)."""
 
     target: str = DEFAULT_TARGET
     draft: str = DEFAULT_DRAFT
@@ -62,6 +63,7 @@ class LoadConfig:
     method: str = "auto"
     soak_s: float = 0.0  # > 0: one server, the first concurrency, for this long
     request_timeout_s: float = 600.0
+    server_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.servers) - set(SERVERS))
@@ -244,7 +246,7 @@ def server_command(server: str, config: LoadConfig, slots: int, port: int, targe
         return [sys.executable, "-m", "quickdraft.cli", "serve", "--target", str(target), "--draft", str(draft),
                 "--method", config.method, "--parallel", str(parallel), "--n-ctx", str(config.n_ctx),
                 "--threads", threads, "--port", str(port), "--model-name", MODEL_NAME, "--max-queue", "256",
-                "--timeout", str(config.request_timeout_s)]
+                "--timeout", str(config.request_timeout_s), *config.server_args]
     from .llamacpp_server import llama_server_path
 
     binary = llama_server_path()
@@ -385,7 +387,8 @@ def write_load_report(doc: dict, out: Path) -> None:
              f"Task {config['task']}: {doc['prompts']} prompts of {config['prompt_tokens'][0]}-"
              f"{config['prompt_tokens'][1]} tokens, {config['max_tokens']} new tokens each, greedy; "
              f"{config['requests_per_client']} requests per client; context {config['n_ctx']}; "
-             f"method {config['method']}.", "",
+             f"method {config['method']}" + (f"; quickdraft serve {' '.join(config['server_args'])}"
+                                             if config.get("server_args") else "") + ".", "",
              "TPOT: seconds per output token after the first, per request. Answers: each compared with the "
              "prompt's greedy answer served alone by quickdraft (exact; differs from some token on; mixed: "
              "another prompt's answer).", "",

@@ -133,7 +133,8 @@ class Completions:
                           None if result.logprobs is None else reply.logprobs(result.logprobs, token_bytes),
                           tool_calls)
              for (i, result), (content, tool_calls) in zip(answers, parsed)],
-            usage(len(prepared.tokens), sum(len(result.token_ids) for _, result in answers)),
+            usage(len(prepared.tokens), sum(len(result.token_ids) for _, result in answers),
+                  results[0].stats.get("cached_tokens")),
             summary(prepared, results[0].stats)))
 
     def _cancel(self, choices: Choices) -> None:
@@ -162,7 +163,7 @@ class Completions:
         ``data: [DONE]`` last; an error after the stream started is sent as one ``data: {"error":
         ...}`` event (OpenAI clients raise it) and ends it. ``calls``: each choice's text is read
         into content and tool-call deltas (ToolCallParser)."""
-        done, finished, completion_tokens = False, 0, 0
+        done, finished, completion_tokens, cached = False, 0, 0, None
         token_bytes = self.engine.target.token_bytes
         sent = [0] * choices.n  # characters of text each choice has streamed (completions' text_offset)
         parsers = [ToolCallParser(new_call_id) for _ in range(choices.n)] if calls else None
@@ -187,6 +188,7 @@ class Completions:
                             sent[i] += len(event.text)
                 elif isinstance(event, Finished):
                     result, finished = event.result, finished + 1
+                    cached = result.stats.get("cached_tokens") if job == 0 else cached
                     for i in choices.indices(job):
                         completion_tokens += len(result.token_ids)
                         for delta in parsers[i].close() if parsers else ():
@@ -198,7 +200,7 @@ class Completions:
                         done = True
                         if include_usage:
                             yield sse(reply.usage_chunk(usage(len(choices.jobs[0].request.tokens),
-                                                              completion_tokens)))
+                                                              completion_tokens, cached)))
                         yield SSE_DONE
                 elif isinstance(event, Failed):
                     done = True

@@ -201,9 +201,14 @@ def choice_requests(request: Request, n: int) -> list[Request]:
 
 # --- engine -> responses -----------------------------------------------------------------------
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens the cache already held (not computed
+    again), as OpenAI reports them in ``prompt_tokens_details``."""
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 
 
 TokenBytes = Callable[[int], bytes]

@@ -43,7 +43,7 @@ from typing import Sequence
 from ..backends.base import BATCH
 from ..engine import Engine, Generation
 from ..requests import Request
-from ..errors import QuickdraftError
+from ..errors import InvalidParameterError, QuickdraftError
 from ..records import GenerationResult, Piece
 from .metrics import Metrics
 from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
@@ -121,20 +121,21 @@ class Scheduler:
 
     max_queue: how many requests may wait (the running ones are not counted). max_batch: requests
     an engine runs at once (1 for backends that cannot batch). prefill_chunk: prompt tokens a step
-    of the loop prefills at most.
+    of the loop prefills at most; step_tokens: instead, a budget of tokens per step, one row per
+    running generation first and prompt tokens in the rest (:func:`prompt_room`; more than
+    ``max_batch``, so prompts always get some).
     """
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics, max_batch: int = 8,
-                 prefill_chunk: int = 64) -> None:
+                 prefill_chunk: int = 64, step_tokens: int | None = None) -> None:
         if not engines:
             raise ValueError("the scheduler needs at least one engine")
-        if max_queue < 0 or max_batch < 1 or prefill_chunk < 1:
-            raise ValueError(f"need max_queue >= 0, max_batch >= 1, prefill_chunk >= 1; got {max_queue}, "
-                             f"{max_batch}, {prefill_chunk}")
+        check_scheduling(max_queue, max_batch, prefill_chunk, step_tokens)
         self.engines = list(engines)
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.step_tokens = step_tokens
         self.metrics = metrics
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -279,22 +280,36 @@ class Scheduler:
         batch.append(_Running(job, generation, now))
 
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
-        """One step over the generations whose prompt is in, carrying one prefill chunk of the
-        oldest prompt not yet in (on its own when nothing else runs, or the backend cannot batch)."""
-        waiting = next((r.generation for r in batch if not r.generation.prefilled), None)
+        """One step over the generations whose prompt is in, whose forward also carries prompt
+        tokens of those not yet in, as many as :func:`prompt_room` gives: with the fixed chunk,
+        of the oldest one (a forward of its own when nothing else runs, or the backend cannot
+        batch); with a per-step budget, of as many as it spans, oldest first (alone: together in
+        one forward)."""
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
-        if waiting is not None and not (ready and BATCH in engine.target.capabilities):
-            waiting.prefill(self.prefill_chunk)
-            waiting = None
-        if not ready:
+        waiting = [r.generation for r in batch if not r.generation.prefilled]
+        room = prompt_room(len(ready), self.prefill_chunk, self.step_tokens)
+        batching = BATCH in engine.target.capabilities
+        if waiting and (not batching or (not ready and self.step_tokens is None)):
+            waiting[0].prefill(room)
+            waiting = []
+        chunks = []
+        for generation in waiting if self.step_tokens is not None else waiting[:1]:
+            chunk = generation.next_chunk(room) if room > 0 else None
+            if chunk is not None:
+                chunks.append(chunk)
+                room -= len(chunk.tokens)
+        if not ready and not chunks:
+            for generation in waiting:
+                generation.prefill_done()  # a prompt the cache held whole
             return
-        chunk = waiting.next_chunk(self.prefill_chunk) if waiting is not None else None
-        self.metrics.batch_size.observe(len(ready))
+        if ready:
+            self.metrics.batch_size.observe(len(ready))
         start = time.monotonic()
-        pieces = engine.step([r.generation for r in ready], prefill=[chunk] if chunk is not None else [])
-        self.metrics.step_seconds.observe(time.monotonic() - start)
-        if waiting is not None:
-            waiting.prefill_done()
+        pieces = engine.step([r.generation for r in ready], prefill=chunks)
+        if ready:
+            self.metrics.step_seconds.observe(time.monotonic() - start)
+        for generation in waiting:
+            generation.prefill_done()
         for running, piece in zip(ready, pieces):
             if piece is not None:
                 if running.tokens == 0:
@@ -334,6 +349,28 @@ class Scheduler:
         with self._cond:
             self._active.pop(job, None)
             self._cond.notify_all()
+
+
+def check_scheduling(max_queue: int, max_batch: int, prefill_chunk: int, step_tokens: int | None) -> None:
+    """Raise InvalidParameterError (naming the server option) unless the scheduler's settings make sense."""
+    for name, value, low in (("--max-queue", max_queue, 0), ("--parallel", max_batch, 1),
+                             ("--prefill-chunk", prefill_chunk, 1)):
+        if value < low:
+            raise InvalidParameterError(f"{name} must be >= {low}, got {value}", param=name.lstrip("-").replace("-", "_"))
+    if step_tokens is not None and step_tokens <= max_batch:
+        raise InvalidParameterError(f"--step-tokens must exceed --parallel ({max_batch}), so prompts get room beside "
+                                    f"the running requests' rows; got {step_tokens}", param="step_tokens")
+
+
+def prompt_room(rows: int, chunk: int, step_tokens: int | None) -> int:
+    """Prompt tokens a step of ``rows`` running generations carries: ``chunk`` (the fixed
+    chunk), or with a per-step token budget what ``step_tokens`` leaves beside one row per
+    running generation (Sarathi-Serve's stall-free batching: decoding first, prompts fill the
+    rest; their drafts are the allocator's, which weighs the prompt tokens riding along).
+
+    Example: prompt_room(3, 64, None) == 64; prompt_room(3, 64, 256) == 253; prompt_room(8, 64, 8) == 0.
+    """
+    return chunk if step_tokens is None else max(0, step_tokens - rows)
 
 
 def _alone(job: Job) -> bool:
