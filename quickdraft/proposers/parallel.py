@@ -95,8 +95,8 @@ def run_ahead(rates: Rates, explore: int = 8, every: int = 16) -> bool:
 class _Ahead:
     """The draft model drafting on from ``start`` on a thread of its own: ``cap`` tokens, fewer
     where its confidence is below ``min_confidence`` or when told to stop (:meth:`stop`: only
-    when nothing of it can be used, so what is used never depends on timing). ``drafted`` (a Draft of [m] tokens, with q [m, V] when sampled)
-    once joined."""
+    when nothing of it can be used, so what is used never depends on timing). ``drafted``: a
+    Draft of [m] tokens (with q [m, V] when sampled), once joined."""
 
     def __init__(self, model, start: list[int], cap: int, sampling: SamplingParams, seed: int,
                  min_confidence: float) -> None:
