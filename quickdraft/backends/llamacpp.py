@@ -286,7 +286,7 @@ class LlamaCppBackend:
         self._free_ids = list(range(self.n_seq_max - 1, -1, -1))
         self._sequences: list[LlamaSequence] = []
         self._retired: list[LlamaSequence] = []  # released, holding their cells as prefix donors
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}  # token_bytes' answers
         template = ll.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8") if template else None
         self.main = self.new_sequence()
@@ -459,8 +459,14 @@ class LlamaCppBackend:
         return list(buf[:n])
 
     def token_bytes(self, token: int) -> bytes:
-        n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
-        return self._piece_buf.raw[:max(n, 0)]
+        """What ``token`` writes, from any thread (the server's HTTP side and its worker both ask:
+        a buffer of each call's own, the answers kept, the vocabulary being fixed)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(256)
+            n = ll.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            piece = self._pieces[token] = buffer.raw[:max(n, 0)]
+        return piece
 
     def token_text(self, token: int) -> bytes:
         """The vocabulary entry itself (for comparing vocabularies)."""

@@ -1,0 +1,41 @@
+"""A llama.cpp backend asked from several threads at once (the server's HTTP side and its worker
+both read token bytes; parallel drafting runs two models' forwards at once)."""
+
+import threading
+
+import pytest
+
+from quickdraft.backends.llamacpp import LlamaCppBackend
+from quickdraft.errors import QuickdraftError
+
+
+def test_token_bytes_from_two_threads_are_each_tokens_own(tiny_pair, tiny_target_backend):
+    """Each call once wrote into one buffer the backend shared: a reply's logprob entry could
+    carry another token's text beside its own bytes (seen in CI as '[' for '<')."""
+    tokens = list(range(tiny_target_backend.vocab_size))
+    alone = [tiny_target_backend.token_bytes(t) for t in tokens]
+    wrong: list[tuple[int, bytes]] = []
+    for _ in range(5):
+        backend = LlamaCppBackend(tiny_pair[0], n_ctx=64)  # nothing asked of it yet
+
+        def ask(order, backend=backend):
+            for t in order:
+                if backend.token_bytes(t) != alone[t]:
+                    wrong.append((t, backend.token_bytes(t)))
+
+        threads = [threading.Thread(target=ask, args=(order,)) for order in (tokens, tokens[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        backend.close()
+    assert not wrong, wrong[:5]
+
+
+def test_set_threads_is_checked_and_reported(tiny_target_backend):
+    before = tiny_target_backend.n_threads
+    tiny_target_backend.set_threads(1)
+    assert tiny_target_backend.n_threads == tiny_target_backend.main.n_threads == 1
+    tiny_target_backend.set_threads(before)
+    with pytest.raises(QuickdraftError, match="at least one thread"):
+        tiny_target_backend.set_threads(0)
