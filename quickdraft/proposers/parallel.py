@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError, UnknownMethodError
 from ..records import Acceptance, Draft, StepTimes
 from ..sampling import SamplingParams, draft_chain
 from .base import BaseProposer, ProposerSpec, Resources
-from .draft_model import DraftOptions
+from .draft_model import DraftModelProposer, DraftOptions
 
 
 AHEAD = ("measure", "always", "never")
@@ -140,7 +140,7 @@ class ParallelDraftProposer(BaseProposer):
 
     def __init__(self, resources: Resources, rates: Rates, options: ParallelOptions) -> None:
         self.target, self.model, self.options, self.rates = resources.target, resources.draft, options, rates
-        self.min_confidence = options.min_confidence
+        self.in_turn = DraftModelProposer(self.model, options)  # drafting here and now, as ``draft`` does
         self._ahead: _Ahead | None = None
         self._mode: bool | None = None  # whether this step drafts ahead (None: it drafts nothing)
         self._pending: tuple[bool, int, float] | None = None  # the last step's (mode, tokens, verify seconds)
@@ -163,58 +163,54 @@ class ParallelDraftProposer(BaseProposer):
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
         if budget <= 0:
-            if self._ahead is not None:
-                self._ahead.stop()
-            self._join()
+            self._join(stop=True)
             return Draft()
-        ready = self._join().following(context) if self._ahead is not None else Draft()
-        if len(ready) < budget:
+        ahead = self._join().following(context) if self._ahead is not None else Draft()
+        draft = ahead
+        if len(draft) < budget:
             self._split(False)  # drafting in turn: the draft model on the engine's threads
-        draft = ready if len(ready) >= budget else self._top_up(context, ready, budget, sampling, rng)
+            more = self.in_turn.propose([*context, *draft.tokens], budget - len(draft), sampling, rng)
+            rows = [r for r in (draft.q, more.q) if r is not None]
+            draft = Draft(draft.tokens + more.tokens, np.concatenate(rows) if rows else None)
         draft = Draft(draft.tokens[:budget], None if draft.q is None else draft.q[:budget],
-                      source="ahead" if ready.tokens else "draft")
+                      source="ahead" if ahead.tokens else "draft")
         option = self.options.ahead
         self._mode = run_ahead(self.rates) if option == "measure" else option == "always"
         self._split(self._mode)
         if self._mode:
             seed = int(rng.integers(2 ** 63))
             self._ahead = _Ahead(self.model, [*context, *draft.tokens], budget + 1, sampling, seed,
-                                 self.min_confidence)
+                                 self.options.min_confidence)
         return draft
-
-    def _top_up(self, context: Sequence[int], ready: Draft, budget: int, sampling: SamplingParams,
-                rng: np.random.Generator) -> Draft:
-        """``ready`` drafted on to ``budget`` tokens here and now."""
-        logits = self.model.prefill([*context, *ready.tokens], last_logits=True)
-        more = draft_chain(logits, lambda token: self.model.forward([token])[0], budget - len(ready), sampling, rng,
-                           self.min_confidence)
-        rows = [r for r in (ready.q, more.q) if r is not None]
-        return Draft(ready.tokens + more.tokens, np.concatenate(rows) if rows else None)
 
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         if self._ahead is not None and acceptance.accepted < acceptance.drafted:
             self._ahead.stop()  # it went on from a rejected token: nothing of it is wanted
-        if self._pending is not None:  # the last step's ahead made (or did not make) this step's draft
-            mode, tokens, verify_s = self._pending
-            self.rates.observe(mode, tokens, verify_s + times.draft_s)
+        self._account(times.draft_s)  # the last step's ahead made (or did not make) this step's draft
         self._pending = None if self._mode is None else (self._mode, len(acceptance.tokens), times.verify_s)
         self._mode = None
 
     def end(self, context: Sequence[int]) -> None:
-        if self._ahead is not None:
-            self._ahead.stop()
-        self._join()
-        if self._pending is not None:
-            mode, tokens, verify_s = self._pending
-            self.rates.observe(mode, tokens, verify_s)
-            self._pending = None
+        self._join(stop=True)
+        self._account(0.0)
         if self._threads is not None:
             self._split(False)
 
-    def _join(self) -> _Ahead | None:
-        """Wait for what runs ahead (the draft model is then free); returns it."""
+    def _account(self, draft_s: float) -> None:
+        """The last step's mode learns what it yielded: its tokens over its verification and
+        ``draft_s``, the proposing that followed it."""
+        if self._pending is not None:
+            mode, tokens, verify_s = self._pending
+            self.rates.observe(mode, tokens, verify_s + draft_s)
+            self._pending = None
+
+    def _join(self, stop: bool = False) -> _Ahead | None:
+        """Wait for what runs ahead (told to stop first with ``stop``: nothing of it is wanted);
+        the draft model is then free. Returns it."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
+            if stop:
+                ahead.stop()
             ahead.join()
         return ahead
 
