@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .control import Prior
+from .backends.base import THREADS
+from .control import Prior, Split
 from .errors import QuickdraftError
 from .system import calibration_dir, cpu_info
 
@@ -61,6 +62,7 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
             on_step()
         if draft is not None:
             draft_times.append(time_forward(draft, draft_context, 1))
+    ahead = split_costs(target, context, draft, draft_context, repeats=max(repeats // 2, 2)) if draft is not None else []
     prefill_times = []
     for _ in range(2 if draft is not None else 0):  # the draft model's rate on a long forward (a catch-up)
         draft.rollback(0)
@@ -76,9 +78,45 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
         "target": {"k": list(ks), "median_s": med, "min_s": [min(times[k]) for k in ks],
                    "max_s": [max(times[k]) for k in ks], "relative": [m / med[0] for m in med]},
         "draft": {"token_s": median(draft_times), "relative_to_target_step": median(draft_times) / med[0],
-                  "prefill_token_s": min(prefill_times), "prefill_relative": min(prefill_times) / median(draft_times)}
+                  "prefill_token_s": min(prefill_times), "prefill_relative": min(prefill_times) / median(draft_times),
+                  "ahead": [{**split, "draft_token": split["draft_token_s"] / med[0]} for split in ahead]}
         if draft_times else None,
     }
+
+
+SPLIT_KS = (1, 5, 9)  # the forward sizes a split's target scale is measured at (the median of their ratios)
+
+
+def split_costs(target, context: Sequence[int], draft, draft_context: Sequence[int], repeats: int = 3) -> list[dict]:
+    """What drafting ahead costs on this machine (proposers/parallel.py): for each split of the
+    engine's T threads into T - D for the target and D for the draft model (D = 1, 2, 4, .. up to
+    T / 2), the target's forward time over ``SPLIT_KS`` new tokens relative to the same on T
+    threads (``target_scale``, the median ratio) and the draft model's seconds per token on D
+    threads (``draft_token_s``). Each is measured alone, the two on T and on the split
+    interleaved; the threads are the engine's again afterwards. Empty when a model's
+    threads cannot be set or T < 2."""
+    threads = target.n_threads or 0
+    if threads < 2 or THREADS not in target.capabilities or THREADS not in draft.capabilities:
+        return []
+    draft_threads, splits = draft.n_threads, []
+    try:
+        for d in (2 ** i for i in range(threads.bit_length()) if 2 ** i <= threads // 2):
+            ratios, tokens = [], []
+            for _ in range(repeats):
+                for k in SPLIT_KS:
+                    target.set_threads(threads)
+                    whole = time_forward(target, context, k)
+                    target.set_threads(threads - d)
+                    ratios.append(time_forward(target, context, k) / whole)
+                draft.set_threads(d)
+                tokens.append(time_forward(draft, draft_context, 1))
+                draft.set_threads(draft_threads)
+            splits.append({"target_threads": threads - d, "draft_threads": d, "target_scale": median(ratios),
+                           "draft_token_s": median(tokens)})
+    finally:
+        target.set_threads(threads)
+        draft.set_threads(draft_threads)
+    return splits
 
 
 TOLERANCE_POSITIONS = 48  # positions whose logits are compared between evaluation shapes
@@ -190,7 +228,7 @@ def draft_agreement(target, draft, bridge=None, prompts: dict[str, str] = AGREEM
     return agreement
 
 
-DRAFT_PRIOR_KEYS = ("relative_to_target_step", "agreement", "prefill_relative")
+DRAFT_PRIOR_KEYS = ("relative_to_target_step", "agreement", "prefill_relative", "ahead")
 
 
 def draft_measures(target, draft, bridge=None) -> dict:
@@ -209,13 +247,16 @@ def draft_cost(draft: dict) -> float:
     return draft["relative_to_target_step"] * draft.get("tokens_per_target_token", 1.0)
 
 
-def draft_prior(target, draft, bridge=None) -> tuple[float, float, float]:
-    """(the draft model's time per target token it drafts relative to a target step
-    (:func:`draft_cost`), its agreement with the target: the mean over the kinds of
-    :func:`draft_agreement`, its time per token of a long forward relative to one token) from
-    the cache, or measured now (a few steps of each on its own tokens of the calibration text, a
-    prefill, and :func:`draft_measures`) and cached. ``bridge``: a draft model of another
-    vocabulary (bridge.py)."""
+def draft_prior(target, draft, bridge=None) -> dict:
+    """The draft model's part of the :class:`~quickdraft.control.Prior` (its fields by name):
+    its time per target token it drafts relative to a target step (``draft_token``,
+    :func:`draft_cost`), its agreement with the target (``draft_accept``: the mean over the
+    kinds of :func:`draft_agreement`), its time per token of a long forward relative to one
+    token (``draft_prefill``) and the two models' costs on split threads (``draft_ahead``,
+    :func:`split_costs`; none with a ``bridge``, which drafting ahead does not take); from the
+    cache, or measured now (a few steps of each on its own tokens of the calibration text, a
+    prefill, the splits, and :func:`draft_measures`) and cached. ``bridge``: a draft model of
+    another vocabulary (bridge.py)."""
     context = calibration_context(target)
     path = calibration_path(target, len(context), draft)
     cached = (read_calibration(path) or {}).get("draft") or {}
@@ -224,7 +265,15 @@ def draft_prior(target, draft, bridge=None) -> tuple[float, float, float]:
         result["draft"].update(draft_measures(target, draft, bridge))
         save_calibration(result, path)
         cached = result["draft"]
-    return draft_cost(cached), cached["agreement"], cached["prefill_relative"]
+    ahead = () if bridge is not None else splits(cached)
+    return {"draft_token": draft_cost(cached), "draft_accept": cached["agreement"],
+            "draft_prefill": cached["prefill_relative"], "draft_ahead": ahead}
+
+
+def splits(draft: dict) -> tuple[Split, ...]:
+    """The splits of a calibration's ``draft`` part (:func:`split_costs`) as the prior holds them."""
+    return tuple(Split(s["target_threads"], s["draft_threads"], s["target_scale"], s["draft_token"])
+                 for s in draft.get("ahead") or ())
 
 
 def prior(target, draft=None, bridge=None) -> Prior:
@@ -233,8 +282,7 @@ def prior(target, draft=None, bridge=None) -> Prior:
     curve = cost_curve(target)
     path = calibration_path(target, len(calibration_context(target)))
     step_s = read_calibration(path)["target"]["median_s"][0]
-    token, agreement, prefill = draft_prior(target, draft, bridge) if draft is not None else (None, None, None)
-    return Prior(curve, step_s, token, agreement, prefill)
+    return Prior(curve, step_s, **(draft_prior(target, draft, bridge) if draft is not None else {}))
 
 
 def calibration_path(backend, context_tokens: int, draft=None) -> Path:

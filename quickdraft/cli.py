@@ -391,7 +391,7 @@ def calibrate(
     from .backends import backend_spec
     from .bridge import vocabulary_bridge
     from .calibrate import (MAX_K, calibrate as measure, calibration_context, calibration_path, draft_cost,
-                            draft_measures, near_tie_tolerance, save_calibration)
+                            draft_measures, near_tie_tolerance, save_calibration, splits)
     from .profiles import MachineProfile, write_profile
 
     model = backend_spec(backend).open(models.resolve_model(target), **backend_settings(n_ctx, threads, None, dtype, device))
@@ -424,9 +424,14 @@ def calibrate(
         Console().print(f"draft {draft}: {1e3 * d['token_s']:.1f} ms per token ({d['relative_to_target_step']:.2f} "
                         f"of a target step){bridged}; greedy agreement with the target on answers: {kinds}",
                         soft_wrap=True)
+        for split in d["ahead"]:
+            Console().print(f"split threads (drafting ahead): the target on {split['target_threads']} takes "
+                            f"{split['target_scale']:.2f}x its time on {model.n_threads}, the draft on "
+                            f"{split['draft_threads']} {1e3 * split['draft_token_s']:.1f} ms per token", soft_wrap=True)
         saved.append(calibration_path(model, len(context), draft_model))
     here = MachineProfile("this machine", "", tuple(t["relative"]), t["median_s"][0],
-                          d and draft_cost(d), d and d["agreement"], d and d["prefill_relative"])
+                          d and draft_cost(d), d and d["agreement"], d and d["prefill_relative"],
+                          ahead=splits(d) if d and not bridge else ())
     Console().print(prediction_table(here, d and d["agreement_by_kind"]))
     if out:
         saved.append(Path(out) / "calibration.json")

@@ -206,17 +206,72 @@ class Prior:
     ``draft_token`` the draft model's time per token relative to a target step; ``draft_accept``
     how often the draft model's greedy token is the target's on the calibration text;
     ``draft_prefill`` the draft model's time per token of a long forward (a prompt) relative to its
-    one-token time. None where not measured (then: a curve of 1 + (n - 1)/2, a scale of 1, free
-    drafts, acceptance 0.5, a catch-up priced by the curve's end, :func:`catch_up`)."""
+    one-token time; ``draft_ahead`` the two models' costs on split threads, per split measured
+    (:class:`Split`; empty: none measured). None where not measured (then: a curve of
+    1 + (n - 1)/2, a scale of 1, free drafts, acceptance 0.5, a catch-up priced by the curve's
+    end, :func:`catch_up`)."""
 
     curve: Sequence[float] | None = None
     step_s: float | None = None
     draft_token: float | None = None
     draft_accept: float | None = None
     draft_prefill: float | None = None
+    draft_ahead: tuple[Split, ...] = ()
 
     def draft_token_s(self) -> float:
         return (self.draft_token or 0.0) * (self.step_s or 1.0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """What drafting ahead costs on one split of the cores (calibrate.split_costs): the target
+    computing on ``target_threads`` while the draft model computes on ``draft_threads``.
+    ``target_scale``: a target forward there over the same forward on the engine's threads;
+    ``draft_token``: the draft model's seconds per token there, relative to a target step on the
+    engine's threads."""
+
+    target_threads: int
+    draft_threads: int
+    target_scale: float
+    draft_token: float
+
+
+def ahead_rate(accept: Sequence[float], k: int, draft_token: float, forward: Sequence[float], split: Split) -> float:
+    """Expected tokens per target step of drafting ``k`` tokens per step and drafting ahead
+    (parallel drafting: the next step's draft made during this step's verification), all times
+    relative to a one-token target step on the engine's threads.
+
+    accept[i]: the chance draft token i is accepted given the ones before it; accept[k] is also
+    the chance the draft model guesses the target's own next token. ``draft_token``: a draft
+    token on the engine's threads; ``forward[n]``: a forward over n + 1 tokens there. With r the
+    chance a step's draft is ready (every token accepted and the next guessed), a step takes
+    (1 - r) k d (drafting in turn, when not ready) + r max(s F, (k + 1) d') (the verification
+    on split threads, waiting for the draft ahead when it is used) + (1 - r) s F (stopped when
+    not). Example: with every token accepted (r = 1), the step is max(s F(k + 1), (k + 1) d').
+    """
+    ready = 1.0
+    for a in accept[:k + 1]:
+        ready *= a
+    verify = split.target_scale * forward[k]
+    step = (1 - ready) * (k * draft_token + verify) + ready * max(verify, (k + 1) * split.draft_token)
+    return expected_tokens(accept, k) / step
+
+
+def ahead_gain(accept: Sequence[float], draft_token: float, forward: Sequence[float],
+               splits: Sequence[Split]) -> tuple[Split | None, int, float]:
+    """The best split and draft length for drafting ahead, and its expected tokens per second
+    over the best of drafting in turn or a plain step (:func:`best_rate` without RISK: the two
+    are compared as they are). (None, 0, 0.0) without splits. ``accept``: [K + 1] (a draft of up
+    to K and the guess after it); ``forward[n]``: n + 1 tokens, n = 0 .. K; times relative to a
+    target step (:func:`ahead_rate`)."""
+    _, in_turn = best_rate(accept, draft_token, forward, risk=0.0)
+    best = (None, 0, 0.0)
+    for split in splits:
+        for k in range(1, min(len(accept) - 1, len(forward) - 1) + 1):
+            gain = ahead_rate(accept, k, draft_token, forward, split) / in_turn
+            if gain > best[2]:
+                best = (split, k, gain)
+    return best
 
 
 def catch_up(n: int, relative_at: Callable[[int], float], prefill: float | None, curve_end: int = 17) -> float:

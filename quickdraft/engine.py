@@ -12,7 +12,7 @@ import codecs
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
@@ -128,6 +128,7 @@ class Engine:
                  acceptance: str | verifiers.AcceptanceRule = "exact", prompt_cache: bool = True,
                  **options) -> None:
         self.target, self.methods, self.chat = target, methods, chat
+        self.threads = target.n_threads  # the engine's; a step verified on others (drafting ahead) is not its cost
         self.prompt_cache = prompt_cache
         self.method, self.num_draft, self.controller = method, num_draft, controller
         self.calibrate = calibrate
@@ -172,8 +173,7 @@ class Engine:
         first = self.draft.backend is None
         model = self.draft.open()
         if first and model is not None and self.calibrate and self.prior.draft_token is None:
-            token, agreement, prefill = calibration.draft_prior(self.target, model, self.draft.bridge)
-            self.prior = replace(self.prior, draft_token=token, draft_accept=agreement, draft_prefill=prefill)
+            self.prior = replace(self.prior, **calibration.draft_prior(self.target, model, self.draft.bridge))
         return model
 
     def vocabulary(self) -> Vocabulary:
@@ -200,13 +200,14 @@ class Engine:
         """What ``spec``'s proposers get: the target, the draft model if the method uses one (a
         sequence of its own when ``batched``, holding what the draft model's cache shares of
         ``prefix``), the prior (without the draft model's part when the method drafts otherwise),
-        the shared forward cost and the request's grammar ``constraint``."""
+        the shared forward cost, the request's grammar ``constraint`` and whether it runs alone."""
         if spec.uses_draft_model and self.draft.given is not None:
             draft = self.draft_model()
             sequence = draft.new_sequence(self.draft.tokens(prefix)) if batched else self._main(draft)
-            return Resources(self.target, sequence, self.prior, self.cost, constraint, self.draft.bridge)
-        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None),
-                         self.cost, constraint)
+            return Resources(self.target, sequence, self.prior, self.cost, constraint, self.draft.bridge,
+                             alone=not batched)
+        return Resources(self.target, None, replace(self.prior, draft_token=None, draft_accept=None, draft_prefill=None,
+                                                    draft_ahead=()), self.cost, constraint, alone=not batched)
 
     def _memory(self, spec: ProposerSpec) -> Any:
         if spec.memory is None:
@@ -230,7 +231,8 @@ class Engine:
                 **self.draft.describe(),
                 "prior": {"cost_curve": [round(c, 3) for c in self.prior.curve] if self.prior.curve else None,
                           "step_s": self.prior.step_s, "draft_token": self.prior.draft_token,
-                          "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill}}
+                          "draft_accept": self.prior.draft_accept, "draft_prefill": self.prior.draft_prefill,
+                          "draft_ahead": [asdict(split) for split in self.prior.draft_ahead]}}
 
     # --- requests -------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: Prompt, *, chat: bool | None = None,
@@ -371,7 +373,7 @@ class Engine:
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start
-        if not any(g.request.spec.alone for g in generations):  # alone: on threads other than the engine's
+        if self.target.n_threads == self.threads:  # not on a split of the cores (drafting ahead)
             cost.observe(sum(len(c.tokens) for c in prefill) + rows, verify_s)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]

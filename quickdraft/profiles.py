@@ -5,8 +5,9 @@ A profile is a folder of four JSON files in calibrate.py's own formats:
 
 - ``target-curve.json``: the target's forward over k = 1..17 new tokens (``target.relative``: seconds
   over one step; ``target.median_s``: seconds);
-- ``draft-prior.json``: the draft model's seconds per token (``draft.relative_to_target_step``) and
-  its greedy agreement with the target;
+- ``draft-prior.json``: the draft model's seconds per token (``draft.relative_to_target_step``),
+  its greedy agreement with the target, and both models' costs on split threads
+  (``draft.ahead``, calibrate.split_costs: what drafting ahead costs there);
 - ``tolerance.json``: the near-tie tolerance measured for the target;
 - ``info.json``: ``quickdraft info --json`` of that machine (a synthetic profile says what it models).
 
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .control import Prior, catch_up
+from .calibrate import splits
+from .control import Prior, Split, catch_up
 from .errors import QuickdraftError
 
 BUNDLED = Path(__file__).parent / "machine_profiles"
@@ -38,8 +40,9 @@ class MachineProfile:
     of one. draft_token: the draft model's seconds per token relative to a target step (None: no
     draft measured). agreement: the draft's greedy agreement with the target as measured there
     (None: not measured). draft_prefill: the draft's time per token of a long forward relative to
-    one token (None: not measured; control.catch_up then prices it by the curve). cpu: what the
-    machine was. synthetic: a modelled machine, not a measured one.
+    one token (None: not measured; control.catch_up then prices it by the curve). ahead: the two
+    models' costs on split threads (control.Split; empty: not measured). cpu: what the machine
+    was. synthetic: a modelled machine, not a measured one.
     """
 
     name: str
@@ -50,6 +53,7 @@ class MachineProfile:
     agreement: float | None = None
     draft_prefill: float | None = None
     synthetic: bool = False
+    ahead: tuple[Split, ...] = ()
 
     def seconds(self, n: int) -> float:
         """Seconds of a target forward over n new tokens (beyond the curve: its last slope)."""
@@ -71,7 +75,7 @@ class MachineProfile:
         """What auto starts from on this machine; ``agreement``: the draft's agreement to assume
         (a property of the model pair more than of the machine), else the profile's own."""
         return Prior(list(self.relative), self.step_s, self.draft_token,
-                     agreement if agreement is not None else self.agreement, self.draft_prefill)
+                     agreement if agreement is not None else self.agreement, self.draft_prefill, self.ahead)
 
 
 def load_profile(folder: str | Path) -> MachineProfile:
@@ -89,7 +93,7 @@ def load_profile(folder: str | Path) -> MachineProfile:
     cpu = info.get("cpu", {})
     return MachineProfile(folder.name, cpu.get("model", "unknown"), tuple(curve["relative"]), curve["median_s"][0],
                           draft.get("relative_to_target_step"), draft.get("agreement"), draft.get("prefill_relative"),
-                          bool(info.get("synthetic")))
+                          bool(info.get("synthetic")), splits(draft))
 
 
 def bundled_profiles(folder: Path = BUNDLED) -> list[MachineProfile]:
@@ -142,8 +146,10 @@ def predictions(profile: MachineProfile, agreement: dict[str, float] | None = No
                 copy_accept: Sequence[float] = (0.95, 0.7), max_k: int = 16) -> list[Prediction]:
     """Predicted speedups per source (control.best_rate, RISK included, every token accepted with
     the same probability): the draft model at its measured agreement (per kind of answer, or the
-    profile's own), and a copying source (suffix, ngram: free to draft) at ``copy_accept``."""
-    from .control import best_rate
+    profile's own), drafting in turn and, where the profile measured split threads, drafting ahead
+    (control.ahead_gain: the best split and k; its speedup without RISK, as auto weighs it against
+    drafting in turn), and a copying source (suffix, ngram: free to draft) at ``copy_accept``."""
+    from .control import ahead_gain, best_rate
 
     forward = [profile.seconds(k + 1) for k in range(max_k + 1)]
     plain = 1.0 / forward[0]
@@ -153,6 +159,12 @@ def predictions(profile: MachineProfile, agreement: dict[str, float] | None = No
         for kind, a in kinds.items():
             k, rate = best_rate([a] * max_k, profile.draft_token_s(), forward)
             out.append(Prediction(f"draft model{f' ({kind})' if kind else ''}", a, k, rate / plain))
+            split, k, gain = ahead_gain([a] * (max_k + 1), profile.draft_token, [f / forward[0] for f in forward],
+                                        profile.ahead)
+            if split is not None:
+                _, in_turn = best_rate([a] * max_k, profile.draft_token_s(), forward, risk=0.0)
+                out.append(Prediction(f"draft model ahead, {split.target_threads}+{split.draft_threads} threads"
+                                      f"{f' ({kind})' if kind else ''}", a, k, gain * in_turn / plain))
     for a in copy_accept:
         k, rate = best_rate([a] * max_k, 0.0, forward)
         out.append(Prediction("copy (suffix, ngram)", a, k, rate / plain))

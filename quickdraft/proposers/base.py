@@ -89,7 +89,8 @@ class Resources:
     (control.Prior), the engine's learned forward cost of the target by size (shared), the
     request's grammar state (grammar.Constraint, advanced by the engine; None without a grammar),
     and when the draft model's vocabulary is not the target's, how text crosses between them
-    (``bridge``, bridge.Bridge; None: the same vocabulary)."""
+    (``bridge``, bridge.Bridge; None: the same vocabulary). ``alone``: the request runs by
+    itself, so nothing else uses the models between its steps (not in a batch)."""
 
     target: Backend
     draft: Any = None
@@ -97,6 +98,7 @@ class Resources:
     cost: ForwardCost = field(default_factory=ForwardCost)
     constraint: Any = None
     bridge: Bridge | None = None
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,7 @@ class ProposerSpec:
     default_budget: the draft cap per step when the caller gives none.
     tree_variant: the method that drafts token trees the way this one drafts chains.
     alone: the method's requests run one at a time, never in a batch with others (its draft model
-        works on a thread of its own between steps, and it sets the backends' threads); their
-        steps do not teach the engine's forward cost curve, which is the engine's threads'.
+        works on a thread of its own between steps, and it sets the backends' threads).
     """
 
     name: str

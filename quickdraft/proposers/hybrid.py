@@ -9,6 +9,11 @@ tokens per second wins; a plain step wins when nothing beats it. Sources that lo
 are probed now and then with a short draft (back-off as in AdaptiveBudget), so a change in the
 text (a stretch of copying starts) is noticed.
 
+The draft model drafts ahead (proposers/parallel.py: the next step's draft made on threads of its
+own while the target verifies) in a request that runs alone, where this machine's costs on split
+threads (calibrate.split_costs) predict it beats drafting in turn (control.ahead_gain); from then
+on the steps measure which of the two is faster (parallel.run_ahead).
+
 Nothing is spent on a source before it is chosen: the draft model sees the context only when it
 first drafts for a request (its catch-up is that offer's ``setup_s``), and a suffix class drafts
 only once the shadow has graded it.
@@ -22,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import TREE
-from ..control import AdaptiveBudget, Offer, catch_up
+from ..backends.base import THREADS, TREE
+from ..control import AdaptiveBudget, Offer, ahead_gain, catch_up
 from ..errors import InvalidParameterError
 from ..sampling import SamplingParams
 from ..records import Acceptance, Draft, StepTimes
@@ -31,6 +36,7 @@ from .base import BaseProposer, ProposerSpec, Resources
 from .draft_model import DraftOptions, drafter
 from .grammar import GRAMMAR, ForcedDrafts, JumpForwardOptions
 from .lookahead import Jacobi
+from .parallel import ParallelDraftProposer, ParallelOptions, Rates
 from .suffix import Candidate, SuffixMemory, SuffixOptions, SuffixProposer
 
 # Suffix drafts by the length of the match they continue: (name, shortest match, acceptance
@@ -91,6 +97,10 @@ class AutoMemory:
 
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
         prior, k = resources.prior, options.max_draft
+        accept = [prior.draft_accept or 0.5] * (k + 1)
+        forward = [prior.curve[n] if prior.curve and n < len(prior.curve) else 1.0 + n / 2 for n in range(k + 1)]
+        self.ahead = ahead_gain(accept, prior.draft_token or 0.0, forward, prior.draft_ahead)  # (split, k, gain)
+        self.rates = Rates()  # drafting ahead against in turn, as measured (proposers/parallel.py)
         self.suffix = SuffixMemory(options.suffix())
         self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, prior_accept=accept,
                                              source=name)
@@ -112,7 +122,7 @@ class AutoProposer(BaseProposer):
     n-gram times the pool's rate; the draft model's learned acceptance and cost) and drafts what
     the engine allocates (control.allocate: the most expected tokens per second, for one request or
     a whole batch, a plain step included). Each draft names its source (a suffix class, "draft",
-    "lookahead" or "plain").
+    "ahead": the draft model's, made while the last step verified, "lookahead" or "plain").
 
     Candidates (suffix, pool) cost nothing to propose, so their acceptance is learned from every
     step, drafted or not: the tokens the target emitted say how each would have fared (shadow
@@ -126,7 +136,12 @@ class AutoProposer(BaseProposer):
     def __init__(self, resources: Resources, memory: AutoMemory, options: AutoOptions) -> None:
         self.memory = memory
         self.suffix = SuffixProposer(memory.suffix, options.suffix())
-        self.drafter = drafter(resources, options) if resources.draft is not None else None
+        self.alone = resources.alone
+        split, _, gain = memory.ahead
+        self.ahead = ParallelDraftProposer(resources, memory.rates, ParallelOptions(
+            options.min_confidence, draft_threads=split.draft_threads, target_threads=split.target_threads)) \
+            if gain > 1.0 and can_draft_ahead(resources) else None  # drafting ahead: where it is predicted to pay
+        self.drafter = self.ahead or (drafter(resources, options) if resources.draft is not None else None)
         self.jacobi = Jacobi(1) if "lookahead" in memory.control else None
         self.draft_prefill = resources.prior.draft_prefill
         jump = resources.constraint is not None and options.jump_forward
@@ -150,6 +165,8 @@ class AutoProposer(BaseProposer):
 
     def end(self, context: Sequence[int]) -> None:
         self.suffix.end(context)
+        if self.ahead is not None:
+            self.ahead.end(context)
 
     def offers(self, context: Sequence[int], cap: int, remaining: int | None = None) -> list[Offer]:
         control, offers, self._candidates = self.memory.control, [], {}
@@ -176,6 +193,8 @@ class AutoProposer(BaseProposer):
               rng: np.random.Generator) -> Draft:
         self._source = offer.source if offer is not None and k else "plain"
         self._drafted[self._source] += 1
+        if self.ahead is not None and self._source != "draft":
+            self.ahead.idle()  # nothing runs ahead beside this step, which verifies on the engine's threads
         if self._source == GRAMMAR:
             return self.forced.draft(k)
         if offer is not None:
@@ -183,7 +202,7 @@ class AutoProposer(BaseProposer):
         if self._source == "draft":
             self._setup = self._behind > 0  # the offer just made measured it on this context
             draft = self.drafter.propose(context, k, sampling, rng)
-            return Draft(draft.tokens, draft.q, source="draft")
+            return Draft(draft.tokens, draft.q, source="ahead" if draft.source == "ahead" else "draft")
         return Draft(tuple(self._candidates[self._source].tokens[:k]) if k else (), source=self._source)
 
     def ride(self, context: Sequence[int], draft: Draft, rows: int) -> Draft:
@@ -220,6 +239,8 @@ class AutoProposer(BaseProposer):
                               f"this machine's forward costs it predicts {speedup:.2f}x"
                               + (f" at k = {k}" if k else " (drafting does not pay)")
                               + "; it enters by probes, within 2% of the time, and none was due")
+        if self.drafter is not None:
+            notes["draft ahead"] = self._why_ahead()
         if self.jacobi is None:
             notes["lookahead"] = "needs a backend with token trees"
         elif not self._rides:
@@ -231,9 +252,26 @@ class AutoProposer(BaseProposer):
             notes[GRAMMAR] = f"drafted the tokens the grammar forces in {drafted[GRAMMAR]} steps"
         return notes
 
+    def _why_ahead(self) -> str:
+        """Whether the draft model drafted ahead (proposers/parallel.py), or why not."""
+        split, k, gain = self.memory.ahead
+        if self.ahead is not None:
+            steps = self.memory.rates.steps
+            return (f"predicted {gain:.2f}x of drafting in turn on {split.target_threads}+{split.draft_threads} "
+                    f"threads; measured since: {steps[True]} steps ahead, {steps[False]} in turn")
+        if not self.alone:
+            return "only for a request that runs alone (in a batch the models serve other requests between steps)"
+        if split is None:
+            return ("this machine's costs on split threads are not measured (llama.cpp models, 2+ threads, "
+                    "a draft of the target's vocabulary)")
+        return (f"does not pay here: on {split.target_threads}+{split.draft_threads} threads this machine's costs "
+                f"predict {gain:.2f}x of drafting in turn")
+
     def observe(self, acceptance: Acceptance, times: StepTimes) -> None:
         """Learn from the step just verified (the engine's timings of it). A step the engine took
         without asking for a draft (no room left) teaches nothing."""
+        if self.ahead is not None:
+            self.ahead.observe(acceptance, times)
         if self.jacobi is not None:
             self.jacobi.learn(acceptance.guesses)
         source, self._source = self._source, None
@@ -245,6 +283,13 @@ class AutoProposer(BaseProposer):
         for name, candidate in self._candidates.items():  # drafted or not, the emitted tokens grade them
             matched, reached = shadow_outcome(candidate.tokens, acceptance.tokens)
             self.memory.control[name].learn(matched, reached, candidate.probs, share=1 / times.batch)
+
+
+def can_draft_ahead(resources: Resources) -> bool:
+    """Whether a request can draft ahead: it runs alone, with a draft model of the target's
+    vocabulary, and both models' threads can be set."""
+    return (resources.alone and resources.draft is not None and resources.bridge is None
+            and THREADS in resources.target.capabilities and THREADS in resources.draft.capabilities)
 
 
 def shadow_outcome(candidate: Sequence[int], emitted: Sequence[int]) -> tuple[int, int]:

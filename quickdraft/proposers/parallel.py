@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.base import THREADS
+from ..backends.base import THREADS, common_prefix
 from ..errors import InvalidParameterError, UnknownMethodError
 from ..records import Acceptance, Draft, StepTimes
 from ..sampling import SamplingParams, draft_chain
@@ -144,11 +144,23 @@ class ParallelDraftProposer(BaseProposer):
         self._ahead: _Ahead | None = None
         self._mode: bool | None = None  # whether this step drafts ahead (None: it drafts nothing)
         self._pending: tuple[bool, int, float] | None = None  # the last step's (mode, tokens, verify seconds)
-        self._threads: tuple[int, int] | None = None  # the engine's (target, draft) threads, restored at end
+        self._threads = (self.target.n_threads, self.model.n_threads)  # the engine's, restored at end
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self._threads = (self.target.n_threads, self.model.n_threads)
         self.model.prefill(prompt[:-1])
+
+    def behind(self, context: Sequence[int]) -> int:
+        """Tokens of ``context`` the draft model lacks (while it runs ahead: beyond the start it
+        was given, which it only adds to)."""
+        if self._ahead is None:
+            return self.in_turn.behind(context)
+        return len(context) - common_prefix(self._ahead.start, context)
+
+    def idle(self) -> None:
+        """The step drafts nothing from the draft model: what runs ahead stops, and the target
+        verifies on the engine's threads."""
+        self._join(stop=True)
+        self._split(False)
 
     def _split(self, ahead: bool) -> None:
         """The threads for a step that drafts ahead (the options' split) or in turn (the engine's)."""
@@ -163,7 +175,7 @@ class ParallelDraftProposer(BaseProposer):
     def propose(self, context: Sequence[int], budget: int, sampling: SamplingParams,
                 rng: np.random.Generator) -> Draft:
         if budget <= 0:
-            self._join(stop=True)
+            self.idle()
             return Draft()
         ahead = self._join().following(context) if self._ahead is not None else Draft()
         draft = ahead
@@ -191,10 +203,8 @@ class ParallelDraftProposer(BaseProposer):
         self._mode = None
 
     def end(self, context: Sequence[int]) -> None:
-        self._join(stop=True)
+        self.idle()
         self._account(0.0)
-        if self._threads is not None:
-            self._split(False)
 
     def _account(self, draft_s: float) -> None:
         """The last step's mode learns what it yielded: its tokens over its verification and

@@ -129,6 +129,24 @@ def test_auto_says_why_it_drafted_nothing():
     trace = next(t for t in traces if t.task == "everyday")
     sample = replay_sample(trace, {p.name: p for p in PROFILES}["synthetic-compute-bound"], Policy("auto"), 0.8)
     assert sample.sources == {"plain": sample.forwards}
-    assert set(sample.why) == {"suffix", "draft", "lookahead"}
+    assert set(sample.why) == {"suffix", "draft", "draft ahead", "lookahead"}
     assert "predicts 1.00x" in sample.why["draft"] and "does not pay" in sample.why["draft"]
     assert "token trees" in sample.why["lookahead"]  # the replayed target evaluates chains only
+
+
+def test_drafting_ahead_is_predicted_to_lose_on_every_measured_two_core_profile():
+    """Where a profile measured the costs on split threads (the Zen 5 here: the target 1.74x slower
+    on one of its two threads), auto's prediction (control.ahead_gain, as AutoMemory makes it) says
+    drafting ahead loses to drafting in turn at every kind's agreement: on 2 cores the target
+    loses more on one thread than the overlap saves (README, "Parallel drafting": measured 0.80
+    and 0.64 of `draft`)."""
+    from quickdraft.control import ahead_gain
+
+    measured = [p for p in PROFILES if p.ahead]
+    assert measured
+    for p in measured:
+        for agreement in (p.agreement, 0.95):
+            _, _, gain = ahead_gain([agreement] * 17, p.draft_token, list(p.relative), p.ahead)
+            assert gain < 1.0, (p.name, agreement, gain)
+        rows = [r for r in predictions(p) if r.source.startswith("draft model ahead")]
+        assert rows and all(r.k >= 1 for r in rows)

@@ -53,7 +53,17 @@ def test_curves_are_keyed_by_model_settings_cpu_and_build(tiny_pair):
     paths = {calibration_path(a, 100), calibration_path(b, 100), calibration_path(a, 90),
              calibration_path(a, 100, draft)}
     assert len(paths) == 4
-    token, agreement, prefill = draft_prior(a, draft)
-    assert token > 0 and 0.3 < agreement <= 1  # the tiny pair is correlated (about 75% greedy agreement)
-    assert 0 < prefill  # the draft's time per token of a long forward, relative to one token
-    assert draft_prior(a, draft) == (token, agreement, prefill)  # cached: the same, not measured again
+    measured = draft_prior(a, draft)
+    assert measured["draft_token"] > 0 and 0.3 < measured["draft_accept"] <= 1  # the tiny pair agrees about 75%
+    assert 0 < measured["draft_prefill"]  # the draft's time per token of a long forward, relative to one token
+    assert measured["draft_ahead"] == ()  # one thread: nothing to split
+    assert draft_prior(a, draft) == measured  # cached: the same, not measured again
+
+
+def test_the_split_costs_of_drafting_ahead_are_measured_on_two_threads_and_the_threads_restored(tiny_pair):
+    target = LlamaCppBackend(tiny_pair[0], n_ctx=256, n_threads=2)
+    draft = LlamaCppBackend(tiny_pair[1], n_ctx=256, n_threads=2)
+    (split,) = draft_prior(target, draft)["draft_ahead"]
+    assert (split.target_threads, split.draft_threads) == (1, 1)
+    assert split.target_scale > 0 and split.draft_token > 0
+    assert (target.n_threads, draft.n_threads) == (2, 2)

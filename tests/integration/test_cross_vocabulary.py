@@ -144,9 +144,10 @@ def test_the_calibration_measures_a_draft_of_another_vocabulary(tiny_engine, cro
     from quickdraft.calibrate import draft_prior
 
     target = tiny_engine.target
-    token, agreement, prefill = draft_prior(target, cross_draft, vocabulary_bridge(target, cross_draft))
-    assert token > 0 and 0 < agreement <= 1 and prefill > 0  # agreement: one-token drafts along the target's answers
-    assert draft_prior(target, cross_draft) == (token, agreement, prefill)  # cached
+    measured = draft_prior(target, cross_draft, vocabulary_bridge(target, cross_draft))
+    assert measured["draft_token"] > 0 and 0 < measured["draft_accept"] <= 1  # one-token drafts along the answers
+    assert measured["draft_prefill"] > 0 and measured["draft_ahead"] == ()  # drafting ahead takes no bridge
+    assert draft_prior(target, cross_draft, vocabulary_bridge(target, cross_draft)) == measured  # cached
 
 
 def test_a_method_that_drafts_token_ids_refuses_a_draft_of_another_vocabulary(cross_engine):

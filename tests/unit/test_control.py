@@ -2,8 +2,8 @@
 
 import pytest
 
-from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Offer, Prior, allocate, best_budget,
-                                best_rate, create_controller, expected_tokens)
+from quickdraft.control import (AdaptiveBudget, FixedBudget, ForwardCost, Offer, Prior, Split, ahead_gain, ahead_rate,
+                                allocate, best_budget, best_rate, create_controller, expected_tokens)
 from quickdraft.errors import InvalidParameterError
 from quickdraft.records import Acceptance, StepTimes
 
@@ -252,3 +252,28 @@ def test_what_was_learned_carries_over_to_the_next_request():
     c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.6 * k for k in range(5)], step_s=0.04), draft_token_s=0.025)
     run(c, 30, 0.0, 0.025, steep)
     assert step(c, 0.0, 0.025, steep)[0] == 0
+
+
+def test_drafting_ahead_with_every_token_accepted_costs_the_longer_of_the_two_models():
+    """With every token accepted (r = 1) a step is max(split verify, (k + 1) split draft tokens)."""
+    forward = [1.0, 1.2, 1.4, 1.6]
+    split = Split(1, 1, target_scale=2.0, draft_token=0.2)
+    assert ahead_rate([1.0] * 4, 2, 0.1, forward, split) == pytest.approx(3 / max(2.0 * 1.4, 3 * 0.2))
+    # nothing accepted (r = 0): the draft is made in turn and the verify runs on split threads
+    assert ahead_rate([0.0] * 4, 2, 0.1, forward, split) == pytest.approx(1 / (2 * 0.1 + 2.0 * 1.4))
+
+
+def test_drafting_ahead_is_predicted_to_lose_on_two_cores_and_to_pay_where_the_cores_spare_it():
+    """On 2 cores (the Zen 4's costs measured by scripts/parallel_split.py: a 5-token verify 195.7 ms
+    on one thread against 103.8 on two, a draft token 16.8 against 11.0 ms, a step 35.8 ms) the
+    target slows more on one thread than the overlap saves; where taking threads from the target
+    costs it little (many cores), drafting ahead pays when drafts are accepted, and not when they
+    are mostly rejected. Without a measured split there is nothing to predict."""
+    curve = [1.0, 1.36, 1.87, 2.32, 2.9, 3.3, 3.7, 4.1, 4.5]
+    two_cores = Split(1, 1, target_scale=195.7 / 103.8, draft_token=16.8 / 35.8)
+    assert ahead_gain([0.9] * 9, 11.0 / 35.8, curve, [two_cores])[2] < 0.9
+    many_cores = Split(6, 2, target_scale=1.1, draft_token=0.25)
+    split, k, gain = ahead_gain([0.9] * 9, 0.25, curve, [two_cores, many_cores])
+    assert split == many_cores and k >= 2 and gain > 1.02
+    assert ahead_gain([0.3] * 9, 0.25, curve, [many_cores])[2] < 1.0
+    assert ahead_gain([0.9] * 9, 0.25, curve, []) == (None, 0, 0.0)
