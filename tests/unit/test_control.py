@@ -252,3 +252,17 @@ def test_what_was_learned_carries_over_to_the_next_request():
     c = AdaptiveBudget(max_k=4, cost=ForwardCost([1 + 0.6 * k for k in range(5)], step_s=0.04), draft_token_s=0.025)
     run(c, 30, 0.0, 0.025, steep)
     assert step(c, 0.0, 0.025, steep)[0] == 0
+
+
+def test_prompt_room_fills_the_step_time_the_rows_leave():
+    from quickdraft.control import MIN_PROMPT_CHUNK, prompt_room
+
+    linear = lambda n: 0.01 * n  # noqa: E731  a forward of n tokens: 10 ms each
+    assert prompt_room(linear, 8, 1.0, 512) == 92  # 8 rows + 92 prompt tokens: 1.0 s
+    assert prompt_room(linear, 8, 1.0, 50) == 50  # no more than offered
+    assert prompt_room(linear, 0, 1.0, 512) == 512  # nothing runs: nobody waits on the forward
+    assert prompt_room(linear, 120, 1.0, 512) == MIN_PROMPT_CHUNK  # the rows fill the time: prompts still get in
+    assert prompt_room(linear, 120, 1.0, 5) == 5
+    cost = ForwardCost([1.0 + (n - 1) / 4 for n in range(1, 18)], step_s=0.04)
+    room = prompt_room(cost.seconds, 4, 0.5, 512)
+    assert cost.seconds(4 + room) <= 0.5 < cost.seconds(4 + room + 1)
