@@ -529,9 +529,10 @@ def serve(
                                  "(continuous batching; they share the --n-ctx context)."),
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", help="Prompt tokens prefilled between two steps "
                                       "of the running requests."),
-    step_tokens: Optional[int] = typer.Option(None, "--step-tokens", help="Instead of --prefill-chunk: tokens "
-                                              "per step, one per running request first, prompt tokens in the rest "
-                                              "(more than --parallel)."),
+    step_time: Optional[float] = typer.Option(None, "--step-time", help="Instead of --prefill-chunk: seconds a "
+                                              "step carrying prompt tokens is predicted to take at most (a pause "
+                                              "in every running stream); the running requests' rows first, prompt "
+                                              "tokens in the time they leave, a prompt alone in whole forwards."),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                                       help="Start a request from the longest start of its prompt the cache holds "
                                       "(a conversation's next turn reuses its earlier turns); off: every prompt "
@@ -550,7 +551,7 @@ def serve(
         raise QuickdraftError(f"the server needs its extras: pip install 'quickdraft[server]' ({e})") from None
     from .server.scheduler import check_scheduling
 
-    check_scheduling(max_queue, parallel, prefill_chunk, step_tokens)  # before the models load
+    check_scheduling(max_queue, parallel, prefill_chunk, step_time)  # before the models load
     engine = load_engine(target, draft, method, num_draft,
                          backend_settings(n_ctx, threads, gpu_layers, dtype, device, batch_invariant),
                          backend=backend, tree=tree, default_max_tokens=default_max_tokens,
@@ -565,7 +566,7 @@ def serve(
     if engine.spec(engine.method).uses_draft_model:
         engine.draft_model()  # loaded and checked now, not by the first request
     run(create_app(engine, names, api_key, max_queue=max_queue, timeout_s=timeout, max_batch=parallel,
-                   prefill_chunk=prefill_chunk, step_tokens=step_tokens), host=host, port=port)
+                   prefill_chunk=prefill_chunk, step_time=step_time), host=host, port=port)
 
 
 @app.command()

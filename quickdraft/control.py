@@ -199,6 +199,29 @@ FREE_ROWS = 0.02
 MAX_FREE_ROWS = 16
 
 
+# A prompt chunk riding beside running requests never shrinks below this many tokens, so a prompt
+# always gets in, even when the running requests' rows alone fill a step's time (prompt_room).
+MIN_PROMPT_CHUNK = 16
+
+
+def prompt_room(seconds: Callable[[int], float], rows: int, step_s: float, limit: int) -> int:
+    """Prompt tokens a forward of ``rows`` rows (the running requests' pending tokens and drafts)
+    may carry beside them, so that it is predicted to take at most ``step_s`` seconds: the most m
+    <= ``limit`` with ``seconds(rows + m) <= step_s`` (``seconds``: a forward's predicted time by
+    its tokens, ForwardCost.seconds, taken as rising with them), yet at least ``MIN_PROMPT_CHUNK``;
+    ``limit`` when no row runs (nobody waits on that forward). The running requests' rows come
+    first, prompts get the time they leave: a step, a pause in every running stream, stays
+    within ``step_s`` however long the prompts waiting.
+
+    Example: with seconds(n) = 0.01 * n: prompt_room(seconds, 8, 1.0, 512) == 92,
+    prompt_room(seconds, 0, 1.0, 512) == 512, prompt_room(seconds, 120, 1.0, 512) == 16.
+    """
+    if rows == 0:
+        return limit
+    fits = bisect.bisect_right(range(limit + 1), step_s, key=lambda m: seconds(rows + m))  # m = 0 .. fits - 1 fit
+    return min(limit, max(fits - 1, MIN_PROMPT_CHUNK))
+
+
 @dataclass(frozen=True)
 class Prior:
     """What was measured on this machine before any request (calibrate.py, cached): ``curve[n-1]``

@@ -21,7 +21,7 @@ from . import verifiers
 from .backends import BACKENDS
 from .backends.base import BATCH, TREE, Backend, Chunk, reusable_prefix
 from .bridge import Bridge
-from .control import Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller
+from .control import Controller, FixedBudget, ForwardCost, Offer, Prior, allocate, create_controller, prompt_room
 from .errors import EngineBusyError, QuickdraftError, UnknownMethodError, VocabularyMismatchError
 from .grammar import Constraint, Grammar, Vocabulary
 from .draft import DraftModel
@@ -344,7 +344,8 @@ class Engine:
         """The sequence a backend's own single-sequence protocol works on."""
         return backend.main if BATCH in backend.capabilities else backend
 
-    def step(self, generations: Sequence["Generation"], prefill: Sequence[Chunk] = ()) -> list[Piece | None]:
+    def step(self, generations: Sequence["Generation"], prefill: Sequence[Chunk] = (),
+             step_s: float | None = None) -> list[Piece | None]:
         """One speculative step for every generation: each offers what it could draft, the
         lengths are allocated for the whole step (control.allocate: expected tokens per second,
         plain steps included), each drafts, one target forward verifies them all, each accepts
@@ -352,13 +353,17 @@ class Engine:
         ``prefill``: prompt chunks of generations still prefilling (:meth:`Generation.next_chunk`)
         that ride in the same forward (``BATCH`` backends), as continuous batching does, cut to
         what the forward holds beside the step's rows (``n_batch``: a chunk left out waits for
-        the next step); with no generations, the chunks alone in one forward."""
+        the next step) and, with ``step_s``, to the prompt tokens that keep the step within it
+        once the drafts are made: the drafting's measured seconds and the forward's predicted ones
+        (control.prompt_room: the rows first); with no generations, the chunks alone in one forward."""
         if not generations:  # prompt chunks alone: a forward without logits, which the step's cost model does not price
             if prefill:
                 self.target.forward_batch(fit_chunks(prefill, self.target.n_batch))
             return []
         clock, cost = self.clock, self.cost
         extra = sum(len(c.tokens) for c in prefill)
+        if step_s is not None:  # the allocator weighs the prompt tokens a step of one row each leaves room for
+            extra = min(extra, prompt_room(cost.seconds, len(generations), step_s, extra))
         offers = [g.offers() for g in generations]
         choices = allocate(offers, lambda n: cost.seconds(n + extra))
         drafts, draft_s = [], []
@@ -369,7 +374,10 @@ class Engine:
         drafts = self._ride(generations, drafts, extra)
         rows = sum(1 + len(d) + len(d.extra) for d in drafts)
         if prefill:  # only a BATCH backend takes prompt chunks beside the rows
-            prefill = fit_chunks(prefill, self.target.n_batch - rows)
+            room = self.target.n_batch - rows
+            if step_s is not None:  # the time the drafting took and the rows' forward need come first
+                room = prompt_room(cost.seconds, rows, step_s - sum(draft_s), room)
+            prefill = fit_chunks(prefill, room)
         start = clock()
         acceptances = self._verify(generations, drafts, prefill)
         verify_s = clock() - start

@@ -35,7 +35,9 @@ class LlamaSequence:
     uses ``ids[0..N-1]``, node i being sequence ``ids[i]``, taken from the context's pool when
     first needed and kept (their cells stay tagged with the whole cache: ``_mirrored`` of them hold
     it, so a later tree needs no copy; tagging a long cache into N sequences costs ~0.2 us per cell
-    and sequence, 6 ms for 2000 x 15). Sequences of one context share its KV buffer (unified).
+    and sequence, 6 ms for 2000 x 15) until the pool runs dry: then the context takes them back
+    (:meth:`LlamaCppBackend._spare`), so what sequences keep never exhausts the context's ids, only
+    one forward's trees can. Sequences of one context share its KV buffer (unified).
     """
 
     def __init__(self, backend: "LlamaCppBackend", seq_id: int) -> None:
@@ -187,7 +189,7 @@ class LlamaSequence:
         if first + len(tree) > b.n_ctx:
             raise QuickdraftError(f"context full: {first} + {len(tree)} tree nodes > n_ctx {b.n_ctx}")
         while len(self.ids) < len(tree):
-            self.ids.append(b._take_id())
+            self.ids.append(b._take_id(spare=False))
         for m in range(max(n_old, 1), len(tree)):  # sequence m starts as its nearest evaluated ancestor's
             if m >= self._mirrored:
                 ll.llama_memory_seq_cp(b._mem, self.ids[0], self.ids[m], -1, first)
@@ -356,6 +358,21 @@ class LlamaCppBackend:
         while self._retired and (keep_cells is None or self.free_cells() < keep_cells):
             self._free(self._retired.pop(0))
 
+    def _spare(self, count: int, keep: Sequence[LlamaSequence] = ()) -> None:
+        """Make ``count`` sequence ids free: first the tree nodes' ids that settled live sequences
+        keep (a cache: their next tree tags its cells again), the largest holders first, never
+        those of ``keep`` (sequences about to evaluate a tree, which need theirs); then retired
+        sequences, oldest first. As many as it can: taking one then finds none when live sequences
+        and the trees of ``keep`` hold them all."""
+        holders = sorted((s for s in self._sequences if s._tree is None and len(s.ids) > 1
+                          and not any(s is k for k in keep)), key=lambda s: -len(s.ids))
+        for sequence in holders:
+            if len(self._free_ids) >= count:
+                return
+            self._free_ids += sequence.drop_tree_ids()
+        while len(self._free_ids) < count and self._retired:
+            self._free(self._retired.pop(0))
+
     def _free(self, sequence: LlamaSequence) -> None:
         sequence.clear()
         self._free_ids += sequence.ids
@@ -367,12 +384,15 @@ class LlamaCppBackend:
         held = sum(len(s.tokens) + (len(s._tree[1]) if s._tree else 0) for s in [*self._sequences, *self._retired])
         return self.n_ctx - held
 
-    def _take_id(self) -> int:
+    def _take_id(self, spare: bool = True) -> int:
+        """A free sequence id; ``spare``: make one free if none is (not while a forward is laid
+        out: :meth:`forward_batch` spared its ids before, and a sequence laid out must keep its own)."""
+        if spare:
+            self._spare(1)
         if not self._free_ids:
-            self.forget_retired()
-        if not self._free_ids:
-            raise QuickdraftError(f"all {self.n_seq_max} llama.cpp sequence ids are in use (sequences and tree "
-                                  "nodes): fewer concurrent requests or smaller trees")
+            raise QuickdraftError(f"all {self.n_seq_max} llama.cpp sequence ids are in use ({len(self._sequences)} "
+                                  "sequences, and one per tree node beyond the first of a forward's trees): fewer "
+                                  "concurrent requests or smaller trees")
         return self._free_ids.pop()
 
     def forward_batch(self, chunks: Sequence[Chunk], *, extend: bool = False) -> list[np.ndarray]:
@@ -381,6 +401,9 @@ class LlamaCppBackend:
         ``tokens`` at once; a tree awaits its sequence's :meth:`LlamaSequence.keep`. ``extend``:
         the trees add nodes to their pending trees (:meth:`LlamaSequence.extend_tree`)."""
         pending = [chunk.sequence._tree for chunk in chunks]  # restored if the forward fails
+        trees = [chunk for chunk in chunks if chunk.parents is not None]
+        self._spare(sum(max(0, _tree_nodes(c, extend) - len(c.sequence.ids)) for c in trees),
+                    keep=[c.sequence for c in trees])  # before any layout: a chain here may give its tree ids
         try:
             tokens, positions, seqs, wanted = [], [], [], []
             for chunk in chunks:
@@ -485,6 +508,13 @@ class LlamaCppBackend:
     def _special_text(self, token: int) -> str:
         """How a control token is written in a template ("" for none)."""
         return self.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+def _tree_nodes(chunk: Chunk, extend: bool) -> int:
+    """Nodes of the tree a tree chunk leaves pending: its own, after the pending tree's when it
+    ``extend`` s one (each node a sequence id of its sequence)."""
+    pending = chunk.sequence._tree
+    return len(chunk.parents) + (len(pending[1]) if extend and pending is not None else 0)
 
 
 def system_info() -> str:

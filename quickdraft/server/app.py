@@ -43,7 +43,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
                api_key: str | None = None, *,
                max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-               prefill_chunk: int = DEFAULT_PREFILL_CHUNK, step_tokens: int | None = None) -> FastAPI:
+               prefill_chunk: int = DEFAULT_PREFILL_CHUNK, step_time: float | None = None) -> FastAPI:
     """An OpenAI-compatible app serving ``model_name``: the model id clients pass as ``model``
     and ``/v1/models`` lists, or a sequence of names, that id first and then other names accepted
     for it (``models.served_names``: a ``.gguf`` file's name with and without the suffix).
@@ -52,8 +52,8 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
         llama.cpp context and worker thread; requests go to whichever has room).
     max_batch: requests an engine runs at once, in shared steps (continuous batching; backends
         that cannot batch run one). prefill_chunk: prompt tokens prefilled between two steps;
-        step_tokens: instead, tokens per step, one per running request first, prompt tokens in
-        the rest (scheduler.prompt_room).
+        step_time: instead, seconds a step carrying prompt tokens is predicted to take at most,
+        the running requests' rows first, prompt tokens in the time they leave (control.prompt_room).
     api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
     max_queue: requests that may wait for an engine; beyond that the server answers 503.
     timeout_s: per request, from arrival (queueing included) to the last token; then 504 (or an
@@ -67,7 +67,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
     model_id = names[0]
     metrics = Metrics()
     scheduler = Scheduler(engines, max_queue=max_queue, metrics=metrics, max_batch=max_batch,
-                          prefill_chunk=prefill_chunk, step_tokens=step_tokens)
+                          prefill_chunk=prefill_chunk, step_time=step_time)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -10,9 +10,12 @@ a KV sequence of its own (``Engine.start(request, batched=True)``), and loops:
    runs by itself);
 2. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
    chosen for the whole batch, one forward verifies them all) and hand each its new text; the
-   same forward carries one chunk (``prefill_chunk`` tokens) of the oldest admitted prompt not
-   yet in, so a long prompt neither stalls the running streams for its whole length nor costs a
-   forward of its own (alone, the chunk is a forward of its own);
+   same forward carries prompt tokens of the admitted requests not yet in, oldest first, so a
+   long prompt neither stalls the running streams for its whole length nor costs a forward of
+   its own: one chunk of ``prefill_chunk`` tokens, or with ``step_time`` as many as keep the
+   step's predicted time within it (control.prompt_room: the running rows first); when nothing
+   runs, the oldest prompt in a forward of its own (``prefill_chunk`` tokens, or with
+   ``step_time`` as many as one forward takes: nobody waits on it);
 3. end what finished, was cancelled (the client disconnected, or the HTTP side gave up) or passed
    its deadline, freeing its sequences at once.
 
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..backends.base import BATCH
-from ..engine import Engine, Generation
+from ..engine import Engine, Generation, fit_chunks
 from ..requests import Request
 from ..errors import InvalidParameterError, QuickdraftError
 from ..records import GenerationResult, Piece
@@ -121,21 +124,22 @@ class Scheduler:
 
     max_queue: how many requests may wait (the running ones are not counted). max_batch: requests
     an engine runs at once (1 for backends that cannot batch). prefill_chunk: prompt tokens a step
-    of the loop prefills at most; step_tokens: instead, a budget of tokens per step, one row per
-    running generation first and prompt tokens in the rest (:func:`prompt_room`; more than
-    ``max_batch``, so prompts always get some).
+    of the loop prefills at most; step_time: instead, seconds a step that carries prompt tokens is
+    predicted to take at most (the engine's forward cost), the running generations' rows first
+    and prompt tokens in the time they leave (control.prompt_room), a prompt alone in forwards
+    as large as the backend takes.
     """
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics, max_batch: int = 8,
-                 prefill_chunk: int = 64, step_tokens: int | None = None) -> None:
+                 prefill_chunk: int = 64, step_time: float | None = None) -> None:
         if not engines:
             raise ValueError("the scheduler needs at least one engine")
-        check_scheduling(max_queue, max_batch, prefill_chunk, step_tokens)
+        check_scheduling(max_queue, max_batch, prefill_chunk, step_time)
         self.engines = list(engines)
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
-        self.step_tokens = step_tokens
+        self.step_time = step_time
         self.metrics = metrics
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -281,33 +285,27 @@ class Scheduler:
 
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
         """One step over the generations whose prompt is in, whose forward also carries prompt
-        tokens of those not yet in, as many as :func:`prompt_room` gives: with the fixed chunk,
-        of the oldest one (a forward of its own when nothing else runs, or the backend cannot
-        batch); with a per-step budget, of as many as it spans, oldest first (alone: together in
-        one forward)."""
+        tokens of those not yet in: with the fixed chunk, ``prefill_chunk`` of the oldest; with
+        ``step_time``, of as many as the step's time leaves room for, oldest first (the engine
+        cuts them once the drafts are chosen). When none is in (or the backend cannot batch), the
+        oldest prompt's next chunk is a forward of its own: ``prefill_chunk`` tokens, or with
+        ``step_time`` as many as one forward takes (nobody waits on it)."""
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
         waiting = [r.generation for r in batch if not r.generation.prefilled]
-        room = prompt_room(len(ready), self.prefill_chunk, self.step_tokens)
         batching = BATCH in engine.target.capabilities
-        if waiting and (not batching or (not ready and self.step_tokens is None)):
-            waiting[0].prefill(room)
-            waiting = []
-        chunks = []
-        for generation in waiting if self.step_tokens is not None else waiting[:1]:
-            chunk = generation.next_chunk(room) if room > 0 else None
-            if chunk is not None:
-                chunks.append(chunk)
-                room -= len(chunk.tokens)
-        if not ready and not chunks:
-            for generation in waiting:
-                generation.prefill_done()  # a prompt the cache held whole
+        # prompt tokens a step is offered: the fixed chunk, or as many as one forward takes (None: all)
+        size = self.prefill_chunk if self.step_time is None else engine.target.n_batch if batching else None
+        if waiting and (not batching or not ready):
+            waiting[0].prefill(size)
             return
-        if ready:
-            self.metrics.batch_size.observe(len(ready))
+        riding = waiting[:1] if self.step_time is None else waiting
+        chunks = fit_chunks([c for g in riding if (c := g.next_chunk(size)) is not None], size) if riding else []
+        if not ready:
+            return
+        self.metrics.batch_size.observe(len(ready))
         start = time.monotonic()
-        pieces = engine.step([r.generation for r in ready], prefill=chunks)
-        if ready:
-            self.metrics.step_seconds.observe(time.monotonic() - start)
+        pieces = engine.step([r.generation for r in ready], prefill=chunks, step_s=self.step_time)
+        self.metrics.step_seconds.observe(time.monotonic() - start)
         for generation in waiting:
             generation.prefill_done()
         for running, piece in zip(ready, pieces):
@@ -351,26 +349,15 @@ class Scheduler:
             self._cond.notify_all()
 
 
-def check_scheduling(max_queue: int, max_batch: int, prefill_chunk: int, step_tokens: int | None) -> None:
+def check_scheduling(max_queue: int, max_batch: int, prefill_chunk: int, step_time: float | None) -> None:
     """Raise InvalidParameterError (naming the server option) unless the scheduler's settings make sense."""
     for name, value, low in (("--max-queue", max_queue, 0), ("--parallel", max_batch, 1),
                              ("--prefill-chunk", prefill_chunk, 1)):
         if value < low:
             raise InvalidParameterError(f"{name} must be >= {low}, got {value}", param=name.lstrip("-").replace("-", "_"))
-    if step_tokens is not None and step_tokens <= max_batch:
-        raise InvalidParameterError(f"--step-tokens must exceed --parallel ({max_batch}), so prompts get room beside "
-                                    f"the running requests' rows; got {step_tokens}", param="step_tokens")
-
-
-def prompt_room(rows: int, chunk: int, step_tokens: int | None) -> int:
-    """Prompt tokens a step of ``rows`` running generations carries: ``chunk`` (the fixed
-    chunk), or with a per-step token budget what ``step_tokens`` leaves beside one row per
-    running generation (Sarathi-Serve's stall-free batching: decoding first, prompts fill the
-    rest; their drafts are the allocator's, which weighs the prompt tokens riding along).
-
-    Example: prompt_room(3, 64, None) == 64; prompt_room(3, 64, 256) == 253; prompt_room(8, 64, 8) == 0.
-    """
-    return chunk if step_tokens is None else max(0, step_tokens - rows)
+    if step_time is not None and not 0 < step_time < float("inf"):
+        raise InvalidParameterError(f"--step-time must be a positive number of seconds (a step's predicted time "
+                                    f"with prompt tokens), got {step_time}", param="step_time")
 
 
 def _alone(job: Job) -> bool:

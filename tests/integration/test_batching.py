@@ -66,6 +66,38 @@ def test_every_request_in_a_batch_answers_what_it_answers_alone(tiny_engine, sta
     assert tiny_engine.target.free_cells() == tiny_engine.target.n_ctx  # nothing else held
 
 
+def test_requests_drafting_trees_keep_no_more_sequence_ids_than_the_context_has(tiny_pair, flat_prior):
+    """Batched requests drafting token trees in a context of 16 llama.cpp sequence ids (n_batch
+    16): each tree takes an id per node beyond its root and its sequence keeps them for its next
+    tree, so six live requests of 7-node trees once held more than there are ('all 16 llama.cpp
+    sequence ids are in use'); stepped in turn (one tree a forward), the context takes kept ids
+    back when it runs dry, and every answer is its own alone."""
+    from quickdraft import Engine
+    from quickdraft.backends.llamacpp import LlamaCppBackend
+
+    target = LlamaCppBackend(tiny_pair[0], n_ctx=512, n_batch=16, precise=True)
+    engine = Engine(target, method="draft-tree", num_draft=6, draft=str(tiny_pair[1]), chat=False, prior=flat_prior)
+    requests = [engine.prepare(p, max_tokens=n, method=m, num_draft=6) for p, m, n in [
+        ("the quick brown fox", "draft-tree", 30), ("so the cat is here, the dog is there, the", "ngram-tree", 28),
+        ("def main(): return", "draft-tree", 25), ("hello world hello world hello", "ngram-tree", 33),
+        ("a b c d e f g", "draft-tree", 22), ("one two three", "draft-tree", 27)]]
+    alone = [engine.generate(r).token_ids for r in requests]
+    engine.memory = Memory()
+    with engine.exclusive():
+        running = [engine.start(r, batched=True) for r in requests]
+        for g in running:
+            g.prefill()
+        while any(not g.done for g in running):
+            for g in running:
+                if not g.done:
+                    engine.step([g])
+        for g in running:
+            engine.release(g)
+    assert [g.result().token_ids for g in running] == alone
+    assert sum(g.result().stats["drafted_tokens"] for g in running) > 0
+    target.close()
+
+
 def test_stop_strings_end_a_request_without_disturbing_the_others(tiny_engine):
     full = tiny_engine.generate("the quick brown fox", max_tokens=40, method="draft").text
     stop = full[12:15]

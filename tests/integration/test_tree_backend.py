@@ -157,3 +157,46 @@ def test_tree_misuse_is_refused(backend):
     with pytest.raises(InvalidParameterError, match="not a child"):
         backend.keep((0, 1, 2))
     backend.keep((0, 2))
+
+
+def test_the_tree_ids_sequences_keep_go_back_to_the_pool_when_it_runs_dry(tiny_pair):
+    """A sequence keeps the ids its trees took (one per node beyond its own) for its next tree;
+    many sequences drafting trees once held more than the context has (the server's 'all 256
+    llama.cpp sequence ids in use'). With 16 ids, five sequences each evaluating 6-node trees
+    (30 ids between them) in turn, and some in one forward beside a chain: every tree's rows are
+    still each path's own (the ids taken back were untagged, the next tree tags them again)."""
+    from quickdraft.backends.base import Chunk
+    from quickdraft.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(tiny_pair[0], n_ctx=512, n_batch=16, precise=True)
+    assert backend.n_seq_max == 16
+    parents = (-1, 0, 0, 1, 1, 2)
+    paths = layout(parents).paths
+    prompt = backend.tokenize("def hello(world): return the", special=False)
+    sequences = [backend.new_sequence() for _ in range(5)]
+    for s in sequences:
+        s.prefill(prompt)
+
+    def check(s, tokens, logits, path):
+        """``s`` evaluated tree ``tokens`` after its cache into ``logits``; keep ``path`` and compare."""
+        before = list(s.tokens)
+        s.keep(path)
+        assert s.tokens == before + [tokens[i] for i in path]
+        backend.main.prefill(before)
+        np.testing.assert_allclose(logits[list(path)], backend.main.forward([tokens[i] for i in path]),
+                                   atol=TOL, rtol=0)
+
+    for step in range(3):
+        for k, s in enumerate(sequences):  # one tree at a time: the others keep their ids until needed
+            tokens = tree_tokens(backend, parents, seed=10 * step + k)
+            check(s, tokens, s.forward_tree(tokens, parents), paths[(step + k) % len(paths)])
+        chain, *trees = sequences[step:step + 3]  # a chain and two trees in one forward
+        tokens = [tree_tokens(backend, parents, seed=100 + step + j) for j in range(2)]
+        rows = backend.forward_batch([Chunk(chain, [300 + step]),
+                                      *(Chunk(s, t, parents) for s, t in zip(trees, tokens))])
+        before = chain.tokens[:-1]
+        backend.main.prefill(before)
+        np.testing.assert_allclose(rows[0], backend.main.forward([300 + step]), atol=TOL, rtol=0)
+        for s, t, logits in zip(trees, tokens, rows[1:]):
+            check(s, t, logits, paths[-1])
+    backend.close()

@@ -56,7 +56,7 @@ class GatedEngine:
         self.batched.append(batched)
         return GatedGeneration()
 
-    def step(self, generations, prefill=()) -> list:
+    def step(self, generations, prefill=(), step_s=None) -> list:
         self.batch_sizes.append(len(generations))
         pieces = []
         for g in generations:

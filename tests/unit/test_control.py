@@ -277,3 +277,17 @@ def test_drafting_ahead_is_predicted_to_lose_on_two_cores_and_to_pay_where_the_c
     assert split == many_cores and k >= 2 and gain > 1.02
     assert ahead_gain([0.3] * 9, 0.25, curve, [many_cores])[2] < 1.0
     assert ahead_gain([0.9] * 9, 0.25, curve, []) == (None, 0, 0.0)
+
+
+def test_prompt_room_fills_the_step_time_the_rows_leave():
+    from quickdraft.control import MIN_PROMPT_CHUNK, prompt_room
+
+    linear = lambda n: 0.01 * n  # noqa: E731  a forward of n tokens: 10 ms each
+    assert prompt_room(linear, 8, 1.0, 512) == 92  # 8 rows + 92 prompt tokens: 1.0 s
+    assert prompt_room(linear, 8, 1.0, 50) == 50  # no more than offered
+    assert prompt_room(linear, 0, 1.0, 512) == 512  # nothing runs: nobody waits on the forward
+    assert prompt_room(linear, 120, 1.0, 512) == MIN_PROMPT_CHUNK  # the rows fill the time: prompts still get in
+    assert prompt_room(linear, 120, 1.0, 5) == 5
+    cost = ForwardCost([1.0 + (n - 1) / 4 for n in range(1, 18)], step_s=0.04)
+    room = prompt_room(cost.seconds, 4, 0.5, 512)
+    assert cost.seconds(4 + room) <= 0.5 < cost.seconds(4 + room + 1)

@@ -1,6 +1,7 @@
-"""The scheduler's per-step token budget (``--step-tokens``) on the tiny models: running requests'
-rows first, prompt chunks of several joining requests in the rest, and every answer what it is
-alone; the fixed chunk (``--prefill-chunk``) as before; bad values refused naming the option."""
+"""The scheduler's prompt admission by time (``--step-time``) on the tiny models: prompt tokens
+ride beside the running requests' rows as the step's time leaves room for (control.prompt_room),
+of several joining requests, and every answer is what it is alone; the fixed chunk
+(``--prefill-chunk``) as before; bad values refused naming the option."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from quickdraft.backends.base import Chunk
 from quickdraft.engine import fit_chunks
 from quickdraft.errors import InvalidParameterError
 from quickdraft.server.metrics import Metrics
-from quickdraft.server.scheduler import Failed, Finished, Job, Scheduler, check_scheduling, prompt_room
+from quickdraft.control import MIN_PROMPT_CHUNK
+from quickdraft.server.scheduler import Failed, Finished, Job, Scheduler, check_scheduling
 from serverutil import make_engine
 
 PROMPTS = [("the quick brown fox " * k).strip() for k in (3, 6, 2, 8, 5, 4)]
@@ -21,16 +23,17 @@ MAX_TOKENS = [12, 20, 9, 16, 24, 7]
 
 def served(engine, **options) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
     """The scheduler serving PROMPTS, all submitted at once (4 at a time): each answer's tokens,
-    and each step's (running generations, tokens of each prompt chunk riding along)."""
+    and each target forward's (running generations' chunks, tokens of each prompt chunk)."""
     steps: list[tuple[int, list[int]]] = []
-    inner = engine.step
+    target = engine.target
+    inner = target.forward_batch
 
-    def step(generations, prefill=()):  # records what each forward carried, then steps as ever
-        steps.append((len(generations), [len(c.tokens) for c in prefill]))
-        return inner(generations, prefill)
+    def forward_batch(chunks, **options):  # records what each forward carried, then runs it as ever
+        steps.append((sum(c.rows != "none" for c in chunks), [len(c.tokens) for c in chunks if c.rows == "none"]))
+        return inner(chunks, **options)
 
     loop = asyncio.new_event_loop()
-    engine.step = step
+    target.forward_batch = forward_batch
     scheduler = Scheduler([engine], max_queue=16, metrics=Metrics(), max_batch=4, **options)
     scheduler.start()
     try:
@@ -51,7 +54,7 @@ def served(engine, **options) -> tuple[list[list[int]], list[tuple[int, list[int
         answers = loop.run_until_complete(answers_of_all())
     finally:
         scheduler.stop()
-        del engine.step
+        del target.forward_batch
         loop.close()
     return answers, steps
 
@@ -62,14 +65,18 @@ def alone(tiny_pair) -> list[list[int]]:
     return [engine.generate(p, max_tokens=m).token_ids for p, m in zip(PROMPTS, MAX_TOKENS)]
 
 
-def test_a_step_carries_running_rows_first_and_prompt_chunks_of_several_requests_in_the_rest(tiny_pair, alone):
-    budget = 24
-    answers, steps = served(make_engine(tiny_pair), step_tokens=budget)
+def test_with_a_step_time_prompts_of_several_requests_ride_in_what_the_time_leaves(tiny_pair, alone):
+    answers, steps = served(make_engine(tiny_pair), step_time=1e6)  # time for every prompt: whole ones ride
     assert answers == alone
-    for running, chunks in steps:
-        assert sum(chunks) <= budget - running  # one row per running request first
-    assert any(len(chunks) >= 2 for _, chunks in steps)  # a budget spans prompts: several chunks in one forward
-    assert any(running and sum(chunks) == budget - running for running, chunks in steps)  # the rest filled
+    assert any(running and len(chunks) >= 2 for running, chunks in steps)  # several prompts beside the rows
+    assert any(running and sum(chunks) > MIN_PROMPT_CHUNK for running, chunks in steps)
+
+
+def test_a_step_time_no_step_can_keep_still_lets_prompts_in(tiny_pair, alone):
+    answers, steps = served(make_engine(tiny_pair), step_time=1e-9)  # every step is predicted longer
+    assert answers == alone
+    riding = [sum(chunks) for running, chunks in steps if running and chunks]
+    assert riding and max(riding) <= MIN_PROMPT_CHUNK  # the least chunk, and no more, beside the rows
 
 
 def test_the_fixed_chunk_carries_at_most_that_many_prompt_tokens_a_step(tiny_pair, alone):
@@ -84,30 +91,25 @@ def test_prompt_chunks_are_cut_to_what_the_forward_holds():
     assert fit_chunks(chunks, 12) == chunks and fit_chunks(chunks, 0) == []
 
 
-def test_prompt_room():
-    assert prompt_room(3, 64, None) == 64  # the fixed chunk, whatever runs
-    assert prompt_room(3, 64, 256) == 253  # the budget's rest beside 3 rows
-    assert prompt_room(0, 64, 256) == 256  # nothing runs: all for prompts
-    assert prompt_room(300, 64, 256) == 0
-
-
 @pytest.mark.parametrize("options, param", [
-    (dict(step_tokens=8), "step_tokens"),  # not more than --parallel (8)
+    (dict(step_time=0.0), "step_time"),
+    (dict(step_time=-1.0), "step_time"),
+    (dict(step_time=float("inf")), "step_time"),
+    (dict(step_time=float("nan")), "step_time"),
     (dict(prefill_chunk=0), "prefill_chunk"),
     (dict(max_queue=-1), "max_queue"),
 ])
 def test_bad_scheduling_options_are_refused_naming_them(options, param):
-    settings = dict(max_queue=4, max_batch=8, prefill_chunk=64, step_tokens=None) | options
+    settings = dict(max_queue=4, max_batch=8, prefill_chunk=64, step_time=None) | options
     with pytest.raises(InvalidParameterError) as refused:
         check_scheduling(**settings)
     assert refused.value.param == param and f"--{param.replace('_', '-')}" in str(refused.value)
 
 
-def test_serve_refuses_a_bad_step_budget_before_loading_anything():
+def test_serve_refuses_a_bad_step_time_before_loading_anything():
     from typer.testing import CliRunner
 
     from quickdraft.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "--target", "/nonexistent.gguf", "--parallel", "16",
-                                      "--step-tokens", "16"])
-    assert result.exit_code == 2 and "--step-tokens must exceed --parallel (16)" in result.output
+    result = CliRunner().invoke(app, ["serve", "--target", "/nonexistent.gguf", "--step-time", "0"])
+    assert result.exit_code == 2 and "--step-time must be a positive number of seconds" in result.output
