@@ -315,10 +315,11 @@ class Engine:
         prompt = request.tokens[:-1] if self.prompt_cache else ()  # what a new sequence may share with another's cache
         if not (self.prompt_cache or batched):
             self.clear_caches()
-        target = self.target.new_sequence(prompt) if batched else self._main(self.target)
         constraint = None if request.grammar is None else self.vocabulary().constraint(request.grammar)
-        resources = self.resources(spec, batched=batched, prefix=prompt, constraint=constraint)
+        target = self.target.new_sequence(prompt) if batched else self._main(self.target)
+        resources = Resources(self.target)  # until the method's are made: what to release if that fails
         try:
+            resources = self.resources(spec, batched=batched, prefix=prompt, constraint=constraint)
             proposer = spec.make(resources, self._memory(spec), self._parsed[spec.name])
         except BaseException:
             self._release(target, resources)

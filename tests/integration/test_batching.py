@@ -200,3 +200,17 @@ def test_a_forward_that_needs_a_retired_sequences_cells_frees_them(tiny_engine):
         assert live.tokens == [7] * 40 and target.free_cells() == target.n_ctx - 40
         target.release(live)
         tiny_engine.clear_caches()
+
+
+def test_a_request_that_cannot_start_keeps_no_sequence(tiny_target_backend, flat_prior, tmp_path):
+    """The draft model fails to open when the first request that needs it starts: the target's
+    sequence made for that request is freed, not left holding ids and cells."""
+    from quickdraft import Engine
+    from quickdraft.errors import QuickdraftError
+
+    missing = tmp_path / "no-such-draft.gguf"
+    engine = Engine(tiny_target_backend, method="ar", draft=str(missing), chat=False, prior=flat_prior)
+    held = len(tiny_target_backend._sequences)
+    with pytest.raises(QuickdraftError):
+        engine.start(engine.prepare("hello world", max_tokens=4, method="draft"), batched=True)
+    assert len(tiny_target_backend._sequences) == held
