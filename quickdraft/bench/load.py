@@ -10,7 +10,8 @@ it (TPOT, what the issue calls inter-token latency), the longest gap between two
 the answer. Per (server, N): total tokens per second over the wall time, TTFT and TPOT p50/p99,
 errors, and how the answers compare with each prompt's greedy answer served alone by quickdraft
 (``exact``; ``differs`` from some token on, the numerics of another batch shape; ``mixed``: it
-is another prompt's answer, a bug).
+is another prompt's answer, a bug). An answer that differs is then checked as ``--check`` checks
+one (check.check_against_ar, against the answer alone): a certified numeric near-tie, or not.
 
 ``soak`` runs one server under a fixed load for a time instead, and adds the server's memory
 over time (RSS from /proc) to the report.
@@ -91,6 +92,7 @@ class Record:
     text: str = ""
     error: str | None = None
     answer: str | None = None  # exact | differs | mixed, against the prompt's answer alone
+    near_tie: bool | None = None  # an answer that differs: where it parts, a certified near-tie (check.py)
 
     @property
     def tpot(self) -> float | None:
@@ -119,6 +121,7 @@ def summarize(records: Sequence[Record]) -> dict:
     ttft = [r.first for r in ok if r.first is not None]
     tpot = [r.tpot for r in ok if r.tpot is not None]
     answers = {kind: sum(r.answer == kind for r in ok) for kind in ("exact", "differs", "mixed")}
+    answers["near_ties"] = sum(r.near_tie is True for r in ok)
     return {"requests": len(records), "errors": len(records) - len(ok), "tokens": tokens,
             "wall_s": wall, "throughput_tok_s": tokens / wall if wall else None,
             "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
@@ -262,9 +265,10 @@ def server_command(server: str, config: LoadConfig, slots: int, port: int, targe
 
 # --- the run ----------------------------------------------------------------------------------
 
-def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]], list[str]]:
+def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]], list[list[int]], list[str]]:
     """The run's chat prompts (of the configured length, with the target's template) and each
-    one's greedy answer served alone by quickdraft (plain decoding, ``max_tokens``)."""
+    one's greedy answer served alone by quickdraft (plain decoding, ``max_tokens``): its tokens
+    and its text."""
     from .. import load
     from .runner import progress_bar
     from .tasks import load_tasks
@@ -281,14 +285,40 @@ def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]]
         raise QuickdraftError(f"no {config.task} prompt has {low}-{high} tokens")
     if not config.soak_s:  # client i's j-th request asks prompt i + j * N: no more are ever sent
         prompts = prompts[:max(config.concurrency) * config.requests_per_client]
-    answers = []
+    alone = []
     with progress_bar(console) as bar:
         task = bar.add_task("answers alone", total=len(prompts), status="")
         for p in prompts:
-            answers.append(engine.generate(p, max_tokens=config.max_tokens).text)
+            alone.append(engine.generate(p, max_tokens=config.max_tokens))
             bar.advance(task)
     engine.target.close()
-    return prompts, answers
+    return prompts, [a.token_ids for a in alone], [a.text for a in alone]
+
+
+def certify(config: LoadConfig, prompts: Sequence[list[dict]], alone: Sequence[list[int]],
+            records: Sequence[Record], console: Console) -> None:
+    """Set ``near_tie`` of every record whose answer differs from its prompt's answer alone: its
+    text in the target's tokens checked against the answer alone as ``--check`` does
+    (check.check_against_ar: the target's margin where they part within the near-tie tolerance
+    measured here, or a verification shape in which the target itself prefers the served token).
+    A served text the tokenizer splits otherwise than it was generated may fail to certify, never
+    pass wrongly."""
+    from .. import load
+    from ..check import check_against_ar
+    from .runner import progress_bar
+
+    differing = [r for r in records if r.answer == "differs"]
+    if not differing:
+        return
+    engine = load(config.target, None, method="ar", n_ctx=config.n_ctx, calibrate=False, n_threads=config.threads)
+    with progress_bar(console) as bar:
+        task = bar.add_task("answers that differ: near-ties?", total=len(differing), status="")
+        for r in differing:
+            served = engine.target.tokenize(r.text, special=False)
+            result = check_against_ar(engine, engine.prompt_tokens(prompts[r.prompt]), served, alone[r.prompt])
+            r.near_tie = result.kind == "near-tie"
+            bar.advance(task)
+    engine.target.close()
 
 
 def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> dict:
@@ -298,7 +328,7 @@ def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> d
     target = resolve_model(config.target)
     draft = resolve_draft(config.draft, target)
     console.print("preparing prompts and their answers alone ...")
-    prompts, answers = load_prompts(config, console)
+    prompts, alone, answers = load_prompts(config, console)
     doc = {"config": {**asdict(config), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info().to_dict()},
            "prompts": len(prompts), "levels": [], "records": [], "memory_mb": []}
     servers = config.servers[:1] if config.soak_s else config.servers
@@ -312,14 +342,15 @@ def run_load(config: LoadConfig, out: Path, console: Console | None = None) -> d
             with launched(command, port, out / f"{server}.log") as process:
                 console.print(f"{server}: {n} concurrent client(s) ...")
                 records = asyncio.run(_level(config, server, n, port, prompts, process, doc))
-                for r in records:
-                    if r.error is None:
-                        r.answer = classify_answer(r.text, answers[r.prompt], answers)
-                level = {"server": server, "concurrency": n, **summarize(records)}
-                doc["levels"].append(level)
-                doc["records"] += [{**asdict(r), "tpot": r.tpot} for r in records]
-                _save(doc, out)
-                console.print(_level_line(level))
+            for r in records:
+                if r.error is None:
+                    r.answer = classify_answer(r.text, answers[r.prompt], answers)
+            certify(config, prompts, alone, records, console)
+            level = {"server": server, "concurrency": n, **summarize(records)}
+            doc["levels"].append(level)
+            doc["records"] += [{**asdict(r), "tpot": r.tpot} for r in records]
+            _save(doc, out)
+            console.print(_level_line(level))
     write_load_report(doc, out)
     console.print(load_table(doc))
     return doc
@@ -353,7 +384,8 @@ def _level_line(level: dict) -> str:
     return (f"  {level['throughput_tok_s'] and round(level['throughput_tok_s'], 1)} tok/s, TTFT p50/p99 "
             f"{_fmt(level['ttft_p50_s'])}/{_fmt(level['ttft_p99_s'])} s, TPOT p50/p99 "
             f"{_fmt(level['tpot_p50_s'], 0, 1e3)}/{_fmt(level['tpot_p99_s'], 0, 1e3)} ms, errors {level['errors']}, "
-            f"answers {a['exact']} exact / {a['differs']} differ / {a['mixed']} mixed")
+            f"answers {a['exact']} exact / {a['differs']} differ ({a.get('near_ties', 0)} near-ties) / "
+            f"{a['mixed']} mixed")
 
 
 LOAD_HEADERS = ("server", "clients", "tok/s", "TTFT p50 s", "TTFT p99 s", "TPOT p50 ms", "TPOT p99 ms",
@@ -365,7 +397,7 @@ def level_cells(level: dict) -> list[str]:
     return [level["server"], str(level["concurrency"]), _fmt(level["throughput_tok_s"], 1),
             _fmt(level["ttft_p50_s"]), _fmt(level["ttft_p99_s"]), _fmt(level["tpot_p50_s"], 0, 1e3),
             _fmt(level["tpot_p99_s"], 0, 1e3), _fmt(level["max_gap_p99_s"]), str(level["errors"]),
-            f"{a['exact']}/{a['differs']}/{a['mixed']}"]
+            f"{a['exact']}/{a['differs']}/{a['mixed']}" + (f" ({a.get('near_ties', 0)} near-tie)" if a["differs"] else "")]
 
 
 def load_table(doc: dict) -> Table:
@@ -390,8 +422,8 @@ def write_load_report(doc: dict, out: Path) -> None:
              f"method {config['method']}" + (f"; quickdraft serve {' '.join(config['server_args'])}"
                                              if config.get("server_args") else "") + ".", "",
              "TPOT: seconds per output token after the first, per request. Answers: each compared with the "
-             "prompt's greedy answer served alone by quickdraft (exact; differs from some token on; mixed: "
-             "another prompt's answer).", "",
+             "prompt's greedy answer served alone by quickdraft (exact; differs from some token on, with how "
+             "many of those are certified numeric near-ties where they part; mixed: another prompt's answer).", "",
              md_table(LOAD_HEADERS, [level_cells(level) for level in doc["levels"]], right=range(1, 10)), ""]
     for name, plot in (("load.png", plot_load), ("memory.png", plot_memory)):
         try:

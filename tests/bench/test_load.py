@@ -22,13 +22,14 @@ def test_percentile_and_answer_classes():
 
 def test_summary_of_records():
     records = [Record("s", 2, 0, 0, start=10.0, first=0.5, end=2.5, tokens=21, max_gap=0.2, answer="exact"),
-               Record("s", 2, 1, 1, start=10.5, first=1.0, end=3.0, tokens=11, max_gap=0.4, answer="differs"),
+               Record("s", 2, 1, 1, start=10.5, first=1.0, end=3.0, tokens=11, max_gap=0.4, answer="differs",
+                      near_tie=True),
                Record("s", 2, 1, 2, start=11.0, error="boom")]
     summary = summarize(records)
     assert summary["requests"] == 3 and summary["errors"] == 1 and summary["tokens"] == 32
     assert summary["wall_s"] == pytest.approx(3.5) and summary["throughput_tok_s"] == pytest.approx(32 / 3.5)
     assert summary["tpot_p50_s"] == pytest.approx(0.1) and summary["ttft_p99_s"] == 1.0
-    assert summary["answers"] == {"exact": 1, "differs": 1, "mixed": 0}
+    assert summary["answers"] == {"exact": 1, "differs": 1, "mixed": 0, "near_ties": 1}
 
 
 def test_bad_configurations_are_refused():
@@ -51,3 +52,30 @@ def test_a_short_run_against_a_quickdraft_server(tiny_pair, tmp_path):
         assert level["answers"]["mixed"] == 0
     assert {"load.json", "load.md", "load.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert doc["memory_mb"] and all(m["rss_mb"] for m in doc["memory_mb"])
+
+
+def test_an_answer_that_differs_is_certified_only_where_the_target_nearly_ties(tiny_pair):
+    """An answer that parts from the answer alone at the target's least likely token is no
+    near-tie (check.check_against_ar on the served text); one that parts where the target's two
+    best tokens tie exactly (the same token) is not a divergence at all."""
+    import numpy as np
+    from rich.console import Console
+
+    from quickdraft import load
+    from quickdraft.bench.load import certify
+
+    config = LoadConfig(target=str(tiny_pair[0]), draft=str(tiny_pair[1]), max_tokens=12, n_ctx=1024, threads=1,
+                        servers=("quickdraft",))
+    prompts = [[{"role": "user", "content": "hello world the code"}]]
+    engine = load(config.target, None, method="ar", n_ctx=1024, calibrate=False, n_threads=1)
+    alone = list(engine.generate(prompts[0], max_tokens=12).token_ids)
+    context = [*engine.prompt_tokens(prompts[0]), *alone[:5]]
+    engine.target.prefill(context[:-1])
+    unlikely = int(np.argmin(engine.target.forward(context[-1:])[0]))
+    text = b"".join(engine.target.token_text(t) for t in [*alone[:5], unlikely]).decode("utf-8", errors="replace")
+    engine.target.close()
+    served = Record("quickdraft", 1, 0, 0, text=text, answer="differs")
+    exact = Record("quickdraft", 1, 0, 0, text="", answer="exact")
+    certify(config, prompts, [alone], [served, exact], Console(quiet=True))
+    assert served.near_tie is False
+    assert exact.near_tie is None  # only answers that differ are checked
