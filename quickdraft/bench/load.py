@@ -265,15 +265,22 @@ def server_command(server: str, config: LoadConfig, slots: int, port: int, targe
 
 # --- the run ----------------------------------------------------------------------------------
 
+def plain_engine(config: LoadConfig):
+    """An engine of the run's target decoding plainly, in this process (the answers alone and
+    their checks); the caller closes its target."""
+    from .. import load
+
+    return load(config.target, None, method="ar", n_ctx=config.n_ctx, calibrate=False, n_threads=config.threads)
+
+
 def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]], list[list[int]], list[str]]:
     """The run's chat prompts (of the configured length, with the target's template) and each
     one's greedy answer served alone by quickdraft (plain decoding, ``max_tokens``): its tokens
     and its text."""
-    from .. import load
     from .runner import progress_bar
     from .tasks import load_tasks
 
-    engine = load(config.target, None, method="ar", n_ctx=config.n_ctx, calibrate=False, n_threads=config.threads)
+    engine = plain_engine(config)
     low, high = config.prompt_tokens
     prompts = []
     path = Path(config.task)
@@ -303,14 +310,13 @@ def certify(config: LoadConfig, prompts: Sequence[list[dict]], alone: Sequence[l
     measured here, or a verification shape in which the target itself prefers the served token).
     A served text the tokenizer splits otherwise than it was generated may fail to certify, never
     pass wrongly."""
-    from .. import load
     from ..check import check_against_ar
     from .runner import progress_bar
 
     differing = [r for r in records if r.answer == "differs"]
     if not differing:
         return
-    engine = load(config.target, None, method="ar", n_ctx=config.n_ctx, calibrate=False, n_threads=config.threads)
+    engine = plain_engine(config)
     with progress_bar(console) as bar:
         task = bar.add_task("answers that differ: near-ties?", total=len(differing), status="")
         for r in differing:

@@ -97,9 +97,9 @@ class AutoMemory:
 
     def __init__(self, resources: Resources, options: AutoOptions) -> None:
         prior, k = resources.prior, options.max_draft
-        accept = [prior.draft_accept or 0.5] * (k + 1)
-        forward = [prior.curve[n] if prior.curve and n < len(prior.curve) else 1.0 + n / 2 for n in range(k + 1)]
-        self.ahead = ahead_gain(accept, prior.draft_token or 0.0, forward, prior.draft_ahead)  # (split, k, gain)
+        forward = [resources.cost.relative_at(n + 1) for n in range(k + 1)]  # the calibrated curve, in steps
+        self.ahead = ahead_gain([prior.draft_accept or 0.5] * (k + 1), prior.draft_token or 0.0, forward,
+                                prior.draft_ahead)  # (split, k, gain)
         self.rates = Rates()  # drafting ahead against in turn, as measured (proposers/parallel.py)
         self.suffix = SuffixMemory(options.suffix())
         self.control = {name: AdaptiveBudget(max_k=k, cost=resources.cost, prior_accept=accept,
