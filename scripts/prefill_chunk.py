@@ -36,7 +36,7 @@ async def one_request(scheduler: Scheduler, engine, prompt: str, max_tokens: int
     start, first, last, pause, tokens = time.perf_counter(), None, None, 0.0, 0
     scheduler.submit(job)
     while True:
-        event = await job.events.get()
+        _, event = await job.events.get()
         if isinstance(event, Piece):
             now = time.perf_counter() - start
             first = now if first is None and event.text else first

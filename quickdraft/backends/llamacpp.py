@@ -396,14 +396,24 @@ class LlamaCppBackend:
         return self._free_ids.pop()
 
     def forward_batch(self, chunks: Sequence[Chunk], *, extend: bool = False) -> list[np.ndarray]:
-        """One ``llama_decode`` over several sequences' new tokens (see :class:`Chunk`); returns
-        each chunk's logits rows ([rows, V] each, in its order). Chains join their sequence's
-        ``tokens`` at once; a tree awaits its sequence's :meth:`LlamaSequence.keep`. ``extend``:
-        the trees add nodes to their pending trees (:meth:`LlamaSequence.extend_tree`)."""
-        pending = [chunk.sequence._tree for chunk in chunks]  # restored if the forward fails
+        """The chunks' new tokens (see :class:`Chunk`) evaluated together; returns each chunk's
+        logits rows ([rows, V] each, in its order). Chains join their sequence's ``tokens`` at
+        once; a tree awaits its sequence's :meth:`LlamaSequence.keep`. ``extend``: the trees add
+        nodes to their pending trees (:meth:`LlamaSequence.extend_tree`).
+
+        The chunks that want logits go in one ``llama_decode`` and each prompt chunk (no logits)
+        in one of its own (``decode_groups``)."""
         trees = [chunk for chunk in chunks if chunk.parents is not None]
         self._spare(sum(max(0, _tree_nodes(c, extend) - len(c.sequence.ids)) for c in trees),
                     keep=[c.sequence for c in trees])  # before any layout: a chain here may give its tree ids
+        results: dict[int, np.ndarray] = {}
+        for group in decode_groups(chunks):
+            results.update(zip(group, self._decode([chunks[i] for i in group], extend)))
+        return [results[i] for i in range(len(chunks))]
+
+    def _decode(self, chunks: Sequence[Chunk], extend: bool) -> list[np.ndarray]:
+        """One ``llama_decode`` over the chunks; each chunk's logits rows."""
+        pending = [chunk.sequence._tree for chunk in chunks]  # restored if the forward fails
         try:
             tokens, positions, seqs, wanted = [], [], [], []
             for chunk in chunks:
@@ -508,6 +518,48 @@ class LlamaCppBackend:
     def _special_text(self, token: int) -> str:
         """How a control token is written in a template ("" for none)."""
         return self.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+# llama.cpp's CPU flash attention takes a forward of this many tokens or more in tiles of this
+# many consecutive tokens (GGML_FA_TILE_Q), each computed densely over every cell any of its
+# tokens sees (decode_groups).
+ATTENTION_TILE = 64
+# Rows of at most this many sequences stay in one forward however many tokens they are: a tile's
+# dense pass over a few contexts costs less than another pass over the weights (decode_groups).
+FEW_SEQUENCES = 4
+
+
+def decode_groups(chunks: Sequence[Chunk], tile: int = ATTENTION_TILE, few: int = FEW_SEQUENCES) -> list[list[int]]:
+    """The ``llama_decode`` calls a batched forward makes, as lists of chunk indices: the chunks
+    that want logits (the running requests' rows and drafts) in one call, or, when they are more
+    than ``few``, packed in order into calls of fewer than ``tile`` tokens (a chunk of ``tile``
+    tokens or more alone); then each prompt chunk (``rows="none"``) alone.
+
+    Why: llama.cpp's CPU flash attention takes a forward of ``tile`` tokens or more in tiles of
+    ``tile`` consecutive tokens, each computed densely over every cell that any of its tokens
+    sees, where a smaller forward skips each row's masked cells one by one. A tile holding the
+    rows of many sequences, or those rows beside a prompt's tokens, so computes over all their
+    contexts. One sequence's tokens see only its own cells, so a prompt chunk or a long draft
+    alone keeps the tiled kernel's speed. Measured with 16 sequences of 300 tokens in the cache
+    (AMD EPYC Zen 5, 2 threads, default target), one call against these groups: 16 rows and a
+    64-token prompt chunk 878 against 548 ms; 16 sequences' 5 rows each 1514 against 898 ms, 8
+    sequences' 8 rows 798 against 721 ms; split, 2 sequences' 40 rows would have cost 1.21x and 4
+    sequences' 16 rows 1.11x (hence ``few``).
+
+    Example: with tile 8 and few 2, chunks of 3, 3, 3 (rows "all"), 5 (rows "none") and 9 ("all")
+    tokens -> [[0, 1], [2], [4], [3]]; with few 4, [[0, 1, 2, 4], [3]].
+    """
+    rows = [i for i, c in enumerate(chunks) if c.rows != "none"]
+    groups: list[list[int]] = [rows] if 0 < len(rows) <= few else []
+    size = tile
+    for i in rows if len(rows) > few else ():
+        n = len(chunks[i].tokens)
+        if size + n >= tile:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups + [[i] for i, c in enumerate(chunks) if c.rows == "none"]
 
 
 def _tree_nodes(chunk: Chunk, extend: bool) -> int:

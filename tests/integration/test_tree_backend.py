@@ -200,3 +200,52 @@ def test_the_tree_ids_sequences_keep_go_back_to_the_pool_when_it_runs_dry(tiny_p
         for s, t, logits in zip(trees, tokens, rows[1:]):
             check(s, t, logits, paths[-1])
     backend.close()
+
+
+def test_a_forward_split_into_several_decodes_returns_each_chunk_its_own_rows(tiny_pair):
+    """Rows of many sequences packed into several llama_decode calls (decode_groups), a tree and
+    a prompt chunk among them, give each chunk the logits it gets evaluated alone, in order."""
+    from quickdraft.backends.base import Chunk
+    from quickdraft.backends.llamacpp import LlamaCppBackend, decode_groups
+
+    backend = LlamaCppBackend(tiny_pair[0], n_ctx=1024, n_batch=128, precise=True)
+    rng = np.random.default_rng(3)
+    prompts = [[int(t) for t in rng.integers(10, 400, 6 + i)] for i in range(7)]
+    sequences = [backend.new_sequence() for _ in prompts]
+    for s, p in zip(sequences, prompts):
+        s.prefill(p)
+    parents = (-1, 0, 0, 1)
+    news = [[int(t) for t in rng.integers(10, 400, 12)] for _ in range(6)] + [[401, 402, 403, 404]]
+    joining = backend.new_sequence()
+    chunks = [Chunk(s, t) for s, t in zip(sequences[:6], news)]
+    chunks.insert(3, Chunk(joining, [int(t) for t in rng.integers(10, 400, 20)], rows="none"))
+    chunks.append(Chunk(sequences[6], news[6], parents))
+    groups = decode_groups(chunks)
+    assert len(groups) >= 3 and sorted(sum(groups, [])) == list(range(len(chunks)))  # the split is exercised
+    rows = backend.forward_batch(chunks)
+    assert rows[3].shape[0] == 0
+    for (s, p), new, logits in zip(zip(sequences[:6], prompts), news, [r for i, r in enumerate(rows) if i not in (3, 7)]):
+        backend.main.prefill(p)
+        np.testing.assert_allclose(logits, backend.main.forward(new), atol=TOL, rtol=0)
+    backend.main.prefill(prompts[6])
+    for path in ((0, 1, 3), (0, 2)):  # each root-to-leaf path of the tree, as a chain
+        np.testing.assert_allclose(rows[7][list(path)], backend.main.forward([news[6][i] for i in path]),
+                                   atol=TOL, rtol=0)
+        backend.main.rollback(len(prompts[6]))
+    assert joining.tokens == chunks[3].tokens
+    backend.close()
+
+
+def test_decode_groups_keeps_few_sequences_together_and_prompt_chunks_apart():
+    from quickdraft.backends.base import Chunk
+    from quickdraft.backends.llamacpp import decode_groups
+
+    def chunk(n, rows="all"):
+        return Chunk(None, [0] * n, rows=rows)
+
+    assert decode_groups([chunk(1)] * 16) == [list(range(16))]  # 16 rows: under one tile
+    assert decode_groups([chunk(5)] * 16) == [list(range(12)), list(range(12, 16))]
+    assert decode_groups([chunk(40), chunk(40)]) == [[0, 1]]  # few sequences: one call
+    assert decode_groups([chunk(1), chunk(64, "none"), chunk(1)]) == [[0, 2], [1]]
+    assert decode_groups([chunk(3)] * 5 + [chunk(70)], tile=8) == [[0, 1], [2, 3], [4], [5]]
+    assert decode_groups([]) == []
