@@ -401,8 +401,9 @@ class LlamaCppBackend:
         once; a tree awaits its sequence's :meth:`LlamaSequence.keep`. ``extend``: the trees add
         nodes to their pending trees (:meth:`LlamaSequence.extend_tree`).
 
-        The chunks that want logits go in one ``llama_decode`` and each prompt chunk (no logits)
-        in one of its own (``decode_groups``)."""
+        It makes the ``llama_decode`` calls of :func:`decode_groups`: the chunks that want logits
+        together (packed into calls under llama.cpp's attention tile when they come from many
+        sequences), then each prompt chunk (no logits) alone."""
         trees = [chunk for chunk in chunks if chunk.parents is not None]
         self._spare(sum(max(0, _tree_nodes(c, extend) - len(c.sequence.ids)) for c in trees),
                     keep=[c.sequence for c in trees])  # before any layout: a chain here may give its tree ids
