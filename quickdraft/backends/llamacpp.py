@@ -551,16 +551,19 @@ def decode_groups(chunks: Sequence[Chunk], tile: int = ATTENTION_TILE, few: int 
     tokens -> [[0, 1], [2], [4], [3]]; with few 4, [[0, 1, 2, 4], [3]].
     """
     rows = [i for i, c in enumerate(chunks) if c.rows != "none"]
-    groups: list[list[int]] = [rows] if 0 < len(rows) <= few else []
-    size = tile
-    for i in rows if len(rows) > few else ():
+    prompts = [[i] for i, c in enumerate(chunks) if c.rows == "none"]
+    if len(rows) <= few:
+        return ([rows] if rows else []) + prompts
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i in rows:
         n = len(chunks[i].tokens)
-        if size + n >= tile:
+        if groups[-1] and size + n >= tile:  # this chunk would bring the call to a whole tile
             groups.append([])
             size = 0
         groups[-1].append(i)
         size += n
-    return groups + [[i] for i, c in enumerate(chunks) if c.rows == "none"]
+    return groups + prompts
 
 
 def _tree_nodes(chunk: Chunk, extend: bool) -> int:
