@@ -527,12 +527,13 @@ def serve(
     default_max_tokens: int = typer.Option(1024, "--default-max-tokens", help="Cap for requests without max_tokens."),
     parallel: int = typer.Option(8, "--parallel", "-np", help="Requests served at once, in shared steps "
                                  "(continuous batching; they share the --n-ctx context)."),
-    prefill_chunk: int = typer.Option(64, "--prefill-chunk", help="Prompt tokens prefilled between two steps "
-                                      "of the running requests."),
-    step_time: Optional[float] = typer.Option(None, "--step-time", help="Instead of --prefill-chunk: seconds a "
-                                              "step carrying prompt tokens is predicted to take at most (a pause "
-                                              "in every running stream); the running requests' rows first, prompt "
-                                              "tokens in the time they leave, a prompt alone in whole forwards."),
+    step_time: Optional[float] = typer.Option(None, "--step-time", help="Seconds a step carrying prompt tokens "
+                                              "is predicted to take at most, a pause in every running stream "
+                                              "(default 1.25): prompt tokens first, as many as a plain step of "
+                                              "the running requests leaves time for, drafts in the rest; a "
+                                              "prompt alone in whole forwards."),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Instead of --step-time: prompt "
+                                                "tokens prefilled a step, whatever the step's time."),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                                       help="Start a request from the longest start of its prompt the cache holds "
                                       "(a conversation's next turn reuses its earlier turns); off: every prompt "

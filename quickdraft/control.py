@@ -138,7 +138,7 @@ def best_budget(accept: Sequence[float], draft_token_s: float, forward_s: Sequen
 
 
 def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float],
-             sweeps: int = 2, risk: float = RISK) -> list[tuple[int | None, int]]:
+             sweeps: int = 2, risk: float = RISK, limit_s: float | None = None) -> list[tuple[int | None, int]]:
     """Every request's choice for the next step, (the index of its chosen offer or None for a
     plain step, its draft length), maximising the step's expected tokens per second:
 
@@ -153,6 +153,9 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
     never worse than plain continuous batching, and :func:`best_rate` exactly for one request.
     A request alone left with a plain step drafts its probe, if an offer has one (in a batch, a
     probe's rows would slow every request, and its loss budget is counted per request).
+    ``limit_s``: the step's predicted seconds (drafting and forward) may not pass it; a draft that
+    would make them is not taken (plain steps are, whatever they cost): the time a step keeps for
+    the prompt tokens it carries (Engine.step with a step time).
 
     Example: one request offering [0.9, 0.9] at no drafting cost, forward_s(n) = 1 + 0.25 (n - 1),
     risk 0: drafting 2 gives 2.71 tokens for 1.5 s (1.81/s) against 1 token for 1 s: [(0, 2)].
@@ -180,7 +183,9 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
             base_tokens = tokens - 1 - choices[r][1]
             rest_gain, rest_spend = sum(gains) - gains[r], sum(spends) - spends[r]
             plain = forward_s(base_tokens + 1)
-            best = max(opts, key=lambda o: (rest_gain + o[2]) / (
+            fits = [o for o in opts if limit_s is None or o[1] == 0
+                    or rest_spend + o[3] + forward_s(base_tokens + 1 + o[1]) <= limit_s] or opts  # forced: kept
+            best = max(fits, key=lambda o: (rest_gain + o[2]) / (
                 rest_spend + plain + (1 + risk) * (o[3] + forward_s(base_tokens + 1 + o[1]) - plain)))
             choices[r], gains[r], spends[r] = best[:2], best[2], best[3]
             tokens = base_tokens + 1 + best[1]
@@ -204,21 +209,18 @@ MAX_FREE_ROWS = 16
 MIN_PROMPT_CHUNK = 16
 
 
-def prompt_room(seconds: Callable[[int], float], rows: int, step_s: float, limit: int) -> int:
-    """Prompt tokens a forward of ``rows`` rows (the running requests' pending tokens and drafts)
-    may carry beside them, so that it is predicted to take at most ``step_s`` seconds: the most m
-    <= ``limit`` with ``seconds(rows + m) <= step_s`` (``seconds``: a forward's predicted time by
-    its tokens, ForwardCost.seconds, taken as rising with them), yet at least ``MIN_PROMPT_CHUNK``;
-    ``limit`` when no row runs (nobody waits on that forward). The running requests' rows come
-    first, prompts get the time they leave: a step, a pause in every running stream, stays
-    within ``step_s`` however long the prompts waiting.
+def prompt_room(seconds: Callable[[int], float], left_s: float, limit: int) -> int:
+    """Prompt tokens a step may carry in the ``left_s`` seconds its rows (the running requests'
+    pending tokens and drafts) leave of its time: the most m <= ``limit`` with ``seconds(m) <=
+    left_s`` (``seconds``: a prompt forward's predicted time by its tokens, taken as rising with
+    them), yet at least ``MIN_PROMPT_CHUNK`` (or ``limit``, if less). The running requests' rows
+    come first, prompts get the time they leave: a step, a pause in every running stream, stays
+    within its time however long the prompts waiting.
 
-    Example: with seconds(n) = 0.01 * n: prompt_room(seconds, 8, 1.0, 512) == 92,
-    prompt_room(seconds, 0, 1.0, 512) == 512, prompt_room(seconds, 120, 1.0, 512) == 16.
+    Example: with seconds(m) = 0.01 * m: prompt_room(seconds, 0.92, 512) == 92,
+    prompt_room(seconds, 0.92, 50) == 50, prompt_room(seconds, -0.2, 512) == 16.
     """
-    if rows == 0:
-        return limit
-    fits = bisect.bisect_right(range(limit + 1), step_s, key=lambda m: seconds(rows + m))  # m = 0 .. fits - 1 fit
+    fits = bisect.bisect_right(range(limit + 1), left_s, key=seconds)  # m = 0 .. fits - 1 fit
     return min(limit, max(fits - 1, MIN_PROMPT_CHUNK))
 
 

@@ -192,8 +192,15 @@ class Engine:
 
     @property
     def cost(self) -> ForwardCost:
-        """The target's forward cost by size, as this engine's memory learned it."""
+        """The target's forward cost by size (a step's rows: pending tokens and drafts), as this
+        engine's memory learned it."""
         return self.memory.get("forward cost", lambda: ForwardCost.from_prior(self.prior))
+
+    @property
+    def prompt_cost(self) -> ForwardCost:
+        """The target's cost of a forward over one prompt chunk beside a step (no logits, one
+        sequence: under load it costs less a token than the rows of many sequences), learned apart."""
+        return self.memory.get("prompt cost", lambda: ForwardCost.from_prior(self.prior))
 
     def resources(self, spec: ProposerSpec, *, batched: bool = False, prefix: Sequence[int] = (),
                   constraint: Constraint | None = None) -> Resources:
@@ -325,7 +332,8 @@ class Engine:
             self._release(target, resources)
             raise
         controller = None if spec.decides_budget else self._controller(request, resources.prior)
-        return Generation(request, proposer, controller, target, resources, self.clock)
+        return Generation(request, proposer, controller, target, resources, self.clock,
+                          share=batched and self.prompt_cache)
 
     def release(self, generation: "Generation") -> None:
         """The generation is over (finished or abandoned): its proposer learns from it and the
@@ -352,47 +360,56 @@ class Engine:
         plain steps included), each drafts, one target forward verifies them all, each accepts
         and trims its cache, learns, and emits its new text (None when there is none yet).
         ``prefill``: prompt chunks of generations still prefilling (:meth:`Generation.next_chunk`)
-        that ride in the same forward (``BATCH`` backends), as continuous batching does, cut to
-        what the forward holds beside the step's rows (``n_batch``: a chunk left out waits for
-        the next step) and, with ``step_s``, to the prompt tokens that keep the step within it
-        once the drafts are made: the drafting's measured seconds and the forward's predicted ones
-        (control.prompt_room: the rows first); with no generations, the chunks alone in one forward."""
+        that the step carries (``BATCH`` backends), as continuous batching does: each in a forward
+        of its own after the rows' (:attr:`prompt_cost` learns their price apart from the rows'),
+        ``n_batch`` tokens in all at most (a chunk left out waits for the next step). With
+        ``step_s``, prompts first: as many prompt tokens as a step of one row per generation leaves
+        time for, and drafts only in the time left (allocate's ``limit_s``), the prompt tokens cut
+        again once the drafts are made (control.prompt_room). With no generations, the chunks alone."""
         if not generations:  # prompt chunks alone: a forward without logits, which the step's cost model does not price
             if prefill:
                 self.target.forward_batch(fit_chunks(prefill, self.target.n_batch))
             return []
-        clock, cost = self.clock, self.cost
+        if prefill and BATCH not in self.target.capabilities:
+            raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
+        clock, cost, prompt_s = self.clock, self.cost, self.prompt_cost.seconds
+        prefill = fit_chunks(prefill, self.target.n_batch) if prefill else []
         extra = sum(len(c.tokens) for c in prefill)
-        if step_s is not None:  # the allocator weighs the prompt tokens a step of one row each leaves room for
-            extra = min(extra, prompt_room(cost.seconds, len(generations), step_s, extra))
+        if step_s is not None:
+            extra = prompt_room(prompt_s, step_s - cost.seconds(len(generations)), extra)
+        carried = prompt_s(extra) if extra else 0.0
         offers = [g.offers() for g in generations]
-        choices = allocate(offers, lambda n: cost.seconds(n + extra))
+        choices = allocate(offers, lambda n: cost.seconds(n) + carried,
+                           limit_s=step_s if extra and step_s is not None else None)
         drafts, draft_s = [], []
         for g, options, (index, k) in zip(generations, offers, choices):
             start = clock()
             drafts.append(g.draft(options[index] if index is not None else None, k))
             draft_s.append(clock() - start)
-        drafts = self._ride(generations, drafts, extra)
+        drafts = self._ride(generations, drafts)
         rows = sum(1 + len(d) + len(d.extra) for d in drafts)
-        if prefill:  # only a BATCH backend takes prompt chunks beside the rows
-            room = self.target.n_batch - rows
-            if step_s is not None:  # the time the drafting took and the rows' forward need come first
-                room = prompt_room(cost.seconds, rows, step_s - sum(draft_s), room)
-            prefill = fit_chunks(prefill, room)
+        if step_s is not None and prefill:  # the time the drafting took and the rows' forward need come first
+            prefill = fit_chunks(prefill, prompt_room(prompt_s, step_s - sum(draft_s) - cost.seconds(rows), extra))
         start = clock()
-        acceptances = self._verify(generations, drafts, prefill)
+        acceptances = self._verify(generations, drafts)
         verify_s = clock() - start
-        if self.target.n_threads == self.threads:  # not on a split of the cores (drafting ahead)
-            cost.observe(sum(len(c.tokens) for c in prefill) + rows, verify_s)
+        timed = self.target.n_threads == self.threads  # not on a split of the cores (drafting ahead)
+        if timed:
+            cost.observe(rows, verify_s)
+        for chunk in prefill:
+            start = clock()
+            self.target.forward_batch([chunk])
+            if timed:
+                self.prompt_cost.observe(len(chunk.tokens), clock() - start)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
 
-    def _ride(self, generations: Sequence["Generation"], drafts: list[Draft], extra: int) -> list[Draft]:
+    def _ride(self, generations: Sequence["Generation"], drafts: list[Draft]) -> list[Draft]:
         """The rows the step's forward carries for free (``ForwardCost.free_rows``) offered, in
         order, to the generations whose method decides its own drafts (auto rides lookahead's branch)."""
         if TREE not in self.target.capabilities:
             return drafts
-        base = total = extra + sum(1 + len(d) for d in drafts)
+        base = total = sum(1 + len(d) for d in drafts)
         for i, g in enumerate(generations):
             free = self.cost.free_rows(total, base)
             if free and g.controller is None:
@@ -400,20 +417,18 @@ class Engine:
                 total += len(drafts[i].extra)
         return drafts
 
-    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft],
-                prefill: Sequence[Chunk] = ()) -> list[Acceptance]:
-        """One target forward over every generation's pending token and draft (chains and trees)
-        and the ``prefill`` chunks, the acceptance rule of each, and caches left holding the
-        accepted tokens (the pending ones included). Backends without ``BATCH`` take one
-        generation at a time."""
+    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft]) -> list[Acceptance]:
+        """One target forward over every generation's pending token and draft (chains and trees),
+        the acceptance rule of each, and caches left holding the accepted tokens (the pending ones
+        included). Backends without ``BATCH`` take one generation at a time."""
         trees = [d.forward_tree() for d in drafts]  # None: a plain chain
         inputs = [[g.context[-1], *d.tokens, *d.extra] for g, d in zip(generations, drafts)]
         if BATCH in self.target.capabilities:
             chunks = [Chunk(g.sequence, tokens, *(tree or (None, "all")))
                       for g, tokens, tree in zip(generations, inputs, trees)]
-            rows = self.target.forward_batch([*chunks, *prefill])[:len(chunks)]  # [n + 1 (+ extra rows), V] each
+            rows = self.target.forward_batch(chunks)  # [n + 1 (+ extra rows), V] each
         else:
-            if len(generations) != 1 or prefill:
+            if len(generations) != 1:
                 raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
             sequence, tree = generations[0].sequence, trees[0]
             rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
@@ -469,9 +484,10 @@ class Generation:
     """
 
     def __init__(self, request: Request, proposer, controller: Controller | None, sequence, resources: Resources,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, share: bool = False) -> None:
         self.request, self.proposer, self.controller = request, proposer, controller
         self.sequence, self.resources, self.clock = sequence, resources, clock
+        self.share = share  # a sequence of a BATCH backend: take what others hold of the prompt (share_prefix)
         self.rng = request.sampling.rng()
         self.context, self.generated = list(request.tokens), []
         self.logprobs: list | None = None if request.logprobs is None else []
@@ -494,13 +510,19 @@ class Generation:
 
     def next_chunk(self, size: int | None = None) -> Chunk | None:
         """The next ``size`` tokens (all, if None) of the prompt not yet in the sequence, as a
-        forward's chunk with no logits (the sequence keeps the longest prefix it already holds);
-        None when there are none. :meth:`prefill_done` after the forward."""
+        forward's chunk with no logits (the sequence keeps the longest prefix it already holds,
+        and with ``share`` first takes what another sequence holds beyond it: prompts that arrived
+        together share their opening once the first one's chunk is in); None when there are none.
+        :meth:`prefill_done` after the forward."""
         prompt = self.context[:-1]
         common = reusable_prefix(self.sequence.tokens, prompt, last_logits=False)
         if not self._began_prefill:  # what the cache held of the prompt when it began
             self._began_prefill, self.stats.cached_tokens = True, common
         self.sequence.rollback(common)
+        if self.share:  # another prompt's chunks may have brought in more of this one since
+            gained = self.resources.target.share_prefix(self.sequence, prompt)
+            common += gained
+            self.stats.cached_tokens += gained
         end = len(prompt) if size is None else min(len(prompt), common + size)
         return Chunk(self.sequence, prompt[common:end], rows="none") if end > common else None
 

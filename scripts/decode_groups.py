@@ -26,7 +26,6 @@ import numpy as np
 import quickdraft
 import quickdraft.backends.llamacpp as llamacpp
 from quickdraft.backends.base import Chunk
-from quickdraft.bench.tasks import TASKS
 from quickdraft.engine import Memory
 from quickdraft.models import DEFAULT_TARGET, resolve_model
 from quickdraft.system import cpu_info
@@ -85,12 +84,10 @@ def shapes(reps: int) -> None:
 
 
 def scheduler(clients: int, rounds: int) -> None:
-    from prefill_chunk import run  # the closed loop over the server's scheduler
+    from prefill_chunk import run, task_prompts  # the closed loop over the server's scheduler
 
     engine = quickdraft.load(n_ctx=16384)
-    prompts = [p.turns[0] for p in TASKS["code-edit"]()]
-    prompts = [p for p in prompts if 170 <= len(engine.prompt_tokens([{"role": "user", "content": p}])) <= 230]
-    prompts = prompts[:2 * clients]
+    prompts = task_prompts(engine, "code-edit", 2 * clients)
     results: dict[bool, list[dict]] = {True: [], False: []}
     for r in range(rounds):
         for single in (True, False) if r % 2 == 0 else (False, True):

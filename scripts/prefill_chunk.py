@@ -1,13 +1,15 @@
-"""The server's ``--prefill-chunk`` trade-off: time to first token against pauses in running streams.
+"""The server's ``--prefill-chunk`` / ``--step-time`` trade-off: time to first token against pauses in running streams.
 
-    .venv/bin/python scripts/prefill_chunk.py [--chunks 64,128,256] [--clients 8] [--task code-edit] [--rounds 2]
+    .venv/bin/python scripts/prefill_chunk.py [--chunks 64,128,256,1.5s] [--clients 8] [--task code-edit] [--rounds 2]
 
 In one process, without HTTP: N closed-loop clients, each sending 2 requests one after another
-(greedy, 128 tokens, the task's first 2N prompts), against the server's own scheduler
-(``quickdraft.server.scheduler.Scheduler``, default engine and method), once per chunk size and
-round, the chunk sizes interleaved. A joining prompt is prefilled ``chunk`` tokens a step, riding
-in the forward of the running requests' step: a larger chunk brings its first token sooner and
-makes that step, a pause for every running stream, longer. Per run: tokens per second, time to
+(greedy, 128 tokens, the task's first 2N prompts; code edits of 170-230 tokens, as the load bench
+takes), against the server's own scheduler (``quickdraft.server.scheduler.Scheduler``, default
+engine and method), once per setting and round, the settings interleaved. A setting is a chunk
+size or, ending in ``s``, a step time. A joining prompt is prefilled ``chunk`` tokens a step
+(or as many as keep the step within the step time), riding in the forward of the running
+requests' step: a larger chunk brings its first token sooner and makes that step, a pause for
+every running stream, longer. Per run: tokens per second, time to
 first token p50 and max, time per output token p50, the longest pause between two pieces of a
 stream (p50 over requests, and max). Prints one JSON line per run and a summary (median, min-max).
 """
@@ -50,8 +52,22 @@ async def one_request(scheduler: Scheduler, engine, prompt: str, max_tokens: int
             return {"ttft": first, "tpot": (end - first) / max(1, tokens - 1), "pause": pause, "tokens": tokens}
 
 
-async def run(engine, prompts: list[str], clients: int, chunk: int, max_tokens: int) -> dict:
-    scheduler = Scheduler([engine], max_queue=4 * clients, metrics=Metrics(), max_batch=clients, prefill_chunk=chunk)
+def task_prompts(engine, task: str, count: int) -> list[str]:
+    """The task's first ``count`` prompts (code edits: those of 170-230 tokens, as the load bench takes)."""
+    prompts = [p.turns[0] for p in TASKS[task]()]
+    if task == "code-edit":
+        prompts = [p for p in prompts if 170 <= len(engine.prompt_tokens([{"role": "user", "content": p}])) <= 230]
+    return prompts[:count]
+
+
+def scheduling(setting: str) -> dict:
+    """A setting's Scheduler keywords: ``"64"`` a prefill chunk, ``"1.5s"`` a step time."""
+    return {"step_time": float(setting[:-1])} if setting.endswith("s") else {"prefill_chunk": int(setting)}
+
+
+async def run(engine, prompts: list[str], clients: int, setting: str | int, max_tokens: int) -> dict:
+    scheduler = Scheduler([engine], max_queue=4 * clients, metrics=Metrics(), max_batch=clients,
+                          **scheduling(str(setting)))
     scheduler.start()
     records: list[dict] = []
 
@@ -66,7 +82,7 @@ async def run(engine, prompts: list[str], clients: int, chunk: int, max_tokens: 
         scheduler.stop()
     wall = time.perf_counter() - start
     ttft, tpot, pause = (sorted(r[k] for r in records) for k in ("ttft", "tpot", "pause"))
-    return {"chunk": chunk, "tok_s": sum(r["tokens"] for r in records) / wall, "ttft_p50_s": statistics.median(ttft),
+    return {"setting": str(setting), "tok_s": sum(r["tokens"] for r in records) / wall, "ttft_p50_s": statistics.median(ttft),
             "ttft_max_s": ttft[-1], "tpot_p50_ms": 1000 * statistics.median(tpot),
             "pause_p50_s": statistics.median(pause), "pause_max_s": pause[-1]}
 
@@ -81,16 +97,17 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = quickdraft.load(n_ctx=16384)
-    prompts = [p.turns[0] for p in TASKS[args.task]()][:2 * args.clients]
-    chunks = [int(c) for c in args.chunks.split(",")]
-    runs: dict[int, list[dict]] = {c: [] for c in chunks}
+    prompts = task_prompts(engine, args.task, 2 * args.clients)
+    chunks = args.chunks.split(",")
+    runs: dict[str, list[dict]] = {c: [] for c in chunks}
     for r in range(args.rounds):
         for chunk in chunks if r % 2 == 0 else chunks[::-1]:
             engine.memory = Memory()  # every run from a fresh engine's state: no answer seen before
             engine.clear_caches()
             result = asyncio.run(run(engine, prompts, args.clients, chunk, args.max_tokens))
             runs[chunk].append(result)
-            print(json.dumps({"round": r, **{k: round(v, 3) for k, v in result.items()}}), flush=True)
+            print(json.dumps({"round": r, **{k: v if isinstance(v, str) else round(v, 3) for k, v in result.items()}}),
+                  flush=True)
     print(f"{cpu_info().name}, {args.clients} clients x 2 {args.task} requests, {args.max_tokens} tokens, "
           f"{args.rounds} rounds: median (min-max)")
     for chunk, results in runs.items():
@@ -98,7 +115,7 @@ def main() -> None:
         for key in ("tok_s", "ttft_p50_s", "ttft_max_s", "tpot_p50_ms", "pause_p50_s", "pause_max_s"):
             values = [x[key] for x in results]
             cells.append(f"{key} {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
-        print(f"chunk {chunk}: " + ", ".join(cells))
+        print(f"{chunk}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":

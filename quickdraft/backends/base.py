@@ -134,6 +134,10 @@ class BatchBackend(Backend, Protocol):
         """A sequence of its own: empty, or holding the longest start of ``prefix`` that another
         sequence holds (shared, not computed again)."""
 
+    def share_prefix(self, sequence: KVSequence, prefix: Sequence[int]) -> int:
+        """Extend ``sequence`` (whose tokens start ``prefix``) with the longest further start of
+        ``prefix`` another sequence holds (shared, not computed); returns the tokens it gained."""
+
     def release(self, sequence: KVSequence) -> None:
         """The sequence is done: its cache is freed, or kept as a prefix donor for the next
         :meth:`new_sequence` until its cells are needed."""

@@ -324,9 +324,7 @@ class LlamaCppBackend:
         is copied or computed again; each sequence's later tokens stay its own). When a retired
         sequence (:meth:`release`) holds the longest start, it is adopted, rolled back to it;
         the other retired ones are freed."""
-        donors = [(common_prefix(s.tokens, prefix), s) for s in [*self._retired, *self._sequences]
-                  if s._tree is None]
-        shared, donor = max(donors, key=lambda d: d[0], default=(0, None))
+        shared, donor = self._donor(prefix)
         if shared and donor in self._retired:  # adopt it: its cells are already this sequence's
             self._retired.remove(donor)
             sequence = donor
@@ -339,6 +337,32 @@ class LlamaCppBackend:
         self.forget_retired()
         self._sequences.append(sequence)
         return sequence
+
+    def share_prefix(self, sequence: LlamaSequence, prefix: Sequence[int]) -> int:
+        """Extend ``sequence``, whose tokens start ``prefix``, with the longest further start of
+        ``prefix`` another sequence holds (live or retired): those cells are tagged with it too,
+        nothing is computed. Returns how many tokens it gained (0 when no other holds more).
+
+        For prompts that arrive together: none holds another's opening when they start
+        (:meth:`new_sequence`), but once the first one's chunk is in, the others take the opening
+        they share with it (a chat template, a common instruction) instead of computing it."""
+        held = len(sequence.tokens)
+        if sequence._tree is not None or list(prefix[:held]) != sequence.tokens:
+            return 0
+        shared, donor = self._donor(prefix, exclude=sequence)
+        if shared <= held:
+            return 0
+        for seq_id in sequence.ids[:sequence._mirrored]:
+            ll.llama_memory_seq_cp(self._mem, donor.ids[0], seq_id, held, shared)
+        sequence.tokens += [int(t) for t in prefix[held:shared]]
+        return shared - held
+
+    def _donor(self, prefix: Sequence[int], exclude: LlamaSequence | None = None) -> tuple[int, LlamaSequence | None]:
+        """The settled sequence (retired or live, not ``exclude``) holding the longest start of
+        ``prefix``, and that length ((0, None) when none holds any)."""
+        donors = [(common_prefix(s.tokens, prefix), s) for s in [*self._retired, *self._sequences]
+                  if s._tree is None and s is not exclude]
+        return max(donors, key=lambda d: d[0], default=(0, None))
 
     def release(self, sequence: LlamaSequence) -> None:
         """The sequence is done (it must not be used afterwards). A settled one is retired: it

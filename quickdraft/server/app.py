@@ -33,7 +33,6 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_BATCH = 8
-DEFAULT_PREFILL_CHUNK = 64
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 OPEN_PATHS = ("/health",)  # reachable without the API key
@@ -43,7 +42,7 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
                api_key: str | None = None, *,
                max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = DEFAULT_TIMEOUT_S,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-               prefill_chunk: int = DEFAULT_PREFILL_CHUNK, step_time: float | None = None) -> FastAPI:
+               prefill_chunk: int | None = None, step_time: float | None = None) -> FastAPI:
     """An OpenAI-compatible app serving ``model_name``: the model id clients pass as ``model``
     and ``/v1/models`` lists, or a sequence of names, that id first and then other names accepted
     for it (``models.served_names``: a ``.gguf`` file's name with and without the suffix).
@@ -51,9 +50,9 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
     engine_or_engines: one Engine, or several replicas of the same model pair (each has its own
         llama.cpp context and worker thread; requests go to whichever has room).
     max_batch: requests an engine runs at once, in shared steps (continuous batching; backends
-        that cannot batch run one). prefill_chunk: prompt tokens prefilled between two steps;
-        step_time: instead, seconds a step carrying prompt tokens is predicted to take at most,
-        the running requests' rows first, prompt tokens in the time they leave (control.prompt_room).
+        that cannot batch run one). step_time: seconds a step carrying prompt tokens is predicted
+        to take at most (default scheduler.DEFAULT_STEP_TIME), prompt tokens first, drafts in the
+        time they leave; prefill_chunk: instead, prompt tokens prefilled a step (at most one of the two).
     api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <api_key>``.
     max_queue: requests that may wait for an engine; beyond that the server answers 503.
     timeout_s: per request, from arrival (queueing included) to the last token; then 504 (or an

@@ -10,12 +10,13 @@ a KV sequence of its own (``Engine.start(request, batched=True)``), and loops:
    runs by itself);
 2. run one step over every generation whose prompt is in (``Engine.step``: the draft lengths are
    chosen for the whole batch, one forward verifies them all) and hand each its new text; the
-   same forward carries prompt tokens of the admitted requests not yet in, oldest first, so a
-   long prompt neither stalls the running streams for its whole length nor costs a forward of
-   its own: one chunk of ``prefill_chunk`` tokens, or with ``step_time`` as many as keep the
-   step's predicted time within it (control.prompt_room: the running rows first); when nothing
-   runs, the oldest prompt in a forward of its own (``prefill_chunk`` tokens, or with
-   ``step_time`` as many as one forward takes: nobody waits on it);
+   step also carries prompt tokens of the admitted requests not yet in, oldest first, each chunk
+   in a forward of its own, so a long prompt neither stalls the running streams for its whole
+   length nor waits for them to end: by default prompts first within ``step_time`` seconds (as
+   many prompt tokens as a plain step of the running generations leaves time for, drafts only in
+   the time left: control.prompt_room, allocate's ``limit_s``), or a fixed ``prefill_chunk`` of
+   the oldest; when nothing runs, the oldest prompt in a forward of its own (``n_batch`` tokens,
+   or ``prefill_chunk``: nobody waits on it);
 3. end what finished, was cancelled (the client disconnected, or the HTTP side gave up) or passed
    its deadline, freeing its sequences at once.
 
@@ -52,6 +53,11 @@ from .metrics import Metrics
 from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
 
 log = logging.getLogger("quickdraft.server")
+
+# Seconds a step that carries prompt tokens is predicted to take at most, unless --step-time or
+# --prefill-chunk says otherwise: a pause in every running stream, kept under 2 s with room for
+# the cost model's misses (README "Under load": the measurements behind it).
+DEFAULT_STEP_TIME = 1.25
 
 
 @dataclass(frozen=True)
@@ -123,18 +129,20 @@ class Scheduler:
     arrival order.
 
     max_queue: how many requests may wait (the running ones are not counted). max_batch: requests
-    an engine runs at once (1 for backends that cannot batch). prefill_chunk: prompt tokens a step
-    of the loop prefills at most; step_time: instead, seconds a step that carries prompt tokens is
-    predicted to take at most (the engine's forward cost), the running generations' rows first
-    and prompt tokens in the time they leave (control.prompt_room), a prompt alone in forwards
-    as large as the backend takes.
+    an engine runs at once (1 for backends that cannot batch). step_time: seconds a step that
+    carries prompt tokens is predicted to take at most (the engine's learned costs; default
+    ``DEFAULT_STEP_TIME``), prompts first: as many prompt tokens as a plain step of the running
+    generations leaves time for, drafts in the rest (Engine.step), a prompt alone in forwards as
+    large as the backend takes. prefill_chunk: instead, prompt tokens a step prefills at most.
     """
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, metrics: Metrics, max_batch: int = 8,
-                 prefill_chunk: int = 64, step_time: float | None = None) -> None:
+                 prefill_chunk: int | None = None, step_time: float | None = None) -> None:
         if not engines:
             raise ValueError("the scheduler needs at least one engine")
         check_scheduling(max_queue, max_batch, prefill_chunk, step_time)
+        if prefill_chunk is None and step_time is None:
+            step_time = DEFAULT_STEP_TIME
         self.engines = list(engines)
         self.max_queue = max_queue
         self.max_batch = max_batch
@@ -284,10 +292,9 @@ class Scheduler:
         batch.append(_Running(job, generation, now))
 
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
-        """One step over the generations whose prompt is in, whose forward also carries prompt
-        tokens of those not yet in: with the fixed chunk, ``prefill_chunk`` of the oldest; with
-        ``step_time``, of as many as the step's time leaves room for, oldest first (the engine
-        cuts them once the drafts are chosen). When none is in (or the backend cannot batch), the
+        """One step over the generations whose prompt is in, which also carries prompt tokens of
+        those not yet in: with ``step_time``, of as many as the step's time leaves room for,
+        oldest first (the engine cuts them); with the fixed chunk, ``prefill_chunk`` of the oldest. When none is in (or the backend cannot batch), the
         oldest prompt's next chunk is a forward of its own: ``prefill_chunk`` tokens, or with
         ``step_time`` as many as one forward takes (nobody waits on it)."""
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
@@ -349,11 +356,15 @@ class Scheduler:
             self._cond.notify_all()
 
 
-def check_scheduling(max_queue: int, max_batch: int, prefill_chunk: int, step_time: float | None) -> None:
-    """Raise InvalidParameterError (naming the server option) unless the scheduler's settings make sense."""
+def check_scheduling(max_queue: int, max_batch: int, prefill_chunk: int | None, step_time: float | None) -> None:
+    """Raise InvalidParameterError (naming the server option) unless the scheduler's settings make
+    sense (``prefill_chunk`` and ``step_time``: at most one of the two)."""
+    if prefill_chunk is not None and step_time is not None:
+        raise InvalidParameterError("--prefill-chunk and --step-time are two ways of admitting prompts: give one",
+                                    param="prefill_chunk")
     for name, value, low in (("--max-queue", max_queue, 0), ("--parallel", max_batch, 1),
                              ("--prefill-chunk", prefill_chunk, 1)):
-        if value < low:
+        if value is not None and value < low:
             raise InvalidParameterError(f"{name} must be >= {low}, got {value}", param=name.lstrip("-").replace("-", "_"))
     if step_time is not None and not 0 < step_time < float("inf"):
         raise InvalidParameterError(f"--step-time must be a positive number of seconds (a step's predicted time "

@@ -154,6 +154,43 @@ def test_a_new_sequence_shares_the_prompt_prefix_a_live_one_holds(tiny_engine):
     assert target.free_cells() == target.n_ctx
 
 
+def test_prompts_that_arrive_together_share_their_opening_once_the_first_chunk_is_in(tiny_engine):
+    """Requests started together hold nothing of each other's prompts; once the first one's chunk
+    is in, the others' next chunk begins after the opening they share with it (counted as cached,
+    not computed), every answer is its answer alone, and with prompt_cache=False nothing is shared."""
+    prompts = [("the quick brown fox jumps over", 9), ("the quick brown fox sleeps", 24),
+               ("the quick brown cat", 17)]
+    alone = [tiny_engine.generate(p, max_tokens=n, method="draft").token_ids for p, n in prompts]
+    requests = [tiny_engine.prepare(p, max_tokens=n, method="draft") for p, n in prompts]
+    shared = [next(i for i, (x, y) in enumerate(zip(requests[0].tokens, r.tokens)) if x != y) for r in requests[1:]]
+    try:
+        for cache in (True, False):
+            tiny_engine.prompt_cache = cache
+            with tiny_engine.exclusive():
+                tiny_engine.clear_caches()
+                generations = [tiny_engine.start(r, batched=True) for r in requests]
+                assert all(g.sequence.tokens == [] for g in generations)
+                generations[0].prefill()
+                chunks = [g.next_chunk() for g in generations[1:]]
+                skipped = [len(r.tokens) - 1 - len(c.tokens) for r, c in zip(requests[1:], chunks)]
+                assert skipped == (shared if cache else [0, 0]) and min(shared) > 2
+                tiny_engine.target.forward_batch(chunks)
+                running = list(generations)
+                while running:
+                    for g in running:
+                        g.prefill_done()
+                    tiny_engine.step(running)
+                    for g in [g for g in running if g.done]:
+                        tiny_engine.release(g)
+                        running.remove(g)
+                assert [g.result().token_ids for g in generations] == alone
+                assert [g.stats.cached_tokens for g in generations[1:]] == (shared if cache else [0, 0])
+                tiny_engine.clear_caches()
+    finally:
+        tiny_engine.prompt_cache = True
+    assert tiny_engine.target.free_cells() == tiny_engine.target.n_ctx
+
+
 def test_a_request_after_another_reuses_the_prompt_start_the_finished_one_left(tiny_engine):
     """One request after another in the batched path: the finished request's sequences (the
     target's and the draft model's) stay as prefix donors, the next one adopts them holding the

@@ -38,7 +38,7 @@ class GatedEngine:
     generation emits one piece, then waits for ``gate`` before finishing."""
 
     def __init__(self, capabilities=frozenset(), n_ctx: int = 64) -> None:
-        self.target = SimpleNamespace(capabilities=capabilities, n_ctx=n_ctx)
+        self.target = SimpleNamespace(capabilities=capabilities, n_ctx=n_ctx, n_batch=512)
         self.gate = threading.Event()
         self.started: list = []
         self.batched: list[bool] = []

@@ -23,17 +23,25 @@ MAX_TOKENS = [12, 20, 9, 16, 24, 7]
 
 def served(engine, **options) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
     """The scheduler serving PROMPTS, all submitted at once (4 at a time): each answer's tokens,
-    and each target forward's (running generations' chunks, tokens of each prompt chunk)."""
+    and each step's (running generations, tokens of each prompt chunk its forwards carried)."""
     steps: list[tuple[int, list[int]]] = []
     target = engine.target
-    inner = target.forward_batch
+    inner, step = target.forward_batch, engine.step
 
-    def forward_batch(chunks, **options):  # records what each forward carried, then runs it as ever
-        steps.append((sum(c.rows != "none" for c in chunks), [len(c.tokens) for c in chunks if c.rows == "none"]))
+    def forward_batch(chunks, **options):  # records the prompt chunks a step carries, then runs them as ever
+        if steps and steps[-1][0] is None:
+            steps[-1][1].extend(len(c.tokens) for c in chunks if c.rows == "none")
         return inner(chunks, **options)
 
+    def recorded_step(generations, **options):
+        steps.append((None, []))
+        try:
+            return step(generations, **options)
+        finally:
+            steps[-1] = (len(generations), steps[-1][1])
+
     loop = asyncio.new_event_loop()
-    target.forward_batch = forward_batch
+    target.forward_batch, engine.step = forward_batch, recorded_step
     scheduler = Scheduler([engine], max_queue=16, metrics=Metrics(), max_batch=4, **options)
     scheduler.start()
     try:
@@ -54,7 +62,7 @@ def served(engine, **options) -> tuple[list[list[int]], list[tuple[int, list[int
         answers = loop.run_until_complete(answers_of_all())
     finally:
         scheduler.stop()
-        del target.forward_batch
+        del target.forward_batch, engine.step
         loop.close()
     return answers, steps
 
@@ -98,9 +106,10 @@ def test_prompt_chunks_are_cut_to_what_the_forward_holds():
     (dict(step_time=float("nan")), "step_time"),
     (dict(prefill_chunk=0), "prefill_chunk"),
     (dict(max_queue=-1), "max_queue"),
+    (dict(prefill_chunk=64, step_time=1.0), "prefill_chunk"),
 ])
 def test_bad_scheduling_options_are_refused_naming_them(options, param):
-    settings = dict(max_queue=4, max_batch=8, prefill_chunk=64, step_time=None) | options
+    settings = dict(max_queue=4, max_batch=8, prefill_chunk=None, step_time=None) | options
     with pytest.raises(InvalidParameterError) as refused:
         check_scheduling(**settings)
     assert refused.value.param == param and f"--{param.replace('_', '-')}" in str(refused.value)
@@ -113,3 +122,18 @@ def test_serve_refuses_a_bad_step_time_before_loading_anything():
 
     result = CliRunner().invoke(app, ["serve", "--target", "/nonexistent.gguf", "--step-time", "0"])
     assert result.exit_code == 2 and "--step-time must be a positive number of seconds" in result.output
+
+
+def test_the_default_admission_is_the_step_time_the_serve_help_names(tiny_pair):
+    from typer.testing import CliRunner
+
+    from quickdraft.cli import app
+    from quickdraft.server.scheduler import DEFAULT_STEP_TIME
+
+    scheduler = Scheduler([make_engine(tiny_pair)], max_queue=4, metrics=Metrics())
+    assert (scheduler.step_time, scheduler.prefill_chunk) == (DEFAULT_STEP_TIME, None)
+    assert Scheduler([make_engine(tiny_pair)], max_queue=4, metrics=Metrics(), prefill_chunk=32).step_time is None
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"})
+    assert f"(default {DEFAULT_STEP_TIME})" in result.output
+    both = CliRunner().invoke(app, ["serve", "--target", "/nonexistent.gguf", "--step-time", "1", "--prefill-chunk", "8"])
+    assert both.exit_code == 2 and "give one" in both.output

@@ -279,15 +279,27 @@ def test_drafting_ahead_is_predicted_to_lose_on_two_cores_and_to_pay_where_the_c
     assert ahead_gain([0.9] * 9, 0.25, curve, []) == (None, 0, 0.0)
 
 
-def test_prompt_room_fills_the_step_time_the_rows_leave():
+def test_prompt_room_fills_the_time_the_rows_leave():
     from quickdraft.control import MIN_PROMPT_CHUNK, prompt_room
 
-    linear = lambda n: 0.01 * n  # noqa: E731  a forward of n tokens: 10 ms each
-    assert prompt_room(linear, 8, 1.0, 512) == 92  # 8 rows + 92 prompt tokens: 1.0 s
-    assert prompt_room(linear, 8, 1.0, 50) == 50  # no more than offered
-    assert prompt_room(linear, 0, 1.0, 512) == 512  # nothing runs: nobody waits on the forward
-    assert prompt_room(linear, 120, 1.0, 512) == MIN_PROMPT_CHUNK  # the rows fill the time: prompts still get in
-    assert prompt_room(linear, 120, 1.0, 5) == 5
+    linear = lambda n: 0.01 * n  # noqa: E731  a prompt forward of n tokens: 10 ms each
+    assert prompt_room(linear, 0.92, 512) == 92  # the 0.92 s the rows left
+    assert prompt_room(linear, 0.92, 50) == 50  # no more than offered
+    assert prompt_room(linear, -0.2, 512) == MIN_PROMPT_CHUNK  # the rows fill the time: prompts still get in
+    assert prompt_room(linear, -0.2, 5) == 5
+    assert prompt_room(linear, 1.0, 0) == 0
     cost = ForwardCost([1.0 + (n - 1) / 4 for n in range(1, 18)], step_s=0.04)
-    room = prompt_room(cost.seconds, 4, 0.5, 512)
-    assert cost.seconds(4 + room) <= 0.5 < cost.seconds(4 + room + 1)
+    room = prompt_room(cost.seconds, 0.5, 512)
+    assert cost.seconds(room) <= 0.5 < cost.seconds(room + 1)
+
+
+def test_a_step_time_limit_keeps_drafts_to_the_time_left():
+    """With ``limit_s`` (the time a step keeps for its prompt tokens), no draft makes the step's
+    predicted time pass it; plain rows are always taken; without it the same offers draft."""
+    offers = [[Offer("s", (0.9,) * 8)] for _ in range(4)]
+    forward = lambda n: 0.1 + 0.01 * n  # noqa: E731
+    free = allocate(offers, forward)
+    assert sum(k for _, k in free) >= 8
+    capped = allocate(offers, forward, limit_s=0.2)
+    assert 0 < sum(k for _, k in capped) and forward(sum(1 + k for _, k in capped)) <= 0.2
+    assert allocate(offers, forward, limit_s=0.01) == [(None, 0)] * 4  # plain, though over the limit
