@@ -294,9 +294,10 @@ class Scheduler:
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
         """One step over the generations whose prompt is in, which also carries prompt tokens of
         those not yet in: with ``step_time``, of as many as the step's time leaves room for,
-        oldest first (the engine cuts them); with the fixed chunk, ``prefill_chunk`` of the oldest. When none is in (or the backend cannot batch), the
-        oldest prompt's next chunk is a forward of its own: ``prefill_chunk`` tokens, or with
-        ``step_time`` as many as one forward takes (nobody waits on it)."""
+        oldest first (the engine cuts them); with the fixed chunk, ``prefill_chunk`` of the
+        oldest. When none is in (or the backend cannot batch), the oldest prompt's next chunk is
+        a forward of its own: ``prefill_chunk`` tokens, or with ``step_time`` as many as one
+        forward takes (nobody waits on it)."""
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
         waiting = [r.generation for r in batch if not r.generation.prefilled]
         batching = BATCH in engine.target.capabilities
