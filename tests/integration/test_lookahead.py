@@ -167,6 +167,6 @@ def test_no_branch_rides_where_every_row_costs(tiny_engine):
     generation = engine.start(engine.prepare("the quick brown fox", max_tokens=8, method="auto"))
     try:
         generation.prefill()
-        assert engine._ride([generation], [Draft()], 0) == [Draft()]
+        assert engine._ride([generation], [Draft()]) == [Draft()]
     finally:
         engine.release(generation)
