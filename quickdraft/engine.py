@@ -380,7 +380,7 @@ class Engine:
         carried = prompt_s(extra) if extra else 0.0
         offers = [g.offers() for g in generations]
         choices = allocate(offers, lambda n: cost.seconds(n) + carried,
-                           limit_s=step_s if extra and step_s is not None else None)
+                           limit_s=step_s if extra else None)
         drafts, draft_s = [], []
         for g, options, (index, k) in zip(generations, offers, choices):
             start = clock()

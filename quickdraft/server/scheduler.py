@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..backends.base import BATCH
-from ..engine import Engine, Generation, fit_chunks
+from ..engine import Engine, Generation
 from ..requests import Request
 from ..errors import InvalidParameterError, QuickdraftError
 from ..records import GenerationResult, Piece
@@ -307,7 +307,7 @@ class Scheduler:
             waiting[0].prefill(size)
             return
         riding = waiting[:1] if self.step_time is None else waiting
-        chunks = fit_chunks([c for g in riding if (c := g.next_chunk(size)) is not None], size) if riding else []
+        chunks = [c for g in riding if (c := g.next_chunk(size)) is not None]  # Engine.step cuts them to n_batch
         if not ready:
             return
         self.metrics.batch_size.observe(len(ready))
