@@ -49,6 +49,7 @@ from ..engine import Engine, Generation
 from ..requests import Request
 from ..errors import InvalidParameterError, QuickdraftError
 from ..records import GenerationResult, Piece
+from ..system import hand_over_compute
 from .metrics import Metrics
 from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
 
@@ -166,6 +167,9 @@ class Scheduler:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        """Start a worker thread per engine. The calling thread's compute threads are given back
+        first (:func:`~quickdraft.system.hand_over_compute`): from now on the workers decode."""
+        hand_over_compute()
         for i, engine in enumerate(self.engines):
             thread = threading.Thread(target=self._work, args=(engine,), name=f"quickdraft-engine-{i}", daemon=True)
             thread.start()
