@@ -20,6 +20,12 @@ NO_AMX           := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' -DLLAVA_BUILD=OFF
 CPU_SIGNATURE    := $(shell $(PYTHON) quickdraft/system.py signature)
 LLAMA_STAMP      := $(VENV)/.llama-cpp-python-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
+# llama-cpp-python's source (its PyPI sdist) with our patches to the llama.cpp it vendors
+# (patches/llama.cpp/*.patch, each saying what it changes, why, and what it measured); both
+# builds below compile it, and a changed patch rebuilds them.
+LLAMA_PATCHES    := $(sort $(wildcard patches/llama.cpp/*.patch))
+LLAMA_SRC        := build/llama-cpp-python-$(LLAMA_VERSION)-src
+LLAMA_SRC_STAMP  := $(LLAMA_SRC)/.patched
 INVARIANT_DIR    := build/llama-invariant-$(LLAMA_VERSION)-$(CPU_SIGNATURE)
 INVARIANT_STAMP  := $(INVARIANT_DIR)/.built
 
@@ -31,11 +37,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(LLAMA_STAMP): | $(BIN)/python
+$(LLAMA_SRC_STAMP): $(LLAMA_PATCHES) | $(BIN)/python
+	rm -rf $(LLAMA_SRC)
+	mkdir -p $(LLAMA_SRC)
+	$(BIN)/python -m pip download --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMA_VERSION) -d $(LLAMA_SRC)
+	tar xzf $(LLAMA_SRC)/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(LLAMA_SRC) --strip-components=1
+	rm $(LLAMA_SRC)/llama_cpp_python-$(LLAMA_VERSION).tar.gz
+	for patch in $(LLAMA_PATCHES); do patch -p1 --quiet -d $(LLAMA_SRC)/vendor/llama.cpp < $$patch || exit 1; done
+	touch $@
+
+$(LLAMA_STAMP): $(LLAMA_SRC_STAMP) | $(BIN)/python
 	@echo "Building llama-cpp-python $(LLAMA_VERSION) for this CPU ($(CPU_SIGNATURE); about 6 minutes on 2 cores)..."
 	rm -f $(VENV)/.llama-cpp-python-*
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
-		--force-reinstall llama-cpp-python==$(LLAMA_VERSION)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall ./$(LLAMA_SRC)
 	$(BIN)/python quickdraft/system.py stamp-llama native "$(LLAMA_CMAKE_ARGS)"
 	touch $@
 
@@ -69,7 +84,7 @@ test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not real"
 
 # make batch-invariant: the libraries of the same llama.cpp (llama-cpp-python's vendored source, from its
-# sdist) built so that every row of a forward is computed the same way whatever the forward's shape:
+# sdist, with our patches) built so that every row of a forward is computed the same way whatever the forward's shape:
 # without llamafile's GEMM kernels (-DGGML_LLAMAFILE=OFF; the one difference from the build above).
 # `--batch-invariant` / load(batch_invariant=True) loads them instead of llama-cpp-python's own (through
 # its LLAMA_CPP_LIB_PATH), with weights not repacked and an F32 KV cache without flash attention: then
@@ -80,19 +95,16 @@ INVARIANT_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
 	-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$$ORIGIN'
 
-$(INVARIANT_STAMP): | $(BIN)/python
+$(INVARIANT_STAMP): $(LLAMA_SRC_STAMP) | $(BIN)/python
 	@echo "Building batch-invariant llama.cpp libraries ($(LLAMA_VERSION), $(CPU_SIGNATURE); about 3 minutes)..."
 	rm -rf $(INVARIANT_DIR)
-	mkdir -p $(INVARIANT_DIR)/src $(INVARIANT_DIR)/lib
-	$(BIN)/python -m pip download --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
-		llama-cpp-python==$(LLAMA_VERSION) -d $(INVARIANT_DIR)
-	tar xzf $(INVARIANT_DIR)/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(INVARIANT_DIR)/src --strip-components=1
-	GIT_CEILING_DIRECTORIES=$(abspath build) cmake -S $(INVARIANT_DIR)/src/vendor/llama.cpp -B $(INVARIANT_DIR)/cmake \
+	mkdir -p $(INVARIANT_DIR)/lib
+	GIT_CEILING_DIRECTORIES=$(abspath build) cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(INVARIANT_DIR)/cmake \
 		$(INVARIANT_CMAKE_ARGS) > $(INVARIANT_DIR)/build.log 2>&1 || { tail -30 $(INVARIANT_DIR)/build.log; exit 1; }
 	cmake --build $(INVARIANT_DIR)/cmake --target llama -j $$(getconf _NPROCESSORS_ONLN) >> $(INVARIANT_DIR)/build.log 2>&1 \
 		|| { tail -30 $(INVARIANT_DIR)/build.log; exit 1; }
 	cp -a $(INVARIANT_DIR)/cmake/bin/*.so* $(INVARIANT_DIR)/lib/
-	rm -rf $(INVARIANT_DIR)/src $(INVARIANT_DIR)/cmake $(INVARIANT_DIR)/*.tar.gz
+	rm -rf $(INVARIANT_DIR)/cmake
 	echo "$(INVARIANT_CMAKE_ARGS)" > $@
 
 batch-invariant: $(INVARIANT_STAMP)

@@ -198,7 +198,9 @@ def describe_llama_build() -> str:
     stamp, version = llama_build(), llama_version()
     if stamp is None:
         return f"llama-cpp-python {version} (not built by quickdraft's Makefile: instruction sets unknown)"
-    return f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} ({stamp['signature']})"
+    patches = stamp.get("patches") or []
+    patched = f", {len(patches)} patch{'es' * (len(patches) != 1)} to llama.cpp (patches/llama.cpp)" if patches else ""
+    return f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} ({stamp['signature']}){patched}"
 
 
 def llama_build_mismatch() -> list[str]:
@@ -254,13 +256,16 @@ def use_batch_invariant_llama() -> Path:
 
 
 def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:
-    """Record that the installed llama_cpp was just built on this CPU (run by the Makefile)."""
+    """Record that the installed llama_cpp was just built on this CPU, and with which of our patches
+    to llama.cpp (``patches/llama.cpp``; run by the Makefile)."""
     where = llama_package_dir()
     if where is None:
         raise SystemExit("llama_cpp is not installed in this environment")
     cpu = cpu_info()
+    patches = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
     stamp = {"variant": variant, "cpu_model": cpu.name, "signature": cpu.signature,
-             "instruction_sets": list(cpu.isa), "cmake_args": cmake_args, "llama_cpp_python": llama_version()}
+             "instruction_sets": list(cpu.isa), "cmake_args": cmake_args, "llama_cpp_python": llama_version(),
+             "patches": patches}
     (where / LLAMA_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return where / LLAMA_STAMP
 

@@ -1,6 +1,7 @@
 """What machine this is, and the guard against a llama.cpp build made for another CPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,15 @@ def test_no_module_of_ours_shadows_a_standard_module():
     root = Path(system.__file__).parent
     names = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
     assert not names & set(sys.stdlib_module_names)
+
+
+def test_the_installed_build_carries_every_patch_of_the_checkout():
+    """The Makefile patches llama-cpp-python's vendored llama.cpp (patches/llama.cpp) and records
+    which patches went in; a build that lacks one (made before it, or by pip alone) is named."""
+    build = system.llama_build()
+    if build is None:
+        pytest.skip("llama-cpp-python was not built by quickdraft's Makefile")
+    here = sorted(p.name for p in (Path(system.__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
+    assert here, "the checkout's patches/llama.cpp is empty"
+    assert build.get("patches") == here, "rebuild: make install-dev"
+    assert f"{len(here)} patch" in system.describe_llama_build()
