@@ -16,6 +16,7 @@ and each of auto's sources); a :class:`FixedBudget` offers a forced length.
 from __future__ import annotations
 
 import bisect
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -313,13 +314,27 @@ def catch_up(n: int, relative_at: Callable[[int], float], prefill: float | None,
     return relative_at(curve_end) + per_token * (n - curve_end)
 
 
+def curve_slope(curve: Sequence[float]) -> float:
+    """How much each token past the end of a calibrated cost curve adds (``curve[n-1]``: a forward
+    over n tokens): the whole curve's least-squares slope, at least 0 (0.5 for a single point).
+
+    Not the slope of its last few points, which is noise: on one calibration (AMD Zen 5) 14 to 17
+    tokens took 0.176, 0.187, 0.126 and 0.164 s, which priced every prompt chunk past 17 tokens
+    like 17, so a step offered 512 prompt tokens for 1.25 s and took 3.9 s.
+
+    Example: curve_slope([1.0, 3.0, 5.0]) == 2.0."""
+    if len(curve) < 2:
+        return 0.5
+    return max(statistics.linear_regression(range(len(curve)), curve).slope, 0.0)
+
+
 @dataclass
 class ForwardCost:
     """The target's seconds for one forward of n new tokens (all of a step's requests together),
     learned online (exponential forgetting with ``decay`` per observation). A size not yet
     observed is estimated from the calibrated ``relative`` curve (``relative[n-1]``: n tokens
-    relative to one; beyond it, the slope of its last points) scaled to the nearest sizes observed
-    on either side (weighted by closeness; one side only: that side's), or by the calibrated
+    relative to one; beyond it, the whole curve's least-squares slope) scaled to the nearest sizes
+    observed on either side (weighted by closeness; one side only: that side's), or by the calibrated
     ``step_s`` before any: a batch's forwards (many sequences, long contexts, a prompt chunk
     riding along) cost more per token than the one-sequence curve says, and the nearest
     observations know it. One per engine memory: every method and request shares it."""
@@ -334,8 +349,7 @@ class ForwardCost:
         curve = list(self.relative or [1.0 + (n - 1) / 2 for n in range(1, 18)])
         if not curve or curve[0] <= 0:
             raise InvalidParameterError(f"a relative cost curve must start with a positive cost, got {curve[:1]}")
-        tail = curve[-4:]
-        self._slope = max((tail[-1] - tail[0]) / max(len(tail) - 1, 1), 0.0) if len(tail) > 1 else 0.5
+        self._slope = curve_slope(curve)
         self.relative = curve
 
     @classmethod

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .calibrate import splits
-from .control import Prior, Split, catch_up
+from .control import Prior, Split, catch_up, curve_slope
 from .errors import QuickdraftError
 
 BUNDLED = Path(__file__).parent / "machine_profiles"
@@ -56,13 +56,11 @@ class MachineProfile:
     ahead: tuple[Split, ...] = ()
 
     def seconds(self, n: int) -> float:
-        """Seconds of a target forward over n new tokens (beyond the curve: its last slope)."""
+        """Seconds of a target forward over n new tokens (beyond the curve: its slope, ``curve_slope``)."""
         curve = self.relative
         if n <= len(curve):
             return curve[n - 1] * self.step_s
-        tail = curve[-4:]
-        slope = max((tail[-1] - tail[0]) / (len(tail) - 1), 0.0)
-        return (curve[-1] + slope * (n - len(curve))) * self.step_s
+        return (curve[-1] + curve_slope(curve) * (n - len(curve))) * self.step_s
 
     def draft_token_s(self) -> float:
         return (self.draft_token or 0.0) * self.step_s

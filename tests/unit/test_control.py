@@ -303,3 +303,16 @@ def test_a_step_time_limit_keeps_drafts_to_the_time_left():
     capped = allocate(offers, forward, limit_s=0.2)
     assert 0 < sum(k for _, k in capped) and forward(sum(1 + k for _, k in capped)) <= 0.2
     assert allocate(offers, forward, limit_s=0.01) == [(None, 0)] * 4  # plain, though over the limit
+
+
+def test_beyond_the_curve_a_noisy_tail_still_prices_more_tokens_higher():
+    """A calibration whose last points fell (measured: AMD Zen 5, seconds for 1..17 tokens) once
+    priced every prompt chunk past 17 tokens like 17: a step offered 512 prompt tokens for a
+    1.25 s budget and took 3.9 s. Beyond the curve the cost rises with the whole curve's slope."""
+    measured = [0.0255, 0.0439, 0.0932, 0.0465, 0.0626, 0.0871, 0.1006, 0.1013, 0.1264, 0.1185, 0.1635,
+                0.1226, 0.1381, 0.1763, 0.1865, 0.1264, 0.1639]
+    cost = ForwardCost([s / measured[0] for s in measured], step_s=measured[0])
+    assert cost.seconds(17) == pytest.approx(measured[-1])
+    assert cost.seconds(200) > 5 * cost.seconds(17)  # ~1.3 s measured for 200 tokens on that machine
+    cost.observe(200, 1.3)
+    assert 2.0 < cost.seconds(500) < 4.5  # scaled from the observed 200 (3.3 s measured for ~500)
