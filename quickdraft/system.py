@@ -255,6 +255,12 @@ def use_batch_invariant_llama() -> Path:
     return libs
 
 
+def llama_patches() -> list[str]:
+    """The file names of this checkout's patches to llama.cpp (``patches/llama.cpp/*.patch``, which
+    the Makefile applies before building), sorted as the Makefile applies them."""
+    return sorted(p.name for p in (Path(__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
+
+
 def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:
     """Record that the installed llama_cpp was just built on this CPU, and with which of our patches
     to llama.cpp (``patches/llama.cpp``; run by the Makefile)."""
@@ -262,10 +268,9 @@ def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:
     if where is None:
         raise SystemExit("llama_cpp is not installed in this environment")
     cpu = cpu_info()
-    patches = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
     stamp = {"variant": variant, "cpu_model": cpu.name, "signature": cpu.signature,
              "instruction_sets": list(cpu.isa), "cmake_args": cmake_args, "llama_cpp_python": llama_version(),
-             "patches": patches}
+             "patches": llama_patches()}
     (where / LLAMA_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return where / LLAMA_STAMP
 

@@ -1,7 +1,6 @@
 """What machine this is, and the guard against a llama.cpp build made for another CPU."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -89,7 +88,7 @@ def test_the_installed_build_carries_every_patch_of_the_checkout():
     build = system.llama_build()
     if build is None:
         pytest.skip("llama-cpp-python was not built by quickdraft's Makefile")
-    here = sorted(p.name for p in (Path(system.__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
+    here = system.llama_patches()
     assert here, "the checkout's patches/llama.cpp is empty"
     assert build.get("patches") == here, "rebuild: make install-dev"
     assert f"{len(here)} patch" in system.describe_llama_build()
