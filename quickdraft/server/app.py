@@ -142,8 +142,11 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "engines": len(engines),
-                "queue_length": scheduler.waiting, "running": scheduler.running}
+        """200 while an engine can generate; 503 (for a load balancer's probe) once none can."""
+        up = len(engines) - scheduler.failed
+        body = {"status": "ok" if up else "error", "model": model_id, "engines": len(engines),
+                "engines_failed": scheduler.failed, "queue_length": scheduler.waiting, "running": scheduler.running}
+        return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -70,6 +70,11 @@ def busy_error(max_queue: int) -> APIError:
                     type="server_error", code="server_busy")
 
 
+def engines_down_error() -> APIError:
+    return APIError(503, "the server cannot generate: its engines stopped on an error (see the server log); "
+                         "restart it", type="server_error", code="engine_failed")
+
+
 def timeout_error(timeout_s: float) -> APIError:
     return APIError(504, f"the request did not finish within the server's timeout of {timeout_s:g} s; "
                          "ask for fewer tokens or retry later", type="server_error", code="timeout")

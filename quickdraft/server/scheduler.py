@@ -51,7 +51,7 @@ from ..errors import InvalidParameterError, QuickdraftError
 from ..records import GenerationResult, Piece
 from ..system import hand_over_compute
 from .metrics import Metrics
-from .protocol import APIError, busy_error, engine_error, internal_error, timeout_error
+from .protocol import APIError, busy_error, engine_error, engines_down_error, internal_error, timeout_error
 
 log = logging.getLogger("quickdraft.server")
 
@@ -153,6 +153,7 @@ class Scheduler:
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._active: dict[Job, int] = {}  # admitted and not yet ended -> the index of its engine
+        self._failed: set[int] = set()  # engines whose worker stopped on an error
         self._stopping = False
         self._threads: list[threading.Thread] = []
         metrics.track_queue(lambda: self.waiting, lambda: self.running)
@@ -164,6 +165,11 @@ class Scheduler:
     @property
     def running(self) -> int:
         return len(self._active)
+
+    @property
+    def failed(self) -> int:
+        """How many engines' workers stopped on an error (they take no more jobs)."""
+        return len(self._failed)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,6 +202,8 @@ class Scheduler:
         when more than ``max_queue`` jobs would wait (jobs about to start do not count as waiting)."""
         with self._cond:
             queue = [*self._pending, *jobs]
+            if len(self._failed) == len(self.engines):
+                raise engines_down_error()
             if self._stopping or len(queue) - self._startable(queue) > self.max_queue:
                 raise busy_error(self.max_queue)
             self._pending.extend(jobs)
@@ -218,6 +226,8 @@ class Scheduler:
         generation beside what the running ones may still take (a lone job always fits: prepare
         checked it against the context). A job whose method runs alone (``ProposerSpec.alone``)
         waits for an idle engine, and nothing joins it."""
+        if index in self._failed:
+            return False
         engine = self.engines[index]
         mine = [j for j, i in self._active.items() if i == index] if running is None else running
         if not mine:
@@ -239,8 +249,18 @@ class Scheduler:
 
     # --- the worker threads ------------------------------------------------------------------
     def _work(self, engine: Engine) -> None:
+        """A worker's life: serve until the scheduler stops. Should anything outside a step fail
+        (a step's own errors end only its batch), the worker ends its jobs and leaves the engine
+        out, rather than leave them, and every later request, waiting for their timeouts."""
         index = self.engines.index(engine)
         batch: list[_Running] = []
+        try:
+            self._serve(engine, index, batch)
+        except Exception:
+            log.exception("engine %d stopped on an error; it takes no more requests", index)
+            self._lose(index, batch)
+
+    def _serve(self, engine: Engine, index: int, batch: list[_Running]) -> None:
         with engine.exclusive():
             if BATCH in engine.target.capabilities:
                 engine.clear_caches()
@@ -257,7 +277,7 @@ class Scheduler:
                     self._advance(engine, batch)
                 except Exception:  # never let one bad step kill the worker: end the batch's requests
                     log.exception("a step failed")
-                    for running in batch:
+                    for running in list(batch):
                         running.job.emit(Failed(internal_error()))
                         self._end(engine, running, batch, "error", send=False)
                     continue
@@ -265,6 +285,25 @@ class Scheduler:
                     self._check(engine, running, batch)
             for running in list(batch):
                 self._end(engine, running, batch, "shutdown", send=False)
+
+    def _lose(self, index: int, batch: list[_Running]) -> None:
+        """Engine ``index``'s worker failed: its jobs get a 500; when no engine is left, the waiting
+        jobs get a 503 and so will later ones (``submit``)."""
+        with self._cond:
+            self._failed.add(index)
+            mine = [job for job, i in self._active.items() if i == index]
+            for job in mine:
+                del self._active[job]
+            dropped: list[Job] = []
+            if len(self._failed) == len(self.engines):
+                dropped = list(self._pending)
+                self._pending.clear()
+            self._cond.notify_all()
+        for job in mine:
+            job.emit(Failed(internal_error()))
+            self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
+        for job in dropped:
+            job.emit(Failed(engines_down_error()))
 
     def _admit(self, index: int) -> list[Job]:
         """Pop, in arrival order, the waiting jobs engine ``index`` has room for (under the lock)."""
@@ -287,8 +326,11 @@ class Scheduler:
             return
         try:
             generation = engine.start(job.request, batched=BATCH in engine.target.capabilities and not _alone(job))
-        except QuickdraftError as e:
-            job.emit(Failed(engine_error(e, prompt_param=job.prompt_param)))
+        except Exception as e:  # the request's own fault (a 400) or ours (a 500): either ends only this job
+            if not isinstance(e, QuickdraftError):
+                log.exception("a request could not start")
+            job.emit(Failed(engine_error(e, prompt_param=job.prompt_param) if isinstance(e, QuickdraftError)
+                            else internal_error()))
             self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
             self._forget(job)
             return

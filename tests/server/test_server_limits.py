@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from quickdraft.server import create_app
-from serverutil import MODEL, SLOW, running, sample, scrape, slow_engine, wait_idle
+from serverutil import MODEL, SLOW, make_engine, running, sample, scrape, slow_engine, wait_idle
 
 TIMEOUT_S = 1.5
 LONG = dict(model=MODEL, prompt="hello", max_tokens=1900, temperature=0)
@@ -108,3 +108,23 @@ def test_timeout_is_504_or_an_error_event_in_a_stream(server, client):
             pass
     wait_idle(server)
     assert client.completions.create(model=MODEL, prompt="after the timeouts", max_tokens=4).choices
+
+
+def test_a_server_whose_engine_failed_says_so_at_once_on_health_and_requests(tiny_pair, monkeypatch):
+    """The worker's start-up fails (a bug stands in): requests get a 503 naming it at once, not
+    their timeout, and /health turns 503 so a load balancer's probe takes the server out."""
+    engine = make_engine(tiny_pair, method="ar")
+
+    def broken():
+        raise RuntimeError("a bug in start-up")
+
+    monkeypatch.setattr(engine, "clear_caches", broken)
+    with running(create_app(engine, MODEL, timeout_s=60)) as url:
+        until(lambda: httpx.get(f"{url}/health").status_code == 503)
+        assert httpx.get(f"{url}/health").json()["engines_failed"] == 1
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30) as c:
+            start = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as refused:
+                c.completions.create(model=MODEL, prompt="hello", max_tokens=4)
+            assert time.monotonic() - start < 5
+        assert refused.value.status_code == 503 and refused.value.body["code"] == "engine_failed"

@@ -241,3 +241,81 @@ def test_the_jobs_of_one_request_are_queued_all_or_none(loop):
     finally:
         engine.gate.set()
         scheduler.stop()
+
+
+class BrokenEngine(GatedEngine):
+    """A stand-in whose worker start-up fails (``clear_caches`` raises), or whose ``start`` raises
+    a bug's exception (not a QuickdraftError) for the seeds in ``bad_seeds``."""
+
+    def __init__(self, *, broken_start_up: bool = False, bad_seeds=(), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.broken_start_up, self.bad_seeds = broken_start_up, set(bad_seeds)
+
+    def clear_caches(self) -> None:
+        if self.broken_start_up:
+            raise RuntimeError("a bug in start-up")
+
+    def start(self, request: Request, *, batched: bool = False) -> GatedGeneration:
+        if request.sampling.seed in self.bad_seeds:
+            raise KeyError("a bug in start")
+        return super().start(request, batched=batched)
+
+
+def failure(loop, j: Job) -> APIError:
+    async def first():
+        return (await asyncio.wait_for(j.events.get(), 5))[1]
+
+    event = loop.run_until_complete(first())
+    assert type(event).__name__ == "Failed", event
+    return event.error
+
+
+def test_a_request_that_cannot_start_gets_a_500_and_the_worker_serves_the_next(loop):
+    engine = BrokenEngine(bad_seeds={1})
+    scheduler = Scheduler([engine], max_queue=4, metrics=Metrics())
+    scheduler.start()
+    try:
+        bad, good = job(loop, 1), job(loop, 2)
+        scheduler.submit(bad, good)
+        assert failure(loop, bad).status == 500
+        engine.gate.set()
+        assert [type(e).__name__ for e in events(loop, good)] == ["Started", "Piece", "Finished"]
+        assert scheduler.failed == 0
+    finally:
+        engine.gate.set()
+        scheduler.stop()
+
+
+def test_a_worker_that_fails_outside_a_step_fails_its_requests_at_once_instead_of_leaving_them_waiting(loop):
+    """The waiting request gets a 503 as soon as the only engine is lost (not its timeout), later
+    requests are refused with the same error, and a replica that still works keeps serving."""
+    engine = BrokenEngine(broken_start_up=True, capabilities=frozenset({BATCH}))
+    scheduler = Scheduler([engine], max_queue=4, metrics=Metrics())
+    waiting = job(loop, 1)
+    scheduler.submit(waiting)
+    scheduler.start()
+    try:
+        error = failure(loop, waiting)
+        assert (error.status, error.code) == (503, "engine_failed")
+        assert scheduler.failed == 1 and scheduler.waiting == 0 and scheduler.running == 0
+        with pytest.raises(APIError) as refused:
+            scheduler.submit(job(loop, 2))
+        assert refused.value.code == "engine_failed"
+    finally:
+        scheduler.stop()
+
+    healthy = GatedEngine()
+    scheduler = Scheduler([BrokenEngine(broken_start_up=True, capabilities=frozenset({BATCH})), healthy],
+                          max_queue=4, metrics=Metrics())
+    scheduler.start()
+    try:
+        until(lambda: scheduler.failed == 1)
+        jobs = [job(loop, seed) for seed in (3, 4)]
+        scheduler.submit(*jobs)
+        healthy.gate.set()
+        for j in jobs:
+            assert [type(e).__name__ for e in events(loop, j)] == ["Started", "Piece", "Finished"]
+        assert healthy.started == [3, 4]
+    finally:
+        healthy.gate.set()
+        scheduler.stop()
