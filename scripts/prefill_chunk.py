@@ -1,6 +1,7 @@
 """The server's ``--prefill-chunk`` / ``--step-time`` trade-off: time to first token against pauses in running streams.
 
     .venv/bin/python scripts/prefill_chunk.py [--chunks 64,128,256,1.5s] [--clients 8] [--task code-edit] [--rounds 2]
+        [--methods auto,ar]
 
 In one process, without HTTP: N closed-loop clients, each sending 2 requests one after another
 (greedy, 128 tokens, the task's first 2N prompts; code edits of 170-230 tokens, as the load bench
@@ -12,6 +13,8 @@ requests' step: a larger chunk brings its first token sooner and makes that step
 every running stream, longer. Per run: tokens per second, time to
 first token p50 and max, time per output token p50, the longest pause between two pieces of a
 stream (p50 over requests, and max). Prints one JSON line per run and a summary (median, min-max).
+``--methods``: each setting with each method (``1.25s/ar``: plain continuous batching, to see what
+speculation adds or costs under that load).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from quickdraft.server.scheduler import Failed, Finished, Job, Scheduler
 from quickdraft.system import cpu_info
 
 
-async def one_request(scheduler: Scheduler, engine, prompt: str, max_tokens: int) -> dict:
+async def one_request(scheduler: Scheduler, engine, prompt: str, max_tokens: int, method: str) -> dict:
     """Submit one chat request and follow its events: TTFT, TPOT, the longest pause, tokens."""
-    job = Job(engine.prepare([{"role": "user", "content": prompt}], max_tokens=max_tokens),
+    job = Job(engine.prepare([{"role": "user", "content": prompt}], max_tokens=max_tokens, method=method),
               timeout_s=600, loop=asyncio.get_running_loop())
     start, first, last, pause, tokens = time.perf_counter(), None, None, 0.0, 0
     scheduler.submit(job)
@@ -60,20 +63,23 @@ def task_prompts(engine, task: str, count: int) -> list[str]:
     return prompts[:count]
 
 
-def scheduling(setting: str) -> dict:
-    """A setting's Scheduler keywords: ``"64"`` a prefill chunk, ``"1.5s"`` a step time."""
-    return {"step_time": float(setting[:-1])} if setting.endswith("s") else {"prefill_chunk": int(setting)}
+def scheduling(setting: str) -> tuple[dict, str]:
+    """A setting's Scheduler keywords and method: ``"64"`` a prefill chunk, ``"1.5s"`` a step time,
+    either followed by ``/METHOD`` (default auto)."""
+    admission, _, method = setting.partition("/")
+    keywords = {"step_time": float(admission[:-1])} if admission.endswith("s") else {"prefill_chunk": int(admission)}
+    return keywords, method or "auto"
 
 
-async def run(engine, prompts: list[str], clients: int, setting: str | int, max_tokens: int) -> dict:
-    scheduler = Scheduler([engine], max_queue=4 * clients, metrics=Metrics(), max_batch=clients,
-                          **scheduling(str(setting)))
+async def run(engine, prompts: list[str], clients: int, setting: str, max_tokens: int) -> dict:
+    keywords, method = scheduling(setting)
+    scheduler = Scheduler([engine], max_queue=4 * clients, metrics=Metrics(), max_batch=clients, **keywords)
     scheduler.start()
     records: list[dict] = []
 
     async def client(i: int) -> None:
         for j in range(2):
-            records.append(await one_request(scheduler, engine, prompts[i + j * clients], max_tokens))
+            records.append(await one_request(scheduler, engine, prompts[i + j * clients], max_tokens, method))
 
     start = time.perf_counter()
     try:
@@ -82,7 +88,7 @@ async def run(engine, prompts: list[str], clients: int, setting: str | int, max_
         scheduler.stop()
     wall = time.perf_counter() - start
     ttft, tpot, pause = (sorted(r[k] for r in records) for k in ("ttft", "tpot", "pause"))
-    return {"setting": str(setting), "tok_s": sum(r["tokens"] for r in records) / wall, "ttft_p50_s": statistics.median(ttft),
+    return {"setting": setting, "tok_s": sum(r["tokens"] for r in records) / wall, "ttft_p50_s": statistics.median(ttft),
             "ttft_max_s": ttft[-1], "tpot_p50_ms": 1000 * statistics.median(tpot),
             "pause_p50_s": statistics.median(pause), "pause_max_s": pause[-1]}
 
@@ -94,11 +100,13 @@ def main() -> None:
     parser.add_argument("--task", default="code-edit", choices=sorted(TASKS))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--methods", default="auto", help="comma-separated: each setting with each method")
     args = parser.parse_args()
 
     engine = quickdraft.load(n_ctx=16384)
     prompts = task_prompts(engine, args.task, 2 * args.clients)
-    chunks = args.chunks.split(",")
+    methods = args.methods.split(",")
+    chunks = [c if methods == ["auto"] else f"{c}/{m}" for c in args.chunks.split(",") for m in methods]
     runs: dict[str, list[dict]] = {c: [] for c in chunks}
     for r in range(args.rounds):
         for chunk in chunks if r % 2 == 0 else chunks[::-1]:
