@@ -79,3 +79,42 @@ def test_an_answer_that_differs_is_certified_only_where_the_target_nearly_ties(t
     certify(config, prompts, [alone], [served, exact], Console(quiet=True))
     assert served.near_tie is False
     assert exact.near_tie is None  # only answers that differ are checked
+
+
+def test_a_request_whose_connection_fails_before_any_answer_is_sent_once_more():
+    """A peer that drops the first connection without answering (as a server closing a keep-alive
+    connection does) costs the record nothing but ``resent``; a server that is down is an error."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    from quickdraft.bench.load import one_request
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    connections = []
+
+    async def handle(reader, writer):
+        connections.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        if len(connections) > 1:  # the first connection closes unanswered
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        records = [Record("s", 1, 0, 0), Record("s", 1, 0, 1)]
+        async with server, AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
+            await one_request(client, records[0], [{"role": "user", "content": "q"}], 4)
+        # a port nothing listens on: both attempts fail, and that is the record's error
+        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
+            await one_request(client, records[1], [{"role": "user", "content": "q"}], 4)
+        return records
+
+    answered, down = asyncio.run(main())
+    assert (answered.error, answered.text, answered.resent, len(connections)) == (None, "hi", True, 2)
+    assert down.resent and down.error.startswith("APIConnectionError")
