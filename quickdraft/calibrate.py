@@ -30,6 +30,22 @@ from .system import calibration_dir, cpu_info
 CONTEXT_TEXT = "def merge_sorted(a, b):\n    result = []\n    i = j = 0\n" * 24
 MIN_CONTEXT = 16  # fewer tokens of context than this would not say much about a real request
 MAX_K = 16  # the curve covers forwards of 1 .. MAX_K + 1 new tokens (a pending token and MAX_K drafts)
+# The one-token forward is the curve's unit (every point is relative to it, and it is the prior's
+# step time), so it is measured at least this often however few the repeats, spread among the
+# others: one slow sample of it skews the whole curve. A fresh machine's one-pass curve once
+# measured it at 51 ms where five samples a minute later gave 31.5 (30.5-32.9), pricing a
+# 4-token forward at 1.8 steps instead of ~2.4.
+UNIT_SAMPLES = 5
+
+
+def _extra_units(ks: Sequence[int], repeats: int) -> int:
+    """One-token forwards a repeat adds to its k = 1, so the unit gets ``UNIT_SAMPLES`` in all."""
+    return max(0, -(-UNIT_SAMPLES // repeats) - 1) if 1 in ks else 0
+
+
+def forwards(ks: Sequence[int], repeats: int) -> int:
+    """How many timed target forwards :func:`calibrate` makes (``on_step`` is called after each)."""
+    return repeats * (len(ks) + _extra_units(ks, repeats))
 
 
 def time_forward(backend, context: Sequence[int], k: int) -> float:
@@ -46,7 +62,8 @@ def time_forward(backend, context: Sequence[int], k: int) -> float:
 def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = range(1, 17), repeats: int = 5,
               seed: int = 0, on_step=lambda: None, draft_context: Sequence[int] | None = None) -> dict:
     """Measure the target's forward time for each k in ``ks`` (and the draft's one-token time)
-    after ``context``, in a shuffled order per repeat. ``draft_context``: the draft model's tokens
+    after ``context``, in a shuffled order per repeat (k = 1, the unit, at least
+    ``UNIT_SAMPLES`` times in all). ``draft_context``: the draft model's tokens
     of the same text, when its vocabulary is not the target's. Returns the ``calibration``
     object of results.json."""
     rng = np.random.default_rng(seed)
@@ -57,7 +74,7 @@ def calibrate(target, context: Sequence[int], draft=None, ks: Sequence[int] = ra
     if draft is not None:
         time_forward(draft, draft_context, 1)
     for _ in range(repeats):
-        for k in rng.permutation(list(ks)):
+        for k in rng.permutation([*ks, *[1] * _extra_units(ks, repeats)]):
             times[int(k)].append(time_forward(target, context, int(k)))
             on_step()
         if draft is not None:

@@ -248,10 +248,11 @@ def calibrate_engine(target, draft, context: list[int], progress: Progress, repe
                      draft_context: list[int] | None = None) -> dict:
     """The verify cost curve after a realistic context (a benchmark prompt; ``draft_context``: the
     draft model's tokens of it when its vocabulary is another)."""
-    from ..calibrate import calibrate
+    from ..calibrate import calibrate, forwards
 
-    bar = progress.add_task("calibrating", total=16 * repeats, status="verify cost curve k=1..16")
-    result = calibrate(target, context, draft, repeats=repeats, on_step=lambda: progress.advance(bar),
+    ks = range(1, 17)
+    bar = progress.add_task("calibrating", total=forwards(ks, repeats), status="verify cost curve k=1..16")
+    result = calibrate(target, context, draft, ks=ks, repeats=repeats, on_step=lambda: progress.advance(bar),
                        draft_context=draft_context)
     progress.update(bar, visible=False)
     return result
