@@ -143,10 +143,9 @@ def create_app(engine_or_engines: Engine | Sequence[Engine], model_name: str | S
     @app.get("/health")
     async def health():
         """200 while an engine can generate; 503 (for a load balancer's probe) once none can."""
-        up = len(engines) - scheduler.failed
-        body = {"status": "ok" if up else "error", "model": model_id, "engines": len(engines),
+        body = {"status": "error" if scheduler.down else "ok", "model": model_id, "engines": len(engines),
                 "engines_failed": scheduler.failed, "queue_length": scheduler.waiting, "running": scheduler.running}
-        return JSONResponse(body, status_code=200 if up else 503)
+        return JSONResponse(body, status_code=503 if scheduler.down else 200)
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -171,6 +171,11 @@ class Scheduler:
         """How many engines' workers stopped on an error (they take no more jobs)."""
         return len(self._failed)
 
+    @property
+    def down(self) -> bool:
+        """Whether every engine's worker stopped on an error (nothing can generate)."""
+        return len(self._failed) == len(self.engines)
+
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Start a worker thread per engine. The calling thread's compute threads are given back
@@ -202,7 +207,7 @@ class Scheduler:
         when more than ``max_queue`` jobs would wait (jobs about to start do not count as waiting)."""
         with self._cond:
             queue = [*self._pending, *jobs]
-            if len(self._failed) == len(self.engines):
+            if self.down:
                 raise engines_down_error()
             if self._stopping or len(queue) - self._startable(queue) > self.max_queue:
                 raise busy_error(self.max_queue)
@@ -253,14 +258,14 @@ class Scheduler:
         (a step's own errors end only its batch), the worker ends its jobs and leaves the engine
         out, rather than leave them, and every later request, waiting for their timeouts."""
         index = self.engines.index(engine)
-        batch: list[_Running] = []
         try:
-            self._serve(engine, index, batch)
+            self._serve(engine, index)
         except Exception:
             log.exception("engine %d stopped on an error; it takes no more requests", index)
-            self._lose(index, batch)
+            self._lose(index)
 
-    def _serve(self, engine: Engine, index: int, batch: list[_Running]) -> None:
+    def _serve(self, engine: Engine, index: int) -> None:
+        batch: list[_Running] = []
         with engine.exclusive():
             if BATCH in engine.target.capabilities:
                 engine.clear_caches()
@@ -286,7 +291,7 @@ class Scheduler:
             for running in list(batch):
                 self._end(engine, running, batch, "shutdown", send=False)
 
-    def _lose(self, index: int, batch: list[_Running]) -> None:
+    def _lose(self, index: int) -> None:
         """Engine ``index``'s worker failed: its jobs get a 500; when no engine is left, the waiting
         jobs get a 503 and so will later ones (``submit``)."""
         with self._cond:
@@ -295,13 +300,12 @@ class Scheduler:
             for job in mine:
                 del self._active[job]
             dropped: list[Job] = []
-            if len(self._failed) == len(self.engines):
+            if self.down:
                 dropped = list(self._pending)
                 self._pending.clear()
             self._cond.notify_all()
         for job in mine:
-            job.emit(Failed(internal_error()))
-            self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
+            self._fail(job, internal_error())
         for job in dropped:
             job.emit(Failed(engines_down_error()))
 
@@ -326,16 +330,22 @@ class Scheduler:
             return
         try:
             generation = engine.start(job.request, batched=BATCH in engine.target.capabilities and not _alone(job))
-        except Exception as e:  # the request's own fault (a 400) or ours (a 500): either ends only this job
-            if not isinstance(e, QuickdraftError):
-                log.exception("a request could not start")
-            job.emit(Failed(engine_error(e, prompt_param=job.prompt_param) if isinstance(e, QuickdraftError)
-                            else internal_error()))
-            self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
+        except QuickdraftError as e:  # the request's own fault (a 400): it ends only this job
+            self._fail(job, engine_error(e, prompt_param=job.prompt_param))
+            self._forget(job)
+            return
+        except Exception:  # ours (a 500): it ends only this job too
+            log.exception("a request could not start")
+            self._fail(job, internal_error())
             self._forget(job)
             return
         job.emit(Started())
         batch.append(_Running(job, generation, now))
+
+    def _fail(self, job: Job, error: APIError) -> None:
+        """End ``job``, which generated nothing, with ``error`` (counted as an error)."""
+        job.emit(Failed(error))
+        self.metrics.observe_generation(job.request.method, "error", len(job.request.tokens), 0, None)
 
     def _advance(self, engine: Engine, batch: list[_Running]) -> None:
         """One step over the generations whose prompt is in, which also carries prompt tokens of
