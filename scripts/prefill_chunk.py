@@ -14,7 +14,9 @@ every running stream, longer. Per run: tokens per second, time to
 first token p50 and max, time per output token p50, the longest pause between two pieces of a
 stream (p50 over requests, and max). Prints one JSON line per run and a summary (median, min-max).
 ``--methods``: each setting with each method (``1.25s/ar``: plain continuous batching, to see what
-speculation adds or costs under that load).
+speculation adds or costs under that load). ``--retain-cells 0,4096``: each setting with each budget
+of KV cells finished requests' sequences may keep as prefix donors (``LlamaCppBackend.retain_cells``;
+``1.25s/auto/retain 0``), to see what keeping them costs the running requests.
 """
 
 from __future__ import annotations
@@ -101,18 +103,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--methods", default="auto", help="comma-separated: each setting with each method")
+    parser.add_argument("--retain-cells", default=None,
+                        help="comma-separated: each setting with each budget of cells finished sequences keep")
     args = parser.parse_args()
 
     engine = quickdraft.load(n_ctx=16384)
     prompts = task_prompts(engine, args.task, 2 * args.clients)
     methods = args.methods.split(",")
     chunks = [c if methods == ["auto"] else f"{c}/{m}" for c in args.chunks.split(",") for m in methods]
-    runs: dict[str, list[dict]] = {c: [] for c in chunks}
+    retain = {c: None for c in chunks}
+    if args.retain_cells:
+        retain = {f"{c}/{m}/retain {n}": int(n) for c in args.chunks.split(",") for m in methods
+                  for n in args.retain_cells.split(",")}
+    default_retain = engine.target.retain_cells
+    runs: dict[str, list[dict]] = {c: [] for c in retain}
     for r in range(args.rounds):
-        for chunk in chunks if r % 2 == 0 else chunks[::-1]:
+        for chunk in list(retain) if r % 2 == 0 else list(retain)[::-1]:
             engine.memory = Memory()  # every run from a fresh engine's state: no answer seen before
             engine.clear_caches()
-            result = asyncio.run(run(engine, prompts, args.clients, chunk, args.max_tokens))
+            for backend in (engine.target, engine.draft.backend):
+                if backend is not None:
+                    backend.retain_cells = default_retain if retain[chunk] is None else retain[chunk]
+            result = asyncio.run(run(engine, prompts, args.clients, chunk.split("/retain")[0], args.max_tokens))
+            result["setting"] = chunk
             runs[chunk].append(result)
             print(json.dumps({"round": r, **{k: v if isinstance(v, str) else round(v, 3) for k, v in result.items()}}),
                   flush=True)

@@ -139,8 +139,8 @@ class BatchBackend(Backend, Protocol):
         ``prefix`` another sequence holds (shared, not computed); returns the tokens it gained."""
 
     def release(self, sequence: KVSequence) -> None:
-        """The sequence is done: its cache is freed, or kept as a prefix donor for the next
-        :meth:`new_sequence` until its cells are needed."""
+        """The sequence is done: its cache is freed, or kept as a prefix donor for later
+        :meth:`new_sequence` calls (within a budget of cells, until its cells are needed)."""
 
     def forget_retired(self) -> None:
         """Free what released sequences still hold."""

@@ -93,7 +93,7 @@ class Record:
     error: str | None = None
     answer: str | None = None  # exact | differs | mixed, against the prompt's answer alone
     near_tie: bool | None = None  # an answer that differs: where it parts, a certified near-tie (check.py)
-    resent: bool = False  # sent a second time: the first attempt's connection failed (_create)
+    resent: bool = False  # answered when sent a second time: the first attempt's connection failed (send)
 
     @property
     def tpot(self) -> float | None:
@@ -154,8 +154,8 @@ async def one_request(client, record: Record, messages: list[dict], max_tokens: 
     record.start = time.perf_counter()
     last = None
     try:
-        stream = await _create(client, record, model=MODEL_NAME, messages=messages, max_tokens=max_tokens,
-                               temperature=0, stream=True, stream_options={"include_usage": True})
+        stream, record.resent = await send(client, model=MODEL_NAME, messages=messages, max_tokens=max_tokens,
+                                           temperature=0, stream=True, stream_options={"include_usage": True})
         chunks = 0
         async for chunk in stream:
             now = time.perf_counter() - record.start
@@ -176,18 +176,17 @@ async def one_request(client, record: Record, messages: list[dict], max_tokens: 
         record.error = f"{type(e).__name__}: {e}"[:300]
 
 
-async def _create(client, record: Record, **request):
-    """The request's stream, sent again once if the connection failed before any answer: a
-    keep-alive connection the server closed as the last answer ended (llama-server's did, once in
-    a chat run) fails the next request before the server sees it. ``record.resent`` says so; a
-    server that is down fails the second time too, and that error counts."""
+async def send(client, **request) -> tuple:
+    """A chat request (an AsyncOpenAI ``client``'s answer or stream), and whether it was sent
+    again: once, if the connection failed before any answer. A keep-alive connection the server
+    closed as the last answer ended (llama-server's did, once in a chat run) fails the next request
+    before the server sees it; a server that is down fails the second time too, and that raises."""
     from openai import APIConnectionError
 
     try:
-        return await client.chat.completions.create(**request)
+        return await client.chat.completions.create(**request), False
     except APIConnectionError:
-        record.resent = True
-        return await client.chat.completions.create(**request)
+        return await client.chat.completions.create(**request), True
 
 
 async def run_clients(base_url: str, server: str, n: int, prompts: Sequence[list[dict]], per_client: int,

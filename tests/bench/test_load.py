@@ -117,4 +117,4 @@ def test_a_request_whose_connection_fails_before_any_answer_is_sent_once_more():
 
     answered, down = asyncio.run(main())
     assert (answered.error, answered.text, answered.resent, len(connections)) == (None, "hi", True, 2)
-    assert down.resent and down.error.startswith("APIConnectionError")
+    assert not down.resent and down.error.startswith("APIConnectionError")

@@ -2,11 +2,14 @@
 together in one forward, answer exactly what each answers alone (F32 cache: batched and
 one-token logits agree to ~1e-5, so greedy outputs are token for token equal)."""
 
+from pathlib import Path
+
 import pytest
 from distributions import two_token_distribution
 from scipy.stats import chisquare
 
 from quickdraft import Memory
+from quickdraft.errors import InvalidParameterError
 from quickdraft.sampling import SamplingParams
 
 REQUESTS = [  # (prompt, options): different methods, lengths, stop strings, trees, sampling
@@ -191,14 +194,20 @@ def test_prompts_that_arrive_together_share_their_opening_once_the_first_chunk_i
     assert tiny_engine.target.free_cells() == tiny_engine.target.n_ctx
 
 
-def test_a_request_after_another_reuses_the_prompt_start_the_finished_one_left(tiny_engine):
+def test_finished_sequences_stay_as_prefix_donors_and_a_continuation_adopts_them(tiny_engine):
     """One request after another in the batched path: the finished request's sequences (the
-    target's and the draft model's) stay as prefix donors, the next one adopts them holding the
-    prompt start they share (nothing computed again), and its answer is its answer alone."""
-    prompts = [("the quick brown fox jumps over", 9), ("the quick brown fox sleeps", 24)]
+    target's and the draft model's) stay as prefix donors. A request sharing only its prompt's
+    opening takes those cells by tag and leaves the finished one retired (its conversation may go
+    on); a request that continues it (the next turn: its prompt and answer, then more) adopts it,
+    computing only what is new. Every answer is its answer alone."""
+    first_prompt, n = "the quick brown fox jumps over", 9
+    first_answer = tiny_engine.generate(first_prompt, max_tokens=n, method="draft").token_ids
+    a = tiny_engine.prepare(first_prompt, max_tokens=n, method="draft")
+    prompts = [(first_prompt, n), ("the quick brown fox sleeps", 24),
+               ([*a.tokens, *first_answer, *a.tokens[-3:]], 12)]  # token ids: the conversation goes on
     alone = [tiny_engine.generate(p, max_tokens=n, method="draft").token_ids for p, n in prompts]
     target, draft = tiny_engine.target, tiny_engine.draft_model()
-    a, b = (tiny_engine.prepare(p, max_tokens=n, method="draft") for p, n in prompts)
+    a, b, c = (tiny_engine.prepare(p, max_tokens=n, method="draft") for p, n in prompts)
     shared = next(i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y)
 
     def run(request):
@@ -214,13 +223,53 @@ def test_a_request_after_another_reuses_the_prompt_start_the_finished_one_left(t
         tiny_engine.clear_caches()
         first, _ = run(a)
         second, held = run(b)
-        assert second.sequence is first.sequence and second.resources.draft is first.resources.draft
-        assert held == (list(b.tokens[:shared]), list(b.tokens[:shared])) and shared > 2
-        results = [first.result().token_ids, second.result().token_ids]
-        assert results == alone
+        assert second.sequence is not first.sequence and held == (list(b.tokens[:shared]), list(b.tokens[:shared]))
+        assert shared > 2 and first.sequence in target._retired and first.resources.draft in draft._retired
+        third, held = run(c)
+        assert third.sequence is first.sequence and third.resources.draft is first.resources.draft  # adopted
+        assert len(held[0]) >= len(a.tokens) + len(first_answer) - 1 and held[0] == list(c.tokens[:len(held[0])])
+        assert third.stats.cached_tokens == len(held[0])
+        assert [g.result().token_ids for g in (first, second, third)] == alone
         assert target.free_cells() < target.n_ctx and draft.free_cells() < draft.n_ctx  # held as donors
         tiny_engine.clear_caches()
     assert target.free_cells() == target.n_ctx and draft.free_cells() == draft.n_ctx
+
+
+def test_finished_sequences_keep_at_most_retain_cells_least_recently_used_first(tiny_target_backend):
+    """Retired sequences beyond the newest are freed, least recently used first, while they hold
+    more than ``retain_cells`` cells; a retired one whose opening a new sequence takes counts as
+    used."""
+    backend = tiny_target_backend
+    backend.forget_retired()
+    saved, backend.retain_cells = backend.retain_cells, 100
+    try:
+        done = []
+        for k in range(3):  # 40 cells each, openings of their own
+            s = backend.new_sequence()
+            s.prefill([10 + k] + [5 + i % 40 for i in range(39)])
+            done.append(s)
+        for s in done:
+            backend.release(s)
+        assert backend._retired == done[1:]  # 120 cells > 100: the oldest went
+        opening = backend.new_sequence([11, 5, 6, 99])  # shares 3 of done[1]'s 40 cells: tags them
+        assert opening.tokens == [11, 5, 6] and backend._retired == [done[2], done[1]]
+        backend.release(opening)  # 83 cells: all kept
+        assert backend._retired == [done[2], done[1], opening]
+        big = backend.new_sequence()
+        big.prefill([7] * 150)
+        backend.release(big)  # over the budget alone: the newest always stays, the rest go
+        assert backend._retired == [big] and backend.free_cells() == backend.n_ctx - 150
+    finally:
+        backend.retain_cells = saved
+        backend.forget_retired()
+    assert backend.free_cells() == backend.n_ctx
+
+
+def test_retain_cells_is_checked():
+    from quickdraft.backends.llamacpp import LlamaCppBackend
+
+    with pytest.raises(InvalidParameterError, match="retain_cells"):
+        LlamaCppBackend(Path(__file__), retain_cells=-1)
 
 
 def test_a_forward_that_needs_a_retired_sequences_cells_frees_them(tiny_engine):

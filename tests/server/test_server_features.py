@@ -99,7 +99,9 @@ def test_completion_logprobs_in_openais_legacy_format(client, reference_engine):
     assert logprobs.text_offset == [sum(map(len, logprobs.tokens[:i])) for i in range(len(logprobs.tokens))]
     chunks = [c.choices[0] for c in client.completions.create(stream=True, **options)]
     streamed = [lp for c in chunks if c.logprobs for lp in c.logprobs.token_logprobs]
-    assert streamed == pytest.approx(logprobs.token_logprobs, abs=1e-6)
+    # the second request reuses the first's prompt cells beside other finished sequences' cells: another
+    # cache layout, sums in another order (the precise models agree to ~1e-5 across shapes)
+    assert streamed == pytest.approx(logprobs.token_logprobs, abs=1e-5)
     assert [o for c in chunks if c.logprobs for o in c.logprobs.text_offset] == logprobs.text_offset
 
 

@@ -55,6 +55,41 @@ def test_a_second_turn_reuses_the_first_and_answers_as_without_reuse(tiny_pair, 
     assert all(c == 0 for _, _, c in computed)
 
 
+def interleaved(url: str) -> list[tuple[str, int, int]]:
+    """Conversation A's first turn; then two other users' first turns at once; then A's second
+    turn. Per request as in :func:`conversation` (A1, B1 and C1 in some order, A2)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        def ask(messages):
+            reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+            usage = reply.usage
+            return reply.choices[0].message.content, usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens
+
+        first = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}]
+        a1 = ask(first)
+        with ThreadPoolExecutor(2) as pool:
+            others = list(pool.map(ask, ([{"role": "user", "content": "a different question altogether"}],
+                                         [{"role": "user", "content": "and a third one, longer than the others"}])))
+        a2 = ask([*first, {"role": "assistant", "content": a1[0]}, {"role": "user", "content": "and then the cat"}])
+    return [a1, *others, a2]
+
+
+def test_a_second_turn_reuses_the_first_after_other_users_requests(tiny_pair):
+    """Other conversations served between two turns (at once, sharing the chat template's
+    opening) leave the first conversation's cells to its next turn."""
+    with running(create_app(make_engine(tiny_pair, n_ctx=2048), MODEL)) as url:
+        reused = interleaved(url)
+    with running(create_app(make_engine(tiny_pair, n_ctx=2048, prompt_cache=False), MODEL)) as url:
+        computed = interleaved(url)
+
+    assert [(text, prompt) for text, prompt, _ in reused] == [(text, prompt) for text, prompt, _ in computed]
+    (_, first, _), *_, (_, second, cached) = reused
+    assert first < cached < second  # A's first prompt and (most of) its answer came from the cache
+
+
 def test_no_prompt_cache_is_a_serve_option():
     from typer.testing import CliRunner
 
