@@ -353,33 +353,26 @@ class Scheduler:
         oldest first (the engine cuts them); with the fixed chunk, ``prefill_chunk`` of the
         oldest. When none is in (or the backend cannot batch), the oldest prompt's next chunk is
         a forward of its own: ``prefill_chunk`` tokens, or with ``step_time`` as many as one
-        forward takes (nobody waits on it). The generations whose prompts this completed then take
-        a step of their own at once, so their first tokens do not wait for the next step of the
-        whole batch, which carries the next prompts (up to ``step_time`` more)."""
+        forward takes (nobody waits on it)."""
         ready = [r for r in batch if r.generation.prefilled and not r.generation.done]
-        waiting = [r for r in batch if not r.generation.prefilled]
+        waiting = [r.generation for r in batch if not r.generation.prefilled]
         batching = BATCH in engine.target.capabilities
         # prompt tokens a step is offered: the fixed chunk, or as many as one forward takes (None: all)
         size = self.prefill_chunk if self.step_time is None else engine.target.n_batch if batching else None
         if waiting and (not batching or not ready):
-            waiting[0].generation.prefill(size)
-        else:
-            riding = waiting[:1] if self.step_time is None else waiting
-            chunks = [c for r in riding if (c := r.generation.next_chunk(size)) is not None]  # Engine.step cuts them
-            if not ready:
-                return
-            self._step(engine, ready, chunks, self.step_time)
-        joined = [r for r in waiting if r.generation.prefill_done()]
-        if joined and batching:
-            self._step(engine, joined)
-
-    def _step(self, engine: Engine, runs: list[_Running], chunks: Sequence = (), step_s: float | None = None) -> None:
-        """One engine step over ``runs``' generations (carrying prompt ``chunks``); emits their pieces."""
-        self.metrics.batch_size.observe(len(runs))
+            waiting[0].prefill(size)
+            return
+        riding = waiting[:1] if self.step_time is None else waiting
+        chunks = [c for g in riding if (c := g.next_chunk(size)) is not None]  # Engine.step cuts them to n_batch
+        if not ready:
+            return
+        self.metrics.batch_size.observe(len(ready))
         start = time.monotonic()
-        pieces = engine.step([r.generation for r in runs], prefill=chunks, step_s=step_s)
+        pieces = engine.step([r.generation for r in ready], prefill=chunks, step_s=self.step_time)
         self.metrics.step_seconds.observe(time.monotonic() - start)
-        for running, piece in zip(runs, pieces):
+        for generation in waiting:
+            generation.prefill_done()
+        for running, piece in zip(ready, pieces):
             if piece is not None:
                 if running.tokens == 0:
                     self.metrics.time_to_first_token.observe(time.monotonic() - running.job.arrived)

@@ -21,10 +21,9 @@ PROMPTS = [("the quick brown fox " * k).strip() for k in (3, 6, 2, 8, 5, 4)]
 MAX_TOKENS = [12, 20, 9, 16, 24, 7]
 
 
-def served(engine, members: list | None = None, **options) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
+def served(engine, **options) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
     """The scheduler serving PROMPTS, all submitted at once (4 at a time): each answer's tokens,
-    and each step's (running generations, tokens of each prompt chunk its forwards carried);
-    ``members`` gets each step's generations."""
+    and each step's (running generations, tokens of each prompt chunk its forwards carried)."""
     steps: list[tuple[int, list[int]]] = []
     target = engine.target
     inner, step = target.forward_batch, engine.step
@@ -36,8 +35,6 @@ def served(engine, members: list | None = None, **options) -> tuple[list[list[in
 
     def recorded_step(generations, **options):
         steps.append((None, []))
-        if members is not None:
-            members.append(list(generations))
         try:
             return step(generations, **options)
         finally:
@@ -94,22 +91,6 @@ def test_the_fixed_chunk_carries_at_most_that_many_prompt_tokens_a_step(tiny_pai
     answers, steps = served(make_engine(tiny_pair), prefill_chunk=5)
     assert answers == alone
     assert max(sum(chunks) for _, chunks in steps) == 5
-
-
-@pytest.mark.parametrize("options", [dict(step_time=1e6), dict(prefill_chunk=5)], ids=["step-time", "fixed-chunk"])
-def test_a_generation_whose_prompt_is_in_takes_its_first_step_at_once(tiny_pair, alone, options):
-    """The step after the one that completed a prompt is that generation's own (with any others
-    completed with it), carrying no prompt tokens: its first token does not wait for a step of the
-    whole batch and the next prompts."""
-    members: list[list] = []
-    answers, steps = served(make_engine(tiny_pair), members, **options)
-    assert answers == alone
-    seen: set[int] = set()
-    for generations, (_, chunks) in zip(members, steps):
-        new = [g for g in generations if id(g) not in seen]
-        assert not new or (len(new) == len(generations) and not chunks)
-        seen.update(map(id, generations))
-    assert len(seen) == len(PROMPTS)
 
 
 def test_prompt_chunks_are_cut_to_what_the_forward_holds():
