@@ -16,7 +16,7 @@ stream (p50 over requests, and max). Prints one JSON line per run and a summary 
 ``--methods``: each setting with each method (``1.25s/ar``: plain continuous batching, to see what
 speculation adds or costs under that load). ``--retain-cells 0,4096``: each setting with each budget
 of KV cells finished requests' sequences may keep as prefix donors (``LlamaCppBackend.retain_cells``;
-``1.25s/auto/retain 0``), to see what keeping them costs the running requests.
+``1.25s/retain 0``), to see what keeping them costs the running requests.
 """
 
 from __future__ import annotations
@@ -111,10 +111,8 @@ def main() -> None:
     prompts = task_prompts(engine, args.task, 2 * args.clients)
     methods = args.methods.split(",")
     chunks = [c if methods == ["auto"] else f"{c}/{m}" for c in args.chunks.split(",") for m in methods]
-    retain = {c: None for c in chunks}
-    if args.retain_cells:
-        retain = {f"{c}/{m}/retain {n}": int(n) for c in args.chunks.split(",") for m in methods
-                  for n in args.retain_cells.split(",")}
+    retain = ({f"{c}/retain {n}": int(n) for c in chunks for n in args.retain_cells.split(",")}
+              if args.retain_cells else {c: None for c in chunks})
     default_retain = engine.target.retain_cells
     runs: dict[str, list[dict]] = {c: [] for c in retain}
     for r in range(args.rounds):
