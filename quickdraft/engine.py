@@ -289,6 +289,15 @@ class Engine:
         assert stream.result is not None
         return stream.result
 
+    def warm_up(self) -> None:
+        """Run each model once over a few tokens and forget them (what llama-server does before it
+        answers): a process's first forward pays for first touching the weights' memory (~0.2 s
+        on the bundled target, README "Under load"), which would otherwise fall on the first request."""
+        for backend in (self.target, self.draft.backend):
+            if backend is not None:
+                backend.prefill(backend.tokenize("Hello", special=False) or [0], last_logits=True)
+                backend.rollback(0)
+
     def clear_caches(self) -> None:
         """Empty the backends' own sequences and free released ones (what earlier requests left
         for prefix reuse), so a batch has every KV cell."""

@@ -178,13 +178,19 @@ class Scheduler:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start a worker thread per engine. The calling thread's compute threads are given back
-        first (:func:`~quickdraft.system.hand_over_compute`): from now on the workers decode."""
+        """Start a worker thread per engine, and return once each has warmed its engine up
+        (:meth:`Engine.warm_up`, on the thread that decodes: the first request does not pay for
+        it). The calling thread's compute threads are given back first
+        (:func:`~quickdraft.system.hand_over_compute`): from now on the workers decode."""
         hand_over_compute()
+        ready = [threading.Event() for _ in self.engines]
         for i, engine in enumerate(self.engines):
-            thread = threading.Thread(target=self._work, args=(engine,), name=f"quickdraft-engine-{i}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(engine, ready[i]), name=f"quickdraft-engine-{i}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
+        for event in ready:
+            event.wait()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Refuse new jobs, drop the waiting ones, stop the running ones after their current step."""
@@ -253,22 +259,27 @@ class Scheduler:
         return len(queue)
 
     # --- the worker threads ------------------------------------------------------------------
-    def _work(self, engine: Engine) -> None:
-        """A worker's life: serve until the scheduler stops. Should anything outside a step fail
-        (a step's own errors end only its batch), the worker ends its jobs and leaves the engine
-        out, rather than leave them, and every later request, waiting for their timeouts."""
+    def _work(self, engine: Engine, ready: threading.Event) -> None:
+        """A worker's life: warm the engine up (then ``ready``), serve until the scheduler stops.
+        Should anything outside a step fail (a step's own errors end only its batch), the worker
+        ends its jobs and leaves the engine out, rather than leave them, and every later request,
+        waiting for their timeouts."""
         index = self.engines.index(engine)
         try:
-            self._serve(engine, index)
+            self._serve(engine, index, ready)
         except Exception:
             log.exception("engine %d stopped on an error; it takes no more requests", index)
             self._lose(index)
+        finally:
+            ready.set()
 
-    def _serve(self, engine: Engine, index: int) -> None:
+    def _serve(self, engine: Engine, index: int, ready: threading.Event) -> None:
         batch: list[_Running] = []
         with engine.exclusive():
+            engine.warm_up()
             if BATCH in engine.target.capabilities:
                 engine.clear_caches()
+            ready.set()
             while True:
                 with self._cond:
                     while not batch and not self._pending and not self._stopping:

@@ -266,3 +266,12 @@ def test_the_check_certifies_exact_output_and_catches_a_forged_divergence(tiny_e
     verdict = check_against_ar(tiny_engine, prompt, forged, ar)
     assert verdict.kind == "real divergence" and verdict.index == 0 and verdict.witness is None
     assert 0 <= verdict.tolerance < 1e-2 < verdict.margin
+
+
+def test_a_warmed_up_engine_holds_nothing_and_answers_as_before(tiny_engine):
+    """warm_up runs both models and forgets what they saw (the server does it before it answers)."""
+    before = tiny_engine.generate(PROMPTS[1], max_tokens=24, method="draft").token_ids
+    assert tiny_engine.target.tokens  # the answer's cells stay for the next prompt to reuse
+    tiny_engine.warm_up()
+    assert tiny_engine.target.tokens == [] and tiny_engine.draft_model().tokens == []
+    assert tiny_engine.generate(PROMPTS[1], max_tokens=24, method="draft").token_ids == before

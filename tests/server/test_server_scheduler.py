@@ -37,9 +37,10 @@ class GatedEngine:
     """Engine stand-in (a backend that cannot batch, or one that can with ``capabilities``): each
     generation emits one piece, then waits for ``gate`` before finishing."""
 
-    def __init__(self, capabilities=frozenset(), n_ctx: int = 64) -> None:
+    def __init__(self, capabilities=frozenset(), n_ctx: int = 64, warm_up_s: float = 0.0) -> None:
         self.target = SimpleNamespace(capabilities=capabilities, n_ctx=n_ctx, n_batch=512)
         self.gate = threading.Event()
+        self.warm_up_s, self.warmed = warm_up_s, False
         self.started: list = []
         self.batched: list[bool] = []
         self.batch_sizes: list[int] = []
@@ -47,6 +48,10 @@ class GatedEngine:
     @contextlib.contextmanager
     def exclusive(self):
         yield
+
+    def warm_up(self) -> None:
+        time.sleep(self.warm_up_s)
+        self.warmed = True
 
     def clear_caches(self) -> None:
         pass
@@ -123,6 +128,17 @@ def test_requests_run_in_arrival_order_and_the_queue_is_bounded(loop):
         assert engine.started == [0, 1, 2]
     finally:
         engine.gate.set()
+        scheduler.stop()
+
+
+def test_start_returns_once_every_engine_is_warmed_up_on_its_worker():
+    """The first request must not pay for the models' first forward: start() waits for it."""
+    engines = [GatedEngine(warm_up_s=0.3), GatedEngine(capabilities=frozenset({BATCH}), warm_up_s=0.3)]
+    scheduler = Scheduler(engines, max_queue=4, metrics=Metrics())
+    scheduler.start()
+    try:
+        assert [engine.warmed for engine in engines] == [True, True]
+    finally:
         scheduler.stop()
 
 
