@@ -200,7 +200,7 @@ def allocate(offers: Sequence[Sequence[Offer]], forward_s: Callable[[int], float
 # A forward may carry more rows at no cost on some machines (llama.cpp's repacked kernels take rows
 # four at a time: on the Intel profile a forward over 4 tokens costs 0.94 of one over 1; a GPU
 # verifies 16 for about one). Rows costing at most this share more than the forward without them
-# are free (ForwardCost.free_rows, which Engine._ride fills), up to MAX_FREE_ROWS.
+# are free (ForwardCost.free_rows, which engine.ride_free_rows fills), up to MAX_FREE_ROWS.
 FREE_ROWS = 0.02
 MAX_FREE_ROWS = 16
 

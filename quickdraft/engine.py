@@ -395,12 +395,12 @@ class Engine:
             start = clock()
             drafts.append(g.draft(options[index] if index is not None else None, k))
             draft_s.append(clock() - start)
-        drafts = self._ride(generations, drafts)
+        drafts = ride_free_rows(self.target, cost, generations, drafts)
         rows = sum(1 + len(d) + len(d.extra) for d in drafts)
         if step_s is not None and prefill:  # the time the drafting took and the rows' forward need come first
             prefill = fit_chunks(prefill, prompt_room(prompt_s, step_s - sum(draft_s) - cost.seconds(rows), extra))
         start = clock()
-        acceptances = self._verify(generations, drafts)
+        acceptances = verify_all(self.target, generations, drafts)
         verify_s = clock() - start
         timed = self.target.n_threads == self.threads  # not on a split of the cores (drafting ahead)
         if timed:
@@ -412,46 +412,6 @@ class Engine:
                 self.prompt_cost.observe(len(chunk.tokens), clock() - start)
         return [g.settle(d, a, StepTimes(ds, verify_s, len(generations)))
                 for g, d, a, ds in zip(generations, drafts, acceptances, draft_s)]
-
-    def _ride(self, generations: Sequence["Generation"], drafts: list[Draft]) -> list[Draft]:
-        """The rows the step's forward carries for free (``ForwardCost.free_rows``) offered, in
-        order, to the generations whose method decides its own drafts (auto rides lookahead's branch)."""
-        if TREE not in self.target.capabilities:
-            return drafts
-        base = total = sum(1 + len(d) for d in drafts)
-        for i, g in enumerate(generations):
-            free = self.cost.free_rows(total, base)
-            if free and g.controller is None:
-                drafts[i] = g.proposer.ride(g.context, drafts[i], free)
-                total += len(drafts[i].extra)
-        return drafts
-
-    def _verify(self, generations: Sequence["Generation"], drafts: Sequence[Draft]) -> list[Acceptance]:
-        """One target forward over every generation's pending token and draft (chains and trees),
-        the acceptance rule of each, and caches left holding the accepted tokens (the pending ones
-        included). Backends without ``BATCH`` take one generation at a time."""
-        trees = [d.forward_tree() for d in drafts]  # None: a plain chain
-        inputs = [[g.context[-1], *d.tokens, *d.extra] for g, d in zip(generations, drafts)]
-        if BATCH in self.target.capabilities:
-            chunks = [Chunk(g.sequence, tokens, *(tree or (None, "all")))
-                      for g, tokens, tree in zip(generations, inputs, trees)]
-            rows = self.target.forward_batch(chunks)  # [n + 1 (+ extra rows), V] each
-        else:
-            if len(generations) != 1:
-                raise QuickdraftError(f"the {self.target.name} backend runs one generation at a time")
-            sequence, tree = generations[0].sequence, trees[0]
-            rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
-        acceptances = []
-        for g, d, logits, tree in zip(generations, drafts, rows, trees):
-            acceptance = verifiers.judge(d, logits, g.request.sampling, g.rng, generated=g.generated,
-                                         constraint=g.resources.constraint, logprobs=g.request.logprobs,
-                                         rule=g.request.acceptance)
-            if tree is None:
-                g.sequence.rollback(len(g.context) + acceptance.accepted)
-            else:
-                g.sequence.keep(acceptance.kept_nodes())
-            acceptances.append(acceptance)
-        return acceptances
 
     def _run(self, request: Request, stream: Stream) -> Iterator[Piece]:
         """One request on its own: the step over a batch of one, holding the engine (a second
@@ -467,6 +427,49 @@ class Engine:
             finally:
                 self.release(generation)
             stream.result = generation.result()
+
+
+def ride_free_rows(target: Backend, cost: ForwardCost, generations: Sequence["Generation"],
+                   drafts: list[Draft]) -> list[Draft]:
+    """The rows a step's forward carries for free (``ForwardCost.free_rows``) offered, in order, to
+    the generations whose method decides its own drafts (auto rides lookahead's branch)."""
+    if TREE not in target.capabilities:
+        return drafts
+    base = total = sum(1 + len(d) for d in drafts)
+    for i, g in enumerate(generations):
+        free = cost.free_rows(total, base)
+        if free and g.controller is None:
+            drafts[i] = g.proposer.ride(g.context, drafts[i], free)
+            total += len(drafts[i].extra)
+    return drafts
+
+
+def verify_all(target: Backend, generations: Sequence["Generation"], drafts: Sequence[Draft]) -> list[Acceptance]:
+    """One target forward over every generation's pending token and draft (chains and trees),
+    the acceptance rule of each, and caches left holding the accepted tokens (the pending ones
+    included). Backends without ``BATCH`` take one generation at a time."""
+    trees = [d.forward_tree() for d in drafts]  # None: a plain chain
+    inputs = [[g.context[-1], *d.tokens, *d.extra] for g, d in zip(generations, drafts)]
+    if BATCH in target.capabilities:
+        chunks = [Chunk(g.sequence, tokens, *(tree or (None, "all")))
+                  for g, tokens, tree in zip(generations, inputs, trees)]
+        rows = target.forward_batch(chunks)  # [n + 1 (+ extra rows), V] each
+    else:
+        if len(generations) != 1:
+            raise QuickdraftError(f"the {target.name} backend runs one generation at a time")
+        sequence, tree = generations[0].sequence, trees[0]
+        rows = [sequence.forward_tree(inputs[0], tree[0], rows=tree[1]) if tree else sequence.forward(inputs[0])]
+    acceptances = []
+    for g, d, logits, tree in zip(generations, drafts, rows, trees):
+        acceptance = verifiers.judge(d, logits, g.request.sampling, g.rng, generated=g.generated,
+                                     constraint=g.resources.constraint, logprobs=g.request.logprobs,
+                                     rule=g.request.acceptance)
+        if tree is None:
+            g.sequence.rollback(len(g.context) + acceptance.accepted)
+        else:
+            g.sequence.keep(acceptance.kept_nodes())
+        acceptances.append(acceptance)
+    return acceptances
 
 
 def fit_chunks(chunks: Sequence[Chunk], room: int) -> list[Chunk]:

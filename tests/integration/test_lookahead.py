@@ -161,12 +161,13 @@ def test_auto_rides_lookaheads_branch_in_free_rows_and_stays_exact(tiny_engine):
 
 def test_no_branch_rides_where_every_row_costs(tiny_engine):
     """On a steep curve (every row half a step) no row is free: auto never evaluates the branch."""
+    from quickdraft.engine import ride_free_rows
     from quickdraft.records import Draft
 
     engine = Engine(tiny_engine.target, chat=False, prior=Prior(curve=[1.0 + 0.5 * k for k in range(17)]))
     generation = engine.start(engine.prepare("the quick brown fox", max_tokens=8, method="auto"))
     try:
         generation.prefill()
-        assert engine._ride([generation], [Draft()]) == [Draft()]
+        assert ride_free_rows(engine.target, engine.cost, [generation], [Draft()]) == [Draft()]
     finally:
         engine.release(generation)
