@@ -291,8 +291,9 @@ class Engine:
 
     def warm_up(self) -> None:
         """Run each model once over a few tokens and forget them (what llama-server does before it
-        answers): a process's first forward pays for first touching the weights' memory (~0.2 s
-        on the bundled target, README "Under load"), which would otherwise fall on the first request."""
+        answers): a process's first forward pays for first touching the buffers' memory, which
+        would otherwise fall on the first request (a 51-token prompt's first prefill 584 ms, then
+        518; after a warm-up of 71 ms, 536: AMD Zen 4, the bundled pair)."""
         for backend in (self.target, self.draft.backend):
             if backend is not None:
                 backend.prefill(backend.tokenize("Hello", special=False) or [0], last_logits=True)
