@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from quickdraft.bench.load import LoadConfig, Record, classify_answer, percentile, run_load, summarize
+from quickdraft.bench.load import LoadConfig, Record, classify_answer, percentile, run_load, schedule, summarize
 from quickdraft.errors import QuickdraftError
 
 
@@ -30,6 +30,12 @@ def test_summary_of_records():
     assert summary["wall_s"] == pytest.approx(3.5) and summary["throughput_tok_s"] == pytest.approx(32 / 3.5)
     assert summary["tpot_p50_s"] == pytest.approx(0.1) and summary["ttft_p99_s"] == 1.0
     assert summary["answers"] == {"exact": 1, "differs": 1, "mixed": 0, "near_ties": 1}
+
+
+def test_servers_run_level_by_level_in_turn():
+    assert schedule(["a", "b", "c"], [1, 2, 4]) == [("a", 1), ("b", 1), ("c", 1), ("c", 2), ("b", 2), ("a", 2),
+                                                     ("a", 4), ("b", 4), ("c", 4)]
+    assert schedule(["a"], [1, 16]) == [("a", 1), ("a", 16)]
 
 
 def test_bad_configurations_are_refused():

@@ -235,6 +235,26 @@ def test_weighted_learning_is_relative_to_the_expected_worth():
     assert c.acceptance()[0] == pytest.approx(1.0, abs=0.15)
 
 
+def test_sent_drafts_that_deliver_less_than_predicted_scale_the_source_down():
+    """What a source's sent drafts gave over what they were predicted to give (the winner's
+    curse of a shadow-graded source): 1 before any and while they deliver, below 1 when they do
+    not, back to 1 when they deliver again; never above 1."""
+    c = AdaptiveBudget(max_k=4)
+    assert c.realized() == 1.0
+    for _ in range(10):
+        c.sent(predicted=1.5, accepted=2)  # delivered more than predicted: not scaled up
+    assert c.realized() == 1.0
+    failing = AdaptiveBudget(max_k=4)
+    failing.sent(predicted=1.5, accepted=0)
+    assert 0.7 < failing.realized() < 1.0  # one draft moves it a little (SENT_WEIGHT)
+    for _ in range(10):
+        failing.sent(predicted=1.5, accepted=0)
+    assert failing.realized() < 0.5
+    for _ in range(40):
+        failing.sent(predicted=1.5, accepted=2)
+    assert failing.realized() == 1.0
+
+
 def test_controller_registry_and_validation():
     assert isinstance(create_controller("fixed", 3), FixedBudget)
     prior = Prior(curve=[1.0, 1.5, 2.0, 2.5, 3.0], step_s=0.03, draft_token=0.5)

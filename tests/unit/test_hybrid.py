@@ -95,3 +95,27 @@ def test_switches_to_suffix_drafts_when_copying_starts():
     lengths = run(make_auto(), noise + base + base, 20, steep)
     copy_steps = lengths[-15:]  # the second copy of base comes in long drafts
     assert sum(copy_steps) > 40
+
+
+def test_an_offer_is_scaled_by_what_its_sources_sent_drafts_realized():
+    rng = np.random.default_rng(3)
+    base = [int(t) for t in rng.integers(100, 5000, 60)]
+    auto = make_auto()
+    auto.begin(base)
+    before = auto.offers(base + base[:12], 8)  # a long match: suffix-long, trusted from its prior
+    assert [o.source for o in before] == ["suffix-long"]
+    for _ in range(10):  # its sent drafts were predicted 5 accepted tokens and had none
+        auto.memory.control["suffix-long"].sent(5.0, 0)
+    after = auto.offers(base + base[:12], 8)[0]
+    assert after.accept[0] < 0.3 * before[0].accept[0]  # the first token's, so the whole draft's worth
+    assert after.accept[1:] == before[0].accept[1:]
+
+
+def test_sent_drafts_are_weighed_against_their_prediction_and_true_copies_keep_it():
+    rng = np.random.default_rng(0)
+    base = [int(t) for t in rng.integers(100, 5000, 60)]
+    auto = make_auto()
+    run(auto, base * 3, 60, steep)
+    predicted, accepted = auto.memory.control["suffix-long"]._sent
+    assert predicted > 5 and accepted >= 0.9 * predicted  # copying delivers what it promised
+    assert auto.memory.control["suffix-long"].realized() > 0.95
