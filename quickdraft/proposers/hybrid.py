@@ -52,7 +52,7 @@ SUFFIX_CLASSES = (("suffix-long", 8, 0.9), ("suffix-medium", 3, 0.7), ("suffix-s
 # server's scheduler, 6-8 rounds of 4 prompts, fresh memory, the steps taken priced on the
 # calibrated curve against plain continuous batching's, mean): neither this nor
 # AdaptiveBudget.realized 0.978 and 0.987 (two runs), this alone 0.986 and 0.989, realized alone
-# 0.990, both 0.991 and 0.997; code edits unchanged within noise.
+# 0.990, both 0.991 and 0.997; on code edits this alone changed nothing beyond the noise.
 SUFFIX_DECAY = 0.97
 
 # The draft model's prior (its agreement measured on answers at load) weighs as this many drafts:
