@@ -49,8 +49,8 @@ SUFFIX_CLASSES = (("suffix-long", 8, 0.9), ("suffix-medium", 3, 0.7), ("suffix-s
 # at the draft model's pace (0.9 an observation: the last ten or so) makes its rate a short, noisy
 # average, and its drafts are sent on the highs of that noise. It forgets at this pace (the last
 # thirty or so matches). Measured on the bench's prose at 2 clients (AMD Zen 4, in process, the
-# server's scheduler, 6-8 rounds of 4 prompts, fresh memory, the steps taken priced on the
-# calibrated curve against plain continuous batching's, mean): neither this nor
+# server's scheduler, scripts/sent_drafts_ab.py: 6-8 rounds of 4 prompts, the steps taken priced
+# on the calibrated curve against plain continuous batching's, mean): neither this nor
 # AdaptiveBudget.realized 0.978 and 0.987 (two runs), this alone 0.986 and 0.989, realized alone
 # 0.990, both 0.991 and 0.997; on code edits this alone changed nothing beyond the noise.
 SUFFIX_DECAY = 0.97
