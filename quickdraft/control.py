@@ -491,7 +491,8 @@ class AdaptiveBudget:
 
     def sent(self, predicted: float, accepted: int) -> None:
         """A sent draft of this source was predicted to have ``predicted`` tokens accepted (before
-        :meth:`realized` scaled it) and had ``accepted``."""
+        :meth:`realized` scaled it) and had ``accepted``; what earlier ones showed forgets at
+        ``decay`` per sent draft (a suffix class's is hybrid.SUFFIX_DECAY)."""
         self._sent = (self.decay * self._sent[0] + predicted, self.decay * self._sent[1] + accepted)
 
     def predicted(self) -> tuple[int, float]:
