@@ -305,7 +305,13 @@ def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]]
     if not prompts:
         raise QuickdraftError(f"no {config.task} prompt has {low}-{high} tokens")
     if not config.soak_s:  # client i's j-th request asks prompt i + j * N: no more are ever sent
-        prompts = prompts[:max(config.concurrency) * config.requests_per_client]
+        wanted = max(config.concurrency) * config.requests_per_client
+        if wanted > len(prompts):  # a prompt asked twice in a level would meet its own earlier answer
+            raise QuickdraftError(f"{max(config.concurrency)} clients x {config.requests_per_client} requests ask "
+                                  f"{wanted} prompts, and {config.task} has {len(prompts)} of {low}-{high} tokens: "
+                                  f"ask at most {len(prompts) // max(config.concurrency)} requests per client "
+                                  f"(--requests-per-client) or widen --prompt-tokens", param="requests_per_client")
+        prompts = prompts[:wanted]
     alone = []
     with progress_bar(console) as bar:
         task = bar.add_task("answers alone", total=len(prompts), status="")

@@ -60,6 +60,19 @@ def test_a_short_run_against_a_quickdraft_server(tiny_pair, tmp_path):
     assert doc["memory_mb"] and all(m["rss_mb"] for m in doc["memory_mb"])
 
 
+def test_a_level_that_would_ask_a_prompt_twice_is_refused_before_any_work(tiny_pair, tmp_path):
+    """Client i's j-th request asks prompt i + j * N; with fewer prompts than requests a level would
+    ask one twice, and a server that learns from its answers would meet its own earlier answer."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"request {i}: hello world"}) + "\n" for i in range(5)))
+    config = LoadConfig(target=str(tiny_pair[0]), draft=str(tiny_pair[1]), task=str(prompts), prompt_tokens=(1, 500),
+                        concurrency=(1, 3), requests_per_client=2, max_tokens=4, n_ctx=1024, threads=1,
+                        servers=("quickdraft",))
+    with pytest.raises(QuickdraftError, match="ask 6 prompts.* has 5 .*at most 1 requests per client"):
+        run_load(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "load.json").exists()
+
+
 def test_an_answer_that_differs_is_certified_only_where_the_target_nearly_ties(tiny_pair):
     """An answer that parts from the answer alone at the target's least likely token is no
     near-tie (check.check_against_ar on the served text); one that parts where the target's two

@@ -15,7 +15,7 @@ PROFILES = bundled_profiles()
 
 def test_the_project_keeps_measured_and_synthetic_profiles():
     names = {p.name: p for p in PROFILES}
-    assert {"intel-xeon-spr-class-2c", "amd-epyc-zen4-2c", "synthetic-memory-bound",
+    assert {"intel-xeon-spr-class-2c", "amd-epyc-zen4-2c", "amd-epyc-zen4-2c-rows-kernel", "synthetic-memory-bound",
             "synthetic-compute-bound"} <= set(names)
     assert names["synthetic-memory-bound"].synthetic and not names["intel-xeon-spr-class-2c"].synthetic
     assert names["synthetic-memory-bound"].seconds(16) <= 1.1 * names["synthetic-memory-bound"].seconds(1)

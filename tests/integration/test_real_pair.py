@@ -94,3 +94,28 @@ def test_output_under_a_schema_and_penalties_is_constrained_plain_decodings(engi
                                        grammar=Grammar.json_schema(schema), logit_bias=bias, logprobs=2, **penalties):
         assert spec.finish_reason == "stop" and set(json.loads(spec.text)) == {"language", "topic", "lines"}, spec.text
         assert len(spec.logprobs) == len(spec.token_ids)
+
+
+def test_a_forward_of_k_rows_gives_each_row_what_one_row_forwards_give(engine):
+    """The real IQ4_NL target's products go through llama.cpp's repacked kernels (with patch 0004 on
+    CPUs with VNNI, one kernel of 1-4 rows at a time): a forward over k tokens must give each row
+    the very logits the same tokens decoded one at a time give, bit for bit (a kernel that mixed up
+    rows, or read them in another layout, would not), and different rows must differ."""
+    import numpy as np
+
+    from quickdraft.backends.base import Chunk
+
+    backend = engine.target
+    sequence = backend.new_sequence()
+    context = [(13 * j) % 5000 + 100 for j in range(40)]
+    sequence.prefill(context)
+    for k in (2, 3, 4, 5, 8):
+        tokens = [(7 * j + k) % 3000 + 50 for j in range(k)]
+        together = backend.forward_batch([Chunk(sequence, tokens)])[0]
+        sequence.rollback(len(context))
+        alone = np.stack([backend.forward_batch([Chunk(sequence, [t])])[0][-1] for t in tokens])
+        sequence.rollback(len(context))
+        assert together.shape == alone.shape == (k, backend.vocab_size)
+        assert np.array_equal(together, alone), (k, float(np.abs(together - alone).max()))
+        assert not np.array_equal(together[0], together[1])
+    backend.release(sequence)
