@@ -96,6 +96,14 @@ def test_output_under_a_schema_and_penalties_is_constrained_plain_decodings(engi
         assert len(spec.logprobs) == len(spec.token_ids)
 
 
+def has_vnni() -> bool:
+    from quickdraft.system import cpu_info
+
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_info().flags)
+
+
+@pytest.mark.skipif(not has_vnni(), reason="llama.cpp patch 0004's kernel is built for CPUs with VNNI; elsewhere "
+                                           "upstream's gemm and gemv take the rows, with no such promise")
 def test_a_forward_of_k_rows_gives_each_row_what_one_row_forwards_give(engine):
     """The real IQ4_NL target's products go through llama.cpp's repacked kernels (with patch 0004 on
     CPUs with VNNI, one kernel of 1-4 rows at a time): a forward over k tokens must give each row
