@@ -347,7 +347,12 @@ def loadtest(
                                 help="Comma-separated: quickdraft, quickdraft-one-at-a-time, llama-server, "
                                      "llama-server-draft (the last two need `make llama-server`)."),
     concurrency: str = typer.Option("1,2,4,8,16", "--concurrency", "-c", help="Comma-separated client counts."),
-    requests_per_client: int = typer.Option(2, "--requests-per-client"),
+    requests_per_client: int = typer.Option(2, "--requests-per-client", help="Requests each client of the largest "
+                                            "level sends."),
+    equal_levels: bool = typer.Option(True, "--equal-levels/--per-client-levels",
+                                      help="Every level asks the largest level's prompts, spread over its clients, "
+                                           "so their throughputs compare; or each client sends "
+                                           "--requests-per-client at every level (shorter; levels differ in work)."),
     task: str = typer.Option("code-edit", "--task", help="Where the prompts come from (a bench task)."),
     prompt_tokens: str = typer.Option("170-230", "--prompt-tokens", help="Keep the task's prompts of this many tokens."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
@@ -365,7 +370,7 @@ def loadtest(
     low, _, high = prompt_tokens.partition("-")
     config = LoadConfig(target=target, draft=draft, task=task, prompt_tokens=(int(low), int(high or low)),
                         concurrency=tuple(int(c) for c in concurrency.split(",") if c), max_tokens=max_tokens,
-                        requests_per_client=requests_per_client, n_ctx=n_ctx, threads=threads,
+                        requests_per_client=requests_per_client, equal_levels=equal_levels, n_ctx=n_ctx, threads=threads,
                         servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak,
                         server_args=tuple(shlex.split(server_args)))
     doc = run_load(config, out)

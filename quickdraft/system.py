@@ -199,7 +199,9 @@ def describe_llama_build() -> str:
     if stamp is None:
         return f"llama-cpp-python {version} (not built by quickdraft's Makefile: instruction sets unknown)"
     patches = stamp.get("patches") or []
-    patched = f", {len(patches)} patch{'es' * (len(patches) != 1)} to llama.cpp (patches/llama.cpp)" if patches else ""
+    digest = hashlib.sha256("\n".join(patches).encode()).hexdigest()[:8]  # calibrations of other patches differ
+    patched = (f", {len(patches)} patch{'es' * (len(patches) != 1)} to llama.cpp (patches/llama.cpp, {digest})"
+               if patches else "")
     return f"llama-cpp-python {version}, {stamp['variant']} build for {stamp['cpu_model']} ({stamp['signature']}){patched}"
 
 
@@ -256,9 +258,11 @@ def use_batch_invariant_llama() -> Path:
 
 
 def llama_patches() -> list[str]:
-    """The file names of this checkout's patches to llama.cpp (``patches/llama.cpp/*.patch``, which
-    the Makefile applies before building), sorted as the Makefile applies them."""
-    return sorted(p.name for p in (Path(__file__).resolve().parents[1] / "patches" / "llama.cpp").glob("*.patch"))
+    """This checkout's patches to llama.cpp (``patches/llama.cpp/*.patch``, which the Makefile
+    applies before building), sorted as the Makefile applies them: each its file name and the
+    start of its contents' SHA-256 ("0004-x.patch 1f2e3d4c5b6a"), so an edited patch is another."""
+    folder = Path(__file__).resolve().parents[1] / "patches" / "llama.cpp"
+    return [f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()[:12]}" for p in sorted(folder.glob("*.patch"))]
 
 
 def write_llama_build_stamp(variant: str, cmake_args: str) -> Path:

@@ -4,10 +4,13 @@ For each server (``quickdraft serve`` with continuous batching, the same one req
 llama.cpp's own ``llama-server`` with ``-np N`` slots, with and without its draft model; every one
 on the same model files, threads and context) and each concurrency N, a freshly started server
 (the levels send the same prompts; no server sees a prompt's answer before it is asked), N
-clients (the real ``openai`` client, streaming) each send ``requests_per_client`` requests one after another, the
-prompts taken in turn from a task. Per request: time to first token, time per output token after
-it (TPOT, what the issue calls inter-token latency), the longest gap between two chunks, and
-the answer. Per (server, N): total tokens per second over the wall time, TTFT and TPOT p50/p99,
+clients (the real ``openai`` client, streaming) send requests one after another, the prompts
+taken in turn from a task. Every level asks the same prompts (``equal_levels``, the default):
+the largest level's, ``requests_per_client`` for each of its clients, spread over the level's
+clients in turn, so the levels do the same work and their throughputs compare; otherwise each
+level's clients send ``requests_per_client`` each (a shorter run, whose levels differ in work).
+Per request: time to first token, time per output token after it (TPOT, what the issue calls
+inter-token latency), the longest gap between two chunks, and the answer. Per (server, N): total tokens per second over the wall time, TTFT and TPOT p50/p99,
 errors, and how the answers compare with each prompt's greedy answer served alone by quickdraft
 (``exact``; ``differs`` from some token on, the numerics of another batch shape; ``mixed``: it
 is another prompt's answer, a bug). An answer that differs is then checked as ``--check`` checks
@@ -48,8 +51,10 @@ MODEL_NAME = "model"
 class LoadConfig:
     """What to run. ``task``: a bench task name or a JSONL file of prompts (bench/tasks.py);
     ``prompt_tokens``: keep its prompts of this many tokens (chat template included), to fix the
-    prompt length of the run. ``server_args``: more options for the quickdraft servers'
-    ``quickdraft serve`` command line (``("--prefill-chunk", "128")``)."""
+    prompt length of the run. ``equal_levels``: every level asks the run's prompts, the largest
+    level's clients x ``requests_per_client`` (see :func:`level_requests`). ``server_args``: more
+    options for the quickdraft servers' ``quickdraft serve`` command line
+    (``("--prefill-chunk", "128")``)."""
 
     target: str = DEFAULT_TARGET
     draft: str = DEFAULT_DRAFT
@@ -57,6 +62,7 @@ class LoadConfig:
     prompt_tokens: tuple[int, int] = (170, 230)
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     requests_per_client: int = 2
+    equal_levels: bool = True
     max_tokens: int = 128
     n_ctx: int = 16384
     threads: int | None = None
@@ -189,10 +195,21 @@ async def send(client, **request) -> tuple:
         return await client.chat.completions.create(**request), True
 
 
-async def run_clients(base_url: str, server: str, n: int, prompts: Sequence[list[dict]], per_client: int,
+def level_requests(config: LoadConfig, n: int) -> int:
+    """How many requests a level of ``n`` clients sends (its clients ask prompts 0, 1, ... of the
+    run in turn): the largest level's clients x ``requests_per_client`` at every level with
+    ``equal_levels`` (the same work, so the levels' throughputs compare), else ``requests_per_client``
+    for each of its own clients.
+
+    Example: levels (1, 4), 2 requests per client: 8 requests at each level (8 one after another,
+    or 4 clients x 2); without equal_levels, 2 and 8."""
+    return max(config.concurrency if config.equal_levels else (n,)) * config.requests_per_client
+
+
+async def run_clients(base_url: str, server: str, n: int, prompts: Sequence[list[dict]], requests: int,
                       max_tokens: int, timeout_s: float, until: float | None = None) -> list[Record]:
-    """``n`` clients, each sending ``per_client`` requests one after another (or until the
-    monotonic time ``until``), prompts in turn."""
+    """``n`` clients sending ``requests`` requests in all, each one after another (or until the
+    monotonic time ``until``): client i asks prompts i, i + n, i + 2n, ... (wrapped)."""
     from openai import AsyncOpenAI
 
     records: list[Record] = []
@@ -200,7 +217,7 @@ async def run_clients(base_url: str, server: str, n: int, prompts: Sequence[list
     async def client_loop(index: int) -> None:
         async with AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=timeout_s) as client:
             sent = 0
-            while (sent < per_client) if until is None else (time.monotonic() < until):
+            while (index + sent * n < requests) if until is None else (time.monotonic() < until):
                 prompt = (index + sent * n) % len(prompts)
                 record = Record(server, n, index, prompt)
                 records.append(record)
@@ -304,8 +321,8 @@ def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]]
             prompts.append(messages)
     if not prompts:
         raise QuickdraftError(f"no {config.task} prompt has {low}-{high} tokens")
-    if not config.soak_s:  # client i's j-th request asks prompt i + j * N: no more are ever sent
-        wanted = max(config.concurrency) * config.requests_per_client
+    if not config.soak_s:  # a level's clients ask prompts 0, 1, ... in turn: no more are ever sent
+        wanted = level_requests(config, max(config.concurrency))
         if wanted > len(prompts):  # a prompt asked twice in a level would meet its own earlier answer
             raise QuickdraftError(f"{max(config.concurrency)} clients x {config.requests_per_client} requests ask "
                                   f"{wanted} prompts, and {config.task} has {len(prompts)} of {low}-{high} tokens: "
@@ -398,7 +415,7 @@ def schedule(servers: Sequence[str], levels: Sequence[int]) -> list[tuple[str, i
 async def _level(config: LoadConfig, server: str, n: int, port: int, prompts, process, doc) -> list[Record]:
     base_url = f"http://127.0.0.1:{port}/v1"
     until = time.monotonic() + config.soak_s if config.soak_s else None
-    clients = asyncio.ensure_future(run_clients(base_url, server, n, prompts, config.requests_per_client,
+    clients = asyncio.ensure_future(run_clients(base_url, server, n, prompts, level_requests(config, n),
                                                 config.max_tokens, config.request_timeout_s, until))
     start = time.monotonic()
     while not clients.done():  # the server's memory every 10 s while the clients run
@@ -448,6 +465,23 @@ def load_table(doc: dict) -> Table:
     return table
 
 
+def largest_level_ratios(doc: dict) -> dict[str, tuple[float, int]]:
+    """Per server, its throughput at the largest level over its best at fewer clients, and that
+    level's clients: whether it holds its speed as load rises. Only where every level asked the
+    same prompts (``equal_levels``); levels of other work do not compare.
+
+    Example: levels 1, 4, 16 at 30, 50, 48 tok/s -> {"s": (0.96, 4)}."""
+    if not doc["config"].get("equal_levels"):
+        return {}
+    ratios = {}
+    for server in dict.fromkeys(level["server"] for level in doc["levels"]):
+        levels = sorted((lv["concurrency"], lv["throughput_tok_s"]) for lv in doc["levels"] if lv["server"] == server)
+        if len(levels) > 1 and all(tps for _, tps in levels):
+            best_n, best = max(levels[:-1], key=lambda level: level[1])
+            ratios[server] = (levels[-1][1] / best, best_n)
+    return ratios
+
+
 def write_load_report(doc: dict, out: Path) -> None:
     """``load.md`` with the table, the setup and the plots (``load.png``, ``memory.png``)."""
     from .report import md_table
@@ -457,13 +491,18 @@ def write_load_report(doc: dict, out: Path) -> None:
              f"Run of {config['date']} on {config['cpu']['model']} ({config['cpu']['cores']} cores). "
              f"Task {config['task']}: {doc['prompts']} prompts of {config['prompt_tokens'][0]}-"
              f"{config['prompt_tokens'][1]} tokens, {config['max_tokens']} new tokens each, greedy; "
-             f"{config['requests_per_client']} requests per client; context {config['n_ctx']}; "
+             + (f"every level asks the same {doc['prompts']} prompts, spread over its clients"
+                if config.get("equal_levels") else f"{config['requests_per_client']} requests per client")
+             + f"; context {config['n_ctx']}; "
              f"method {config['method']}" + (f"; quickdraft serve {' '.join(config['server_args'])}"
                                              if config.get("server_args") else "") + ".", "",
              "TPOT: seconds per output token after the first, per request. Answers: each compared with the "
              "prompt's greedy answer served alone by quickdraft (exact; differs from some token on, with how "
              "many of those are certified numeric near-ties where they part; mixed: another prompt's answer).", "",
              md_table(LOAD_HEADERS, [level_cells(level) for level in doc["levels"]], right=range(1, 10)), ""]
+    top = max(doc["config"]["concurrency"])
+    lines += [f"- {server}: {top} clients make {ratio:.3f} of its best throughput at fewer clients ({n})."
+              for server, (ratio, n) in largest_level_ratios(doc).items()] + [""]
     for name, plot in (("load.png", plot_load), ("memory.png", plot_memory)):
         try:
             fig = plot(doc)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from quickdraft.bench.load import LoadConfig, Record, classify_answer, percentile, run_load, schedule, summarize
+from quickdraft.bench.load import (LoadConfig, Record, classify_answer, largest_level_ratios, level_requests, percentile,
+                                   run_load, schedule, summarize)
 from quickdraft.errors import QuickdraftError
 
 
@@ -38,6 +39,23 @@ def test_servers_run_level_by_level_in_turn():
     assert schedule(["a"], [1, 16]) == [("a", 1), ("a", 16)]
 
 
+def test_every_level_asks_the_same_prompts_unless_told_per_client():
+    """With equal_levels (the default) a level of any size sends the largest level's requests,
+    so levels do the same work; per client, each level's clients send requests_per_client each."""
+    config = LoadConfig(concurrency=(1, 4, 16), requests_per_client=2)
+    assert [level_requests(config, n) for n in (1, 4, 16)] == [32, 32, 32]
+    per_client = LoadConfig(concurrency=(1, 4, 16), requests_per_client=2, equal_levels=False)
+    assert [level_requests(per_client, n) for n in (1, 4, 16)] == [2, 8, 32]
+
+
+def test_the_largest_level_is_compared_with_the_best_smaller_one_only_when_levels_compare():
+    levels = [{"server": "s", "concurrency": n, "throughput_tok_s": t} for n, t in ((1, 30.0), (4, 50.0), (16, 48.0))]
+    doc = {"config": {"equal_levels": True}, "levels": levels}
+    (ratio, best), = largest_level_ratios(doc).values()
+    assert ratio == pytest.approx(0.96) and best == 4
+    assert largest_level_ratios({**doc, "config": {"equal_levels": False}}) == {}
+
+
 def test_bad_configurations_are_refused():
     with pytest.raises(QuickdraftError, match="unknown server"):
         LoadConfig(servers=("vllm",))
@@ -53,6 +71,8 @@ def test_a_short_run_against_a_quickdraft_server(tiny_pair, tmp_path):
                         servers=("quickdraft",))
     doc = run_load(config, tmp_path / "out")
     assert [level["concurrency"] for level in doc["levels"]] == [1, 3]
+    for n in (1, 3):  # every level asks the same prompts (equal_levels): one after another, or 3 at once
+        assert sorted(r["prompt"] for r in doc["records"] if r["concurrency"] == n) == [0, 1, 2]
     for level in doc["levels"]:
         assert level["errors"] == 0 and level["tokens"] > 0 and level["throughput_tok_s"] > 0
         assert level["answers"]["mixed"] == 0
