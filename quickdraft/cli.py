@@ -370,8 +370,8 @@ def loadtest(
     low, _, high = prompt_tokens.partition("-")
     config = LoadConfig(target=target, draft=draft, task=task, prompt_tokens=(int(low), int(high or low)),
                         concurrency=tuple(int(c) for c in concurrency.split(",") if c), max_tokens=max_tokens,
-                        requests_per_client=requests_per_client, equal_levels=equal_levels, n_ctx=n_ctx, threads=threads,
-                        servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak,
+                        requests_per_client=requests_per_client, equal_levels=equal_levels, n_ctx=n_ctx,
+                        threads=threads, servers=tuple(s for s in servers.split(",") if s), method=method, soak_s=soak,
                         server_args=tuple(shlex.split(server_args)))
     doc = run_load(config, out)
     mixed = sum(level["answers"]["mixed"] for level in doc["levels"])

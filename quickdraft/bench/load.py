@@ -3,15 +3,15 @@
 For each server (``quickdraft serve`` with continuous batching, the same one request at a time,
 llama.cpp's own ``llama-server`` with ``-np N`` slots, with and without its draft model; every one
 on the same model files, threads and context) and each concurrency N, a freshly started server
-(the levels send the same prompts; no server sees a prompt's answer before it is asked), N
-clients (the real ``openai`` client, streaming) send requests one after another, the prompts
-taken in turn from a task. Every level asks the same prompts (``equal_levels``, the default):
-the largest level's, ``requests_per_client`` for each of its clients, spread over the level's
-clients in turn, so the levels do the same work and their throughputs compare; otherwise each
-level's clients send ``requests_per_client`` each (a shorter run, whose levels differ in work).
-Per request: time to first token, time per output token after it (TPOT, what the issue calls
-inter-token latency), the longest gap between two chunks, and the answer. Per (server, N): total tokens per second over the wall time, TTFT and TPOT p50/p99,
-errors, and how the answers compare with each prompt's greedy answer served alone by quickdraft
+(no server sees a prompt's answer before it is asked), N clients (the real ``openai`` client,
+streaming) send requests one after another, the prompts taken in turn from a task. Every level
+asks the same prompts (``equal_levels``, the default): the largest level's,
+``requests_per_client`` for each of its clients, spread over the level's clients in turn, so the
+levels do the same work and their throughputs compare; otherwise each level's clients send
+``requests_per_client`` each (a shorter run, whose levels differ in work). Per request: time to
+first token, time per output token after it (TPOT, what the issue calls inter-token latency),
+the longest gap between two chunks, and the answer. Per (server, N): total tokens per second
+over the wall time, TTFT and TPOT p50/p99, errors, and how the answers compare with each prompt's greedy answer served alone by quickdraft
 (``exact``; ``differs`` from some token on, the numerics of another batch shape; ``mixed``: it
 is another prompt's answer, a bug). An answer that differs is then checked as ``--check`` checks
 one (check.check_against_ar, against the answer alone): a certified numeric near-tie, or not.
@@ -322,11 +322,12 @@ def load_prompts(config: LoadConfig, console: Console) -> tuple[list[list[dict]]
     if not prompts:
         raise QuickdraftError(f"no {config.task} prompt has {low}-{high} tokens")
     if not config.soak_s:  # a level's clients ask prompts 0, 1, ... in turn: no more are ever sent
-        wanted = level_requests(config, max(config.concurrency))
+        top = max(config.concurrency)
+        wanted = level_requests(config, top)
         if wanted > len(prompts):  # a prompt asked twice in a level would meet its own earlier answer
-            raise QuickdraftError(f"{max(config.concurrency)} clients x {config.requests_per_client} requests ask "
+            raise QuickdraftError(f"{top} clients x {config.requests_per_client} requests ask "
                                   f"{wanted} prompts, and {config.task} has {len(prompts)} of {low}-{high} tokens: "
-                                  f"ask at most {len(prompts) // max(config.concurrency)} requests per client "
+                                  f"ask at most {len(prompts) // top} requests per client "
                                   f"(--requests-per-client) or widen --prompt-tokens", param="requests_per_client")
         prompts = prompts[:wanted]
     alone = []
